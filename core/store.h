@@ -1,0 +1,264 @@
+// Store: the storage engine's public face. One Store is one directory on disk holding a
+// content-addressed chunk store and the catalog of volumes, snapshots, layers and
+// imported images (see docs/FORMAT.md for every byte of it).
+//
+// The model (docs/FORMAT.md section "Model" has the long version):
+//   - A chunk is a block's content, keyed by its SHA-256, stored once, reference counted.
+//     All-zero blocks are never stored.
+//   - A layer is a sparse map block index -> chunk id with an optional parent layer.
+//     Reads walk head -> parent -> ...; writes go to the head only.
+//   - A volume is (name, virtual size, block size, head layer).
+//   - Snapshot = freeze the head and give the volume a new empty head: O(1).
+//   - Clone = a new volume whose empty head sits on a frozen layer: O(1).
+//   - A frozen layer lives while anything (a volume's head, a snapshot, a child layer)
+//     refers to it; deleting a snapshot or a volume never breaks a clone.
+//   - An imported image is remembered by its content digest; importing the same bytes
+//     again creates a clone of the first import and stores nothing new.
+//
+// Every create is idempotent by name: the same name with the same parameters returns
+// the existing object; with other parameters it is ALREADY_EXISTS. Deleting what does
+// not exist is OK. Every metadata operation commits in one synced RocksDB WriteBatch.
+//
+// Thread-safety: a Store is safe to use from many threads. Catalog operations are
+// serialized internally (each is O(1)); I/O on different volumes runs in parallel.
+// A store directory is opened by at most one process (FAILED_PRECONDITION otherwise).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/block_io.h"
+#include "core/status.h"
+
+namespace stellarium {
+
+class StoreImpl;
+
+using Attributes = std::map<std::string, std::string>;
+
+inline constexpr uint32_t kDefaultBlockSize = 4096;
+inline constexpr uint32_t kMinBlockSize = 4096;
+inline constexpr uint32_t kMaxBlockSize = 1 << 20;
+
+struct StoreOptions {
+  std::string path;                       // directory; created if missing
+  uint32_t default_block_size = kDefaultBlockSize;
+  // A volume whose layer chain grows past this many layers is flattened (its
+  // ancestors' entries are copied into its head) so a read costs at most this many
+  // map lookups.
+  uint32_t max_chain_depth = 16;
+  bool create_if_missing = true;
+};
+
+struct VolumeInfo {
+  std::string id;            // "vol-" + 16 hex digits; stable for the volume's life
+  std::string name;          // unique among volumes
+  uint64_t size_bytes = 0;   // virtual size, a multiple of block_size
+  uint32_t block_size = 0;
+  std::string source_kind;   // "" (blank), "snapshot", "volume" or "image"
+  std::string source_id;     // snapshot id, volume id or image digest (hex)
+  int64_t created_unix_ns = 0;
+  Attributes attributes;     // caller's parameters, compared on idempotent re-create
+};
+
+struct SnapshotInfo {
+  std::string id;            // "snap-" + 16 hex digits
+  std::string name;          // unique among snapshots
+  std::string source_volume_id;
+  uint64_t size_bytes = 0;   // the volume's size when the snapshot was taken
+  uint32_t block_size = 0;
+  int64_t created_unix_ns = 0;
+};
+
+struct ImageInfo {
+  std::string digest;        // hex content digest (see docs/FORMAT.md, "images")
+  uint64_t size_bytes = 0;
+  uint32_t block_size = 0;
+  std::string origin;        // where it was imported from (a path), informational
+  int64_t created_unix_ns = 0;
+};
+
+struct VolumeStats {
+  uint64_t size_bytes = 0;
+  uint32_t block_size = 0;
+  uint64_t mapped_blocks = 0;   // non-zero blocks as seen through the whole chain
+  uint64_t head_blocks = 0;     // blocks written since the last snapshot/clone
+  uint64_t unique_bytes = 0;    // bytes of chunks referenced by nothing else
+  uint32_t chain_depth = 0;     // layers a read may visit (1 = no parent)
+};
+
+struct StoreStats {
+  uint64_t volumes = 0, snapshots = 0, images = 0, layers = 0;
+  uint64_t chunks = 0;          // distinct stored chunks
+  uint64_t chunk_bytes = 0;     // their uncompressed size
+  uint64_t referenced_bytes = 0;  // sum over map entries of the block size (logical data)
+  uint64_t disk_bytes = 0;      // the store directory's size on disk
+};
+
+struct GcReport {
+  uint64_t layers_reclaimed = 0;
+  uint64_t map_entries_dropped = 0;
+  uint64_t chunks_deleted = 0;
+  uint64_t bytes_freed = 0;     // uncompressed chunk bytes
+};
+
+struct FsckReport {
+  uint64_t chunks_checked = 0, map_entries = 0, layers = 0, volumes = 0, snapshots = 0;
+  uint64_t dead_layers = 0;     // waiting for gc: not an error
+  std::vector<std::string> errors;  // empty when the store is consistent
+  bool ok() const { return errors.empty(); }
+};
+
+struct CreateVolumeRequest {
+  std::string name;
+  uint64_t size_bytes = 0;    // rounded up to the block size; 0 = the source's size
+  uint32_t block_size = 0;    // 0 = the store default (ignored for clones: inherited)
+  Attributes attributes;
+};
+
+// Progress of a long operation (import, export, gc, flatten). Called from one thread.
+struct Progress {
+  uint64_t done_bytes = 0;
+  uint64_t total_bytes = 0;   // 0 when unknown
+};
+using ProgressFn = std::function<void(const Progress&)>;
+
+// A source of image bytes for ImportImage: a file, a stream, a download.
+// Extents are returned in increasing offset order; a hole reads as zeros and costs no
+// read. Implementations: core/image_source.h.
+class ImageSource {
+ public:
+  virtual ~ImageSource() = default;
+  // Describes the source in errors and in the image record ("/data/x.img").
+  virtual std::string Describe() const = 0;
+  // Total size in bytes, if known before reading.
+  virtual std::optional<uint64_t> Size() const = 0;
+  // Reads the next up to `max` bytes into buf. Sets *hole when the returned range is
+  // known to be zeros without reading (buf untouched). Returns 0 bytes at the end.
+  virtual Result<size_t> Next(char* buf, size_t max, bool* hole) = 0;
+};
+
+struct ImportOptions {
+  CreateVolumeRequest volume;   // the volume to create over the imported image
+  // How the image size relates to the block size when it is not a multiple:
+  // false (default) refuses with INVALID_ARGUMENT; true pads the tail with zeros.
+  bool pad_to_block = false;
+  unsigned hash_threads = 0;    // 0 = one per core
+  ProgressFn progress;
+  // Set to true from another thread to stop the import (it then fails with CANCELLED
+  // and leaves nothing behind).
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+struct ImportSummary {
+  uint64_t raw_bytes = 0;        // image size
+  uint64_t blocks = 0;
+  uint64_t zero_blocks = 0;      // never stored
+  uint64_t duplicate_blocks = 0; // already in the store (or earlier in this image)
+  uint64_t new_chunks = 0;
+  uint64_t bytes_added = 0;      // uncompressed bytes of new chunks
+  double seconds = 0;
+  std::string image_digest;      // hex
+  bool reused_image = false;     // the same image was already imported: a clone
+};
+
+struct ImportResult {
+  VolumeInfo volume;
+  ImportSummary summary;
+};
+
+// One volume opened for I/O. Stays valid while held, even across snapshots of the
+// volume (which change its head); I/O fails with NOT_FOUND once the volume is deleted.
+class Volume : public BlockIo {
+ public:
+  virtual const std::string& id() const = 0;
+};
+
+class Store {
+ public:
+  // Opens (or creates) the store at options.path. FAILED_PRECONDITION if another
+  // process holds it; INVALID_ARGUMENT for bad options; DATA_LOSS if the on-disk
+  // format is unreadable. Finishes recovery (imports interrupted by a crash are
+  // discarded) before returning.
+  static Result<std::unique_ptr<Store>> Open(const StoreOptions& options);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  const StoreOptions& options() const;
+
+  // ---- Volumes ----
+  // A blank volume (reads as zeros). INVALID_ARGUMENT: empty name, zero size, bad block
+  // size. ALREADY_EXISTS: the name exists with another size, block size or attributes.
+  Result<VolumeInfo> CreateVolume(const CreateVolumeRequest& req);
+  // A clone of a snapshot: O(1). NOT_FOUND: no such snapshot. OUT_OF_RANGE: size
+  // smaller than the snapshot's.
+  Result<VolumeInfo> CreateVolumeFromSnapshot(const CreateVolumeRequest& req,
+                                              const std::string& snapshot_id);
+  // A clone of a volume's current contents: O(1). NOT_FOUND / OUT_OF_RANGE as above.
+  Result<VolumeInfo> CloneVolume(const CreateVolumeRequest& req, const std::string& volume_id);
+  // A clone of an already imported image (by hex digest): O(1).
+  Result<VolumeInfo> CreateVolumeFromImage(const CreateVolumeRequest& req,
+                                           const std::string& image_digest);
+  // Imports an image and creates a volume over it. Idempotent by volume name: if the
+  // volume exists with the same attributes it is returned without reading the source.
+  // If the image's content was imported before, nothing new is stored and the volume
+  // is a clone of it. On any error nothing is left behind (no volume; chunks of a
+  // failed import are reclaimed by the next Gc()).
+  Result<ImportResult> ImportImage(ImageSource& source, const ImportOptions& options);
+
+  // OK if the volume does not exist. FAILED_PRECONDITION while it is open for I/O.
+  // Space comes back at the next Gc().
+  Status DeleteVolume(const std::string& volume_id);
+  Result<VolumeInfo> GetVolume(const std::string& volume_id);
+  Result<VolumeInfo> FindVolumeByName(const std::string& name);  // NOT_FOUND if absent
+  Result<std::vector<VolumeInfo>> ListVolumes();                 // sorted by id
+  // Grows the virtual size (metadata only). OUT_OF_RANGE when it would shrink.
+  Result<VolumeInfo> ResizeVolume(const std::string& volume_id, uint64_t new_size_bytes);
+  Result<VolumeStats> GetVolumeStats(const std::string& volume_id);
+  // Opens a volume for I/O. NOT_FOUND if absent.
+  Result<std::shared_ptr<Volume>> OpenVolume(const std::string& volume_id, bool read_only = false);
+  // Copies the ancestors' blocks into the volume's head so its chain depth is 1.
+  // Runs in bounded batches; reads stay correct throughout. Runs by itself when a
+  // snapshot or clone makes a chain deeper than max_chain_depth.
+  Status FlattenVolume(const std::string& volume_id);
+
+  // ---- Snapshots ----
+  // O(1). NOT_FOUND: no such volume. ALREADY_EXISTS: the name is used for another volume.
+  Result<SnapshotInfo> CreateSnapshot(const std::string& name, const std::string& volume_id);
+  // OK if absent. Never breaks clones made from the snapshot.
+  Status DeleteSnapshot(const std::string& snapshot_id);
+  Result<SnapshotInfo> GetSnapshot(const std::string& snapshot_id);
+  Result<SnapshotInfo> FindSnapshotByName(const std::string& name);
+  Result<std::vector<SnapshotInfo>> ListSnapshots();  // sorted by id
+
+  // ---- Images ----
+  Result<std::vector<ImageInfo>> ListImages();
+
+  // ---- Maintenance ----
+  // Reclaims layers nothing refers to and chunks whose reference count reached zero.
+  Result<GcReport> Gc();
+  // Checks every chunk's hash, every reference count and every link of the catalog.
+  // Read-only. Errors are listed in the report, not returned as a Status.
+  Result<FsckReport> Fsck();
+  Result<StoreStats> GetStats();
+  // Makes every completed write durable.
+  Status Sync();
+
+ private:
+  explicit Store(std::unique_ptr<StoreImpl> impl);
+  std::unique_ptr<StoreImpl> impl_;
+};
+
+// Parses "4096", "64K", "64KiB", "1M", "10G" into bytes. INVALID_ARGUMENT otherwise.
+Result<uint64_t> ParseSize(const std::string& text);
+// Checks a block size: a power of two in [4 KiB, 1 MiB].
+Status ValidateBlockSize(uint32_t block_size);
+
+}  // namespace stellarium
