@@ -1,0 +1,164 @@
+// VhostUserBlkServer: a vhost-user-blk back-end serving one BlockIo on a unix socket,
+// so a VMM (QEMU, Cloud Hypervisor, Firecracker) gives its guest a virtio-blk disk that
+// reads and writes the volume directly, with no kernel block device on the host.
+//
+// Written from QEMU's docs/interop/vhost-user.rst and the virtio 1.2 block device
+// section. Supported: VIRTIO_F_VERSION_1, VHOST_USER_F_PROTOCOL_FEATURES,
+// VIRTIO_BLK_F_SIZE_MAX/SEG_MAX/BLK_SIZE/FLUSH/MQ and VIRTIO_BLK_F_RO for read-only
+// volumes; protocol features MQ, REPLY_ACK and CONFIG; split virtqueues without
+// indirect descriptors or event index; requests IN, OUT, FLUSH and GET_ID.
+//
+// The VMM and its guest are untrusted: VhostUserBlkSession validates every message
+// (vhost_user_protocol.h) and every ring access (virtio_blk.h). A protocol error closes
+// the connection; a bad request gets an error status. Either way the server keeps
+// listening: a restarted VMM simply connects again.
+//
+// Known limit: guest memory is mapped from the VMM's memfd without seals, so a VMM
+// that shrinks its own memfd afterwards could make this process fault (SIGBUS). The
+// region sizes are checked against the fd's size when mapped.
+//
+// Thread-safety: the server runs one thread that serves one connection at a time
+// (messages and queue processing in that thread). Start/Stop from any one thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/block_io.h"
+#include "core/status.h"
+#include "csi/exposure/vhost_user_protocol.h"
+#include "csi/exposure/virtio_blk.h"
+
+namespace stellarium::exposure {
+
+// An owned file descriptor.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { Reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.Release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      fd_ = o.Release();
+    }
+    return *this;
+  }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void Reset();
+
+ private:
+  int fd_ = -1;
+};
+
+struct VhostUserBlkOptions {
+  uint32_t num_queues = 4;   // the most a front-end may use (GET_QUEUE_NUM)
+  bool read_only = false;    // also forced on when the BlockIo is read-only
+  std::string serial;        // GET_ID answer (at most 20 bytes used)
+};
+
+// The state of one front-end connection. Pure protocol logic plus the mappings and
+// eventfds the messages hand over; no socket I/O (the server or a fuzzer feeds it).
+class VhostUserBlkSession {
+ public:
+  VhostUserBlkSession(std::shared_ptr<BlockIo> io, const VhostUserBlkOptions& options);
+  ~VhostUserBlkSession();
+  VhostUserBlkSession(const VhostUserBlkSession&) = delete;
+  VhostUserBlkSession& operator=(const VhostUserBlkSession&) = delete;
+
+  // Handles one message. `fds` are the descriptors that came with it (taken over).
+  // Appends any reply bytes to *reply. A non-OK status means: close the connection.
+  Status HandleMessage(const VhostUserMessage& msg, std::vector<UniqueFd> fds,
+                       std::vector<uint8_t>* reply);
+  // Processes queue `index` after its kick fd fired (or when it becomes enabled) and
+  // signals its call fd. Returns the number of requests completed.
+  Result<uint32_t> ProcessQueue(uint32_t index);
+
+  // For the server's poll loop: the kick fd of each started queue (-1 if none).
+  int kick_fd(uint32_t index) const;
+  uint32_t num_queues() const { return static_cast<uint32_t>(queues_.size()); }
+  uint64_t features() const { return acked_features_; }
+  // The features this back-end offers (GET_FEATURES).
+  uint64_t offered_features() const;
+  uint64_t offered_protocol_features() const;
+  // The virtio_blk_config bytes served by GET_CONFIG.
+  std::vector<uint8_t> ConfigSpace() const;
+
+ private:
+  struct Mapping {
+    void* addr = nullptr;
+    size_t len = 0;
+  };
+  struct Queue {
+    uint32_t size = 0;
+    std::optional<VringAddresses> addrs;
+    SplitQueue ring;
+    UniqueFd kick, call, err;
+    bool enabled = false;
+  };
+
+  Status SetMemTable(const VhostUserMessage& msg, std::vector<UniqueFd>& fds);
+  void UnmapAll();
+  Status StartQueueIfReady(uint32_t index);
+  void StopQueue(uint32_t index);
+
+  std::shared_ptr<BlockIo> io_;
+  VhostUserBlkOptions options_;
+  BlkDeviceInfo info_;
+  uint64_t acked_features_ = 0;
+  uint64_t acked_protocol_features_ = 0;
+  bool owner_set_ = false;
+  GuestMemory memory_;
+  std::vector<Mapping> mappings_;
+  std::vector<Queue> queues_;
+};
+
+class VhostUserBlkServer {
+ public:
+  // Listens on `socket_path` (a stale socket file there is replaced; any other file is
+  // an error) and serves `io` to one front-end at a time until destroyed.
+  static Result<std::unique_ptr<VhostUserBlkServer>> Start(const std::string& socket_path,
+                                                           std::shared_ptr<BlockIo> io,
+                                                           const VhostUserBlkOptions& options);
+  // Closes the connection, stops the thread and removes the socket file.
+  ~VhostUserBlkServer();
+  VhostUserBlkServer(const VhostUserBlkServer&) = delete;
+  VhostUserBlkServer& operator=(const VhostUserBlkServer&) = delete;
+
+  const std::string& socket_path() const { return socket_path_; }
+  // Connections accepted so far (a restarted VMM adds one).
+  uint64_t connections() const { return connections_.load(); }
+  // Why the last connection was closed by us, "" if it ended normally (for logs/tests).
+  std::string last_error() const;
+
+ private:
+  VhostUserBlkServer() = default;
+  void Run();
+  // Serves one connection until it ends or Stop. Returns the protocol error if any.
+  Status Serve(int conn);
+
+  std::string socket_path_;
+  std::shared_ptr<BlockIo> io_;
+  VhostUserBlkOptions options_;
+  UniqueFd listen_fd_;
+  UniqueFd stop_fd_;  // eventfd: written to stop the thread
+  std::thread thread_;
+  std::atomic<uint64_t> connections_{0};
+  mutable std::mutex error_mu_;
+  std::string last_error_;  // GUARDED_BY(error_mu_)
+};
+
+}  // namespace stellarium::exposure

@@ -1,0 +1,289 @@
+// Split virtqueues and virtio-blk requests: see virtio_blk.h.
+#include "csi/exposure/virtio_blk.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+namespace stellarium::exposure {
+
+namespace {
+
+// Layouts from virtio 1.2, 2.7 (little-endian; this backend runs on x86-64 hosts).
+constexpr size_t kDescSize = 16;           // le64 addr, le32 len, le16 flags, le16 next
+constexpr size_t kAvailHeader = 4;         // le16 flags, le16 idx
+constexpr size_t kUsedHeader = 4;          // le16 flags, le16 idx
+constexpr size_t kUsedElemSize = 8;        // le32 id, le32 len
+constexpr size_t kBlkHeaderSize = 16;      // le32 type, le32 reserved, le64 sector
+
+struct Desc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags;
+  uint16_t next;
+};
+
+Desc LoadDesc(const uint8_t* table, uint32_t i) {
+  Desc d;
+  const uint8_t* p = table + static_cast<size_t>(i) * kDescSize;
+  memcpy(&d.addr, p, 8);
+  memcpy(&d.len, p + 8, 4);
+  memcpy(&d.flags, p + 12, 2);
+  memcpy(&d.next, p + 14, 2);
+  return d;
+}
+
+uint16_t LoadU16Acquire(const uint8_t* p) {
+  return __atomic_load_n(reinterpret_cast<const uint16_t*>(p), __ATOMIC_ACQUIRE);
+}
+
+void StoreU16Release(uint8_t* p, uint16_t v) {
+  __atomic_store_n(reinterpret_cast<uint16_t*>(p), v, __ATOMIC_RELEASE);
+}
+
+bool InRegion(const MemoryRegion& r, uint64_t base, uint64_t addr, uint64_t len) {
+  return addr >= base && len <= r.size && addr - base <= r.size - len;
+}
+
+}  // namespace
+
+uint8_t* GuestMemory::TranslateGuest(uint64_t gpa, uint64_t len) const {
+  for (const auto& r : regions_) {
+    if (InRegion(r, r.guest_addr, gpa, len)) return r.host + (gpa - r.guest_addr);
+  }
+  return nullptr;
+}
+
+uint8_t* GuestMemory::TranslateUser(uint64_t uva, uint64_t len) const {
+  for (const auto& r : regions_) {
+    if (InRegion(r, r.user_addr, uva, len)) return r.host + (uva - r.user_addr);
+  }
+  return nullptr;
+}
+
+Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, uint32_t queue_size,
+                           uint16_t head, std::vector<Segment>* out) {
+  out->clear();
+  if (head >= queue_size) {
+    return Status::InvalidArgument("virtqueue: head descriptor " + std::to_string(head) +
+                                   " past the table of " + std::to_string(queue_size));
+  }
+  const uint32_t max_descs = std::min<uint32_t>(queue_size, kBlkSegMax + 2);
+  uint64_t total = 0;
+  bool seen_writable = false;
+  uint32_t i = head;
+  for (uint32_t count = 0;; ++count) {
+    if (count >= max_descs) {
+      return Status::InvalidArgument("virtqueue: descriptor chain from " + std::to_string(head) +
+                                     " is longer than " + std::to_string(max_descs) +
+                                     " (a loop or too many segments)");
+    }
+    Desc d = LoadDesc(desc_table, i);  // one copy; validated below
+    if (d.flags & kVirtqDescFIndirect) {
+      return Status::InvalidArgument("virtqueue: indirect descriptor (not negotiated)");
+    }
+    if (d.len == 0) return Status::InvalidArgument("virtqueue: zero-length descriptor");
+    bool writable = (d.flags & kVirtqDescFWrite) != 0;
+    if (seen_writable && !writable) {
+      return Status::InvalidArgument("virtqueue: readable descriptor after a writable one");
+    }
+    seen_writable |= writable;
+    total += d.len;
+    if (total > kBlkMaxRequestBytes + kBlkHeaderSize + 1) {
+      return Status::InvalidArgument("virtqueue: request larger than " +
+                                     std::to_string(kBlkMaxRequestBytes) + " bytes");
+    }
+    uint8_t* host = mem.TranslateGuest(d.addr, d.len);
+    if (host == nullptr) {
+      return Status::InvalidArgument("virtqueue: buffer at guest address " +
+                                     std::to_string(d.addr) + " length " + std::to_string(d.len) +
+                                     " is outside guest memory");
+    }
+    out->push_back({host, d.len, writable});
+    if (!(d.flags & kVirtqDescFNext)) break;
+    if (d.next >= queue_size) {
+      return Status::InvalidArgument("virtqueue: next descriptor " + std::to_string(d.next) +
+                                     " past the table");
+    }
+    i = d.next;
+  }
+  return Status::Ok();
+}
+
+Status ParseBlkRequest(const std::vector<Segment>& chain, BlkRequest* out) {
+  *out = BlkRequest();
+  if (chain.empty()) return Status::InvalidArgument("virtio-blk: empty chain");
+  const Segment& last = chain.back();
+  if (last.device_writable && last.len >= 1) out->status = last.host + last.len - 1;
+  if (out->status == nullptr) {
+    return Status::InvalidArgument("virtio-blk: no writable status byte at the end");
+  }
+  // Header: the first 16 bytes, from readable descriptors.
+  uint8_t header[kBlkHeaderSize];
+  size_t have = 0;
+  size_t seg = 0, off = 0;
+  while (have < kBlkHeaderSize && seg < chain.size()) {
+    const Segment& s = chain[seg];
+    if (s.device_writable) break;
+    size_t n = std::min<size_t>(kBlkHeaderSize - have, s.len - off);
+    memcpy(header + have, s.host + off, n);
+    have += n;
+    off += n;
+    if (off == s.len) {
+      ++seg;
+      off = 0;
+    }
+  }
+  if (have < kBlkHeaderSize) {
+    return Status::InvalidArgument("virtio-blk: request header shorter than 16 bytes");
+  }
+  memcpy(&out->type, header, 4);
+  memcpy(&out->sector, header + 8, 8);
+  // Data: everything after the header up to (excluding) the status byte.
+  size_t nsegs = chain.size();
+  for (; seg < nsegs; ++seg) {
+    const Segment& s = chain[seg];
+    uint32_t len = s.len - static_cast<uint32_t>(off);
+    if (seg == nsegs - 1) len -= 1;  // the status byte
+    if (len > 0) {
+      out->data.push_back({s.host + off, len, s.device_writable});
+      out->data_len += len;
+    }
+    off = 0;
+  }
+  if (out->data.size() > kBlkSegMax) {
+    return Status::InvalidArgument("virtio-blk: more than " + std::to_string(kBlkSegMax) +
+                                   " data segments");
+  }
+  return Status::Ok();
+}
+
+uint8_t ExecuteBlkRequest(BlockIo& io, const BlkDeviceInfo& info, const BlkRequest& req,
+                          uint32_t* written) {
+  *written = 0;
+  switch (req.type) {
+    case kVirtioBlkTIn:
+    case kVirtioBlkTOut: {
+      bool is_read = req.type == kVirtioBlkTIn;
+      if (!is_read && info.read_only) return kVirtioBlkSIoErr;
+      if (req.data_len == 0 || req.data_len % kSectorSize != 0) return kVirtioBlkSIoErr;
+      uint64_t sectors = req.data_len / kSectorSize;
+      if (req.sector > info.capacity_sectors || sectors > info.capacity_sectors - req.sector) {
+        return kVirtioBlkSIoErr;  // past the end of the volume
+      }
+      uint64_t offset = req.sector * kSectorSize;
+      for (const Segment& s : req.data) {
+        // A read fills guest buffers: they must be device-writable, and vice versa.
+        if (s.device_writable != is_read) return kVirtioBlkSIoErr;
+        Status st = is_read ? io.Read(offset, s.len, reinterpret_cast<char*>(s.host))
+                            : io.Write(offset, reinterpret_cast<const char*>(s.host), s.len);
+        if (!st.ok()) return kVirtioBlkSIoErr;
+        offset += s.len;
+        if (is_read) *written += s.len;
+      }
+      return kVirtioBlkSOk;
+    }
+    case kVirtioBlkTFlush:
+      if (info.read_only) return kVirtioBlkSOk;
+      return io.Flush().ok() ? kVirtioBlkSOk : kVirtioBlkSIoErr;
+    case kVirtioBlkTGetId: {
+      char id[kVirtioBlkIdBytes] = {};
+      memcpy(id, info.serial.data(), std::min<size_t>(info.serial.size(), kVirtioBlkIdBytes));
+      uint32_t left = kVirtioBlkIdBytes;
+      const char* src = id;
+      for (const Segment& s : req.data) {
+        if (!s.device_writable) return kVirtioBlkSIoErr;
+        uint32_t n = std::min(left, s.len);
+        memcpy(s.host, src, n);
+        src += n;
+        left -= n;
+        *written += n;
+        if (left == 0) break;
+      }
+      return kVirtioBlkSOk;
+    }
+    default:
+      return kVirtioBlkSUnsupp;
+  }
+}
+
+Status SplitQueue::Configure(const GuestMemory& mem, uint32_t size, const VringAddresses& addrs) {
+  Reset();
+  if (size == 0 || size > kMaxQueueSize || (size & (size - 1)) != 0) {
+    return Status::InvalidArgument("virtqueue: size " + std::to_string(size) +
+                                   " is not a power of two in [1, 32768]");
+  }
+  uint8_t* desc = mem.TranslateUser(addrs.desc_user_addr, kDescSize * size);
+  uint8_t* avail = mem.TranslateUser(addrs.avail_user_addr, kAvailHeader + 2ull * size + 2);
+  uint8_t* used = mem.TranslateUser(addrs.used_user_addr, kUsedHeader + kUsedElemSize * size + 2);
+  if (desc == nullptr || avail == nullptr || used == nullptr) {
+    return Status::InvalidArgument("virtqueue: ring of size " + std::to_string(size) +
+                                   " does not lie inside guest memory");
+  }
+  if ((reinterpret_cast<uintptr_t>(avail) & 1) || (reinterpret_cast<uintptr_t>(used) & 3)) {
+    return Status::InvalidArgument("virtqueue: misaligned available or used ring");
+  }
+  size_ = size;
+  desc_ = desc;
+  avail_ = avail;
+  used_ = used;
+  memcpy(&used_idx_, used_ + 2, 2);
+  return Status::Ok();
+}
+
+void SplitQueue::Reset() {
+  size_ = 0;
+  desc_ = avail_ = used_ = nullptr;
+  broken_ = false;
+}
+
+Result<uint32_t> SplitQueue::Process(const GuestMemory& mem, BlockIo& io,
+                                     const BlkDeviceInfo& info) {
+  if (!configured()) return Status::FailedPrecondition("virtqueue: not configured");
+  if (broken_) return Status::FailedPrecondition("virtqueue: broken by an earlier corrupt ring");
+  uint32_t done = 0;
+  uint16_t& used_idx = used_idx_;
+  for (;;) {
+    uint16_t avail_idx = LoadU16Acquire(avail_ + 2);
+    if (avail_idx == last_avail_idx_) break;
+    if (static_cast<uint16_t>(avail_idx - last_avail_idx_) > size_) {
+      broken_ = true;
+      return Status::FailedPrecondition("virtqueue: available index jumped by more than the "
+                                        "queue size");
+    }
+    while (last_avail_idx_ != avail_idx) {
+      uint16_t head;
+      memcpy(&head, avail_ + kAvailHeader + 2 * (last_avail_idx_ % size_), 2);
+      if (head >= size_) {
+        broken_ = true;
+        return Status::FailedPrecondition("virtqueue: available ring names descriptor " +
+                                          std::to_string(head) + " past the table");
+      }
+      uint32_t used_len = 0;
+      Status chain_ok = ReadDescriptorChain(mem, desc_, size_, head, &chain_);
+      BlkRequest req;
+      Status parse_ok = chain_ok.ok() ? ParseBlkRequest(chain_, &req) : chain_ok;
+      if (parse_ok.ok()) {
+        uint32_t written = 0;
+        uint8_t status = ExecuteBlkRequest(io, info, req, &written);
+        *req.status = status;
+        used_len = written + 1;
+      } else if (req.status != nullptr) {
+        *req.status = kVirtioBlkSIoErr;
+        used_len = 1;
+      }
+      uint8_t* elem = used_ + kUsedHeader + kUsedElemSize * (used_idx % size_);
+      uint32_t id = head;
+      memcpy(elem, &id, 4);
+      memcpy(elem + 4, &used_len, 4);
+      ++used_idx;
+      ++last_avail_idx_;
+      ++done;
+    }
+    StoreU16Release(used_ + 2, used_idx);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return done;
+}
+
+}  // namespace stellarium::exposure

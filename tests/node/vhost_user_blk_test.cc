@@ -1,0 +1,504 @@
+// vhost-user-blk: the virtqueue/request layer driven with hand-built rings (including
+// hostile ones), the message parsers, and the server over a real unix socket with a
+// front-end written here (memfd guest memory, eventfds, SCM_RIGHTS). guest_test.cc
+// does the same with a real QEMU guest.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "csi/exposure/vhost_user_blk.h"
+#include "tests/node/test_util.h"
+
+namespace stellarium::exposure {
+namespace {
+
+using stellarium::testing::MemBlockIo;
+using stellarium::testing::PatternBytes;
+using stellarium::testing::TempDir;
+
+constexpr uint64_t kGuestBase = 0x100000;          // guest physical address of memory
+constexpr uint64_t kUserBase = 0x7f0000000000ull;  // the "VMM's" address of it
+constexpr uint64_t kMemSize = 4 << 20;
+constexpr uint32_t kQ = 16;                         // queue size
+constexpr uint64_t kDescOff = 0x0, kAvailOff = 0x1000, kUsedOff = 0x2000, kBufOff = 0x10000;
+
+// A guest driver's view of one split virtqueue in a memory block.
+class FakeDriver {
+ public:
+  explicit FakeDriver(uint8_t* mem) : mem_(mem) {}
+  uint8_t* mem() { return mem_; }
+  // Writes descriptor i.
+  void Desc(uint16_t i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next) {
+    uint8_t* p = mem_ + kDescOff + 16 * i;
+    memcpy(p, &gpa, 8);
+    memcpy(p + 8, &len, 4);
+    memcpy(p + 12, &flags, 2);
+    memcpy(p + 14, &next, 2);
+  }
+  // Makes `head` available.
+  void Publish(uint16_t head) {
+    uint16_t idx;
+    memcpy(&idx, mem_ + kAvailOff + 2, 2);
+    memcpy(mem_ + kAvailOff + 4 + 2 * (idx % kQ), &head, 2);
+    ++idx;
+    __atomic_store_n(reinterpret_cast<uint16_t*>(mem_ + kAvailOff + 2), idx, __ATOMIC_RELEASE);
+  }
+  void SetAvailIdx(uint16_t idx) { memcpy(mem_ + kAvailOff + 2, &idx, 2); }
+  uint16_t UsedIdx() { return __atomic_load_n(reinterpret_cast<uint16_t*>(mem_ + kUsedOff + 2), __ATOMIC_ACQUIRE); }
+  std::pair<uint32_t, uint32_t> Used(uint16_t slot) {
+    uint32_t id, len;
+    memcpy(&id, mem_ + kUsedOff + 4 + 8 * (slot % kQ), 4);
+    memcpy(&len, mem_ + kUsedOff + 4 + 8 * (slot % kQ) + 4, 4);
+    return {id, len};
+  }
+  // Builds a 3-descriptor request at descriptors [d, d+2]: header, data, status.
+  // Returns the guest offset of the data buffer (status right after it).
+  uint64_t Request(uint16_t d, uint32_t type, uint64_t sector, uint32_t data_len,
+                   uint64_t buf_off = kBufOff) {
+    uint8_t* hdr = mem_ + buf_off;
+    uint32_t reserved = 0;
+    memcpy(hdr, &type, 4);
+    memcpy(hdr + 4, &reserved, 4);
+    memcpy(hdr + 8, &sector, 8);
+    uint64_t data = buf_off + 16;
+    uint64_t status = data + data_len;
+    mem_[status] = 0xff;
+    bool in = type == 0 || type == 8;
+    Desc(d, kGuestBase + buf_off, 16, kVirtqDescFNext, d + 1);
+    Desc(d + 1, kGuestBase + data, data_len, kVirtqDescFNext | (in ? kVirtqDescFWrite : 0), d + 2);
+    Desc(d + 2, kGuestBase + status, 1, kVirtqDescFWrite, 0);
+    return data;
+  }
+  uint8_t StatusAfter(uint64_t data_off, uint32_t data_len) { return mem_[data_off + data_len]; }
+
+ private:
+  uint8_t* mem_;
+};
+
+class VirtqueueTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    buf_.assign(kMemSize, 0);
+    mem_ = GuestMemory({{kGuestBase, kMemSize, kUserBase, buf_.data()}});
+    ASSERT_TRUE(queue_.Configure(mem_, kQ,
+                                 {kUserBase + kDescOff, kUserBase + kAvailOff, kUserBase + kUsedOff})
+                    .ok());
+    info_.capacity_sectors = io_->size() / 512;
+    info_.serial = "vol-0123456789abcdef-extra";
+  }
+  uint32_t Run() {
+    auto r = queue_.Process(mem_, *io_, info_);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? *r : 0;
+  }
+
+  std::vector<uint8_t> buf_;
+  GuestMemory mem_;
+  SplitQueue queue_;
+  std::shared_ptr<MemBlockIo> io_ = std::make_shared<MemBlockIo>(1 << 20);
+  BlkDeviceInfo info_;
+  FakeDriver drv_{nullptr};
+};
+
+TEST(GuestMemoryTest, TranslatesOnlyWhollyContainedRanges) {
+  std::vector<uint8_t> buf(4096);
+  GuestMemory mem({{0x1000, 4096, 0x9000, buf.data()}});
+  EXPECT_EQ(mem.TranslateGuest(0x1000, 4096), buf.data());
+  EXPECT_EQ(mem.TranslateGuest(0x1fff, 1), buf.data() + 4095);
+  EXPECT_EQ(mem.TranslateGuest(0x1fff, 2), nullptr);        // straddles the end
+  EXPECT_EQ(mem.TranslateGuest(0xfff, 1), nullptr);         // before the start
+  EXPECT_EQ(mem.TranslateGuest(0x1000, UINT64_MAX), nullptr);
+  EXPECT_EQ(mem.TranslateGuest(UINT64_MAX, 2), nullptr);    // wraps around
+  EXPECT_EQ(mem.TranslateUser(0x9000 + 100, 8), buf.data() + 100);
+  EXPECT_EQ(mem.TranslateUser(0x1000, 8), nullptr);         // a guest address, not a user one
+}
+
+TEST_F(VirtqueueTest, WriteThenReadRoundTripsThroughTheVolume) {
+  FakeDriver drv(buf_.data());
+  std::vector<char> data = PatternBytes(8192, 5);
+  uint64_t d = drv.Request(0, kVirtioBlkTOut, 16, 8192);
+  memcpy(buf_.data() + d, data.data(), data.size());
+  drv.Publish(0);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.StatusAfter(d, 8192), kVirtioBlkSOk);
+  EXPECT_EQ(drv.UsedIdx(), 1);
+  EXPECT_EQ(drv.Used(0).first, 0u);
+  EXPECT_EQ(drv.Used(0).second, 1u);  // only the status byte was written
+  std::vector<char> vol = io_->Snapshot();
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), vol.begin() + 16 * 512));
+
+  uint64_t r = drv.Request(3, kVirtioBlkTIn, 16, 8192, 0x40000);
+  drv.Publish(3);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.StatusAfter(r, 8192), kVirtioBlkSOk);
+  EXPECT_EQ(memcmp(buf_.data() + r, data.data(), 8192), 0);
+  EXPECT_EQ(drv.Used(1).first, 3u);
+  EXPECT_EQ(drv.Used(1).second, 8193u);
+}
+
+TEST_F(VirtqueueTest, SectorPastTheEndIsAnIoErrorAndWritesNothing) {
+  FakeDriver drv(buf_.data());
+  uint64_t last_sector = io_->size() / 512 - 1;
+  uint64_t d = drv.Request(0, kVirtioBlkTOut, last_sector, 1024);  // one sector too many
+  memset(buf_.data() + d, 'z', 1024);
+  drv.Publish(0);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.StatusAfter(d, 1024), kVirtioBlkSIoErr);
+  std::vector<char> vol = io_->Snapshot();
+  EXPECT_EQ(std::count(vol.begin(), vol.end(), 'z'), 0);
+  // A sector number whose byte offset overflows 64 bits.
+  d = drv.Request(3, kVirtioBlkTIn, UINT64_MAX / 256, 512, 0x40000);
+  drv.Publish(3);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.StatusAfter(d, 512), kVirtioBlkSIoErr);
+}
+
+TEST_F(VirtqueueTest, MisalignedLengthUnknownTypeAndReadOnly) {
+  FakeDriver drv(buf_.data());
+  uint64_t d = drv.Request(0, kVirtioBlkTOut, 0, 100);  // not a multiple of 512
+  drv.Publish(0);
+  uint64_t u = drv.Request(3, 77, 0, 512, 0x40000);     // unknown request type
+  drv.Publish(3);
+  EXPECT_EQ(Run(), 2u);
+  EXPECT_EQ(drv.StatusAfter(d, 100), kVirtioBlkSIoErr);
+  EXPECT_EQ(drv.StatusAfter(u, 512), kVirtioBlkSUnsupp);
+
+  info_.read_only = true;
+  uint64_t w = drv.Request(6, kVirtioBlkTOut, 0, 512, 0x50000);
+  memset(buf_.data() + w, 'r', 512);
+  drv.Publish(6);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.StatusAfter(w, 512), kVirtioBlkSIoErr);
+  std::vector<char> vol = io_->Snapshot();
+  EXPECT_EQ(std::count(vol.begin(), vol.end(), 'r'), 0);
+}
+
+TEST_F(VirtqueueTest, GetIdAnswersTheSerialTruncatedTo20Bytes) {
+  FakeDriver drv(buf_.data());
+  uint64_t d = drv.Request(0, kVirtioBlkTGetId, 0, 20);
+  drv.Publish(0);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.StatusAfter(d, 20), kVirtioBlkSOk);
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(buf_.data() + d), 20), "vol-0123456789abcdef");
+}
+
+TEST_F(VirtqueueTest, DescriptorLoopIsCutOffWithoutHanging) {
+  FakeDriver drv(buf_.data());
+  drv.Desc(0, kGuestBase + kBufOff, 16, kVirtqDescFNext, 1);
+  drv.Desc(1, kGuestBase + kBufOff + 16, 512, kVirtqDescFNext, 0);  // back to 0
+  drv.Publish(0);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.Used(0).second, 0u);  // returned unused: no status byte to report into
+}
+
+TEST_F(VirtqueueTest, BuffersOutsideGuestMemoryAreRejected) {
+  FakeDriver drv(buf_.data());
+  uint64_t d = drv.Request(0, kVirtioBlkTIn, 0, 4096);
+  drv.Desc(1, kGuestBase + kMemSize - 100, 4096, kVirtqDescFNext | kVirtqDescFWrite, 2);
+  drv.Publish(0);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.Used(0).second, 0u);
+  EXPECT_EQ(drv.StatusAfter(d, 4096), 0xff);  // untouched
+  // A next index past the table.
+  drv.Request(3, kVirtioBlkTIn, 0, 512, 0x40000);
+  drv.Desc(4, kGuestBase + 0x40000 + 16, 512, kVirtqDescFNext | kVirtqDescFWrite, 999);
+  drv.Publish(3);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.Used(1).second, 0u);
+  // Indirect descriptors were not negotiated.
+  drv.Desc(7, kGuestBase + kBufOff, 16, kVirtqDescFIndirect, 0);
+  drv.Publish(7);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.Used(2).second, 0u);
+}
+
+TEST_F(VirtqueueTest, CorruptAvailableRingStopsTheQueue) {
+  FakeDriver drv(buf_.data());
+  drv.SetAvailIdx(kQ + 5);  // more entries than the queue holds
+  auto r = queue_.Process(mem_, *io_, info_);
+  EXPECT_EQ(r.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(queue_.broken());
+  EXPECT_EQ(drv.UsedIdx(), 0);
+}
+
+TEST_F(VirtqueueTest, RingOutsideMemoryIsRefusedAtConfiguration) {
+  SplitQueue q;
+  EXPECT_FALSE(q.Configure(mem_, kQ, {kUserBase + kMemSize - 8, kUserBase + kAvailOff,
+                                      kUserBase + kUsedOff}).ok());
+  EXPECT_FALSE(q.Configure(mem_, 24, {kUserBase, kUserBase + kAvailOff, kUserBase + kUsedOff}).ok());
+  EXPECT_FALSE(q.configured());
+}
+
+TEST(VhostUserParseTest, RejectsBadHeadersAndPayloads) {
+  VhostUserHeader h;
+  uint8_t raw[12] = {};
+  uint32_t req = 1, flags = 2, size = 0;  // version 2
+  memcpy(raw, &req, 4);
+  memcpy(raw + 4, &flags, 4);
+  memcpy(raw + 8, &size, 4);
+  EXPECT_FALSE(ParseVhostUserHeader(raw, 12, &h).ok());
+  flags = 1;
+  size = 1 << 20;  // oversized payload
+  memcpy(raw + 4, &flags, 4);
+  memcpy(raw + 8, &size, 4);
+  EXPECT_FALSE(ParseVhostUserHeader(raw, 12, &h).ok());
+  EXPECT_FALSE(ParseVhostUserHeader(raw, 11, &h).ok());
+  size = 8;
+  memcpy(raw + 8, &size, 4);
+  EXPECT_TRUE(ParseVhostUserHeader(raw, 12, &h).ok());
+
+  // Two overlapping regions.
+  std::vector<uint8_t> mt(8 + 64, 0);
+  uint32_t n = 2;
+  memcpy(mt.data(), &n, 4);
+  uint64_t r0[4] = {0, 0x10000, 0x7000000, 0}, r1[4] = {0x8000, 0x10000, 0x9000000, 0};
+  memcpy(mt.data() + 8, r0, 32);
+  memcpy(mt.data() + 40, r1, 32);
+  EXPECT_FALSE(ParseMemTable(mt, 2).ok());
+  r1[0] = 0x20000;
+  memcpy(mt.data() + 40, r1, 32);
+  EXPECT_TRUE(ParseMemTable(mt, 2).ok());
+  EXPECT_FALSE(ParseMemTable(mt, 1).ok());  // fd count must match
+  uint64_t wrap[4] = {UINT64_MAX - 10, 0x1000, 0, 0};
+  memcpy(mt.data() + 40, wrap, 32);
+  EXPECT_FALSE(ParseMemTable(mt, 2).ok());
+
+  std::vector<uint8_t> cfg(12 + 8, 0);
+  uint32_t off = kVirtioBlkConfigSize - 4, sz = 8;
+  memcpy(cfg.data(), &off, 4);
+  memcpy(cfg.data() + 4, &sz, 4);
+  EXPECT_FALSE(ParseConfigAccess(cfg).ok());
+  bool no_fd;
+  std::vector<uint8_t> kick(8, 0);
+  kick[0] = 9;  // queue 9 of 4
+  EXPECT_FALSE(ParseVringFdIndex(kick, 4, 1, &no_fd).ok());
+  kick[0] = 1;
+  EXPECT_TRUE(ParseVringFdIndex(kick, 4, 1, &no_fd).ok());
+  EXPECT_FALSE(ParseVringFdIndex(kick, 4, 0, &no_fd).ok());  // announced an fd, sent none
+}
+
+// ---- The server over a real socket, with a front-end written here. ----
+
+class Frontend {
+ public:
+  explicit Frontend(const std::string& path) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    connected_ = connect(fd_, reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~Frontend() { close(fd_); }
+  bool connected() const { return connected_; }
+  int fd() const { return fd_; }
+
+  bool Send(uint32_t req, const void* payload, uint32_t size, std::vector<int> fds = {},
+            uint32_t flags = 1) {
+    std::vector<uint8_t> buf(12 + size);
+    memcpy(buf.data(), &req, 4);
+    memcpy(buf.data() + 4, &flags, 4);
+    memcpy(buf.data() + 8, &size, 4);
+    if (size) memcpy(buf.data() + 12, payload, size);
+    struct iovec iov = {buf.data(), buf.size()};
+    struct msghdr mh;
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    char cbuf[CMSG_SPACE(sizeof(int) * 8)];
+    if (!fds.empty()) {
+      mh.msg_control = cbuf;
+      mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+      struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+      memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    }
+    return sendmsg(fd_, &mh, MSG_NOSIGNAL) == static_cast<ssize_t>(buf.size());
+  }
+  // Reads one reply; empty on EOF.
+  std::vector<uint8_t> Reply() {
+    uint8_t hdr[12];
+    if (!ReadAll(hdr, 12)) return {};
+    uint32_t size;
+    memcpy(&size, hdr + 8, 4);
+    std::vector<uint8_t> out(12 + size);
+    memcpy(out.data(), hdr, 12);
+    if (size && !ReadAll(out.data() + 12, size)) return {};
+    return out;
+  }
+  uint64_t ReplyU64() {
+    std::vector<uint8_t> r = Reply();
+    uint64_t v = ~0ull;
+    if (r.size() == 20) memcpy(&v, r.data() + 12, 8);
+    return v;
+  }
+  bool ClosedByPeer() {
+    struct pollfd p = {fd_, POLLIN, 0};
+    if (poll(&p, 1, 10000) <= 0) return false;
+    char c;
+    return recv(fd_, &c, 1, 0) == 0;
+  }
+
+ private:
+  bool ReadAll(uint8_t* p, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      ssize_t r = recv(fd_, p + got, n - got, 0);
+      if (r <= 0) return false;
+      got += static_cast<size_t>(r);
+    }
+    return true;
+  }
+  int fd_;
+  bool connected_ = false;
+};
+
+TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
+  TempDir tmp;
+  auto io = std::make_shared<MemBlockIo>(8 << 20);
+  std::string sock = tmp.path() + "/blk.sock";
+  auto server = VhostUserBlkServer::Start(sock, io, {.num_queues = 2, .serial = "stellarium-test"});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+
+  for (int round = 0; round < 2; ++round) {  // the second round is a "restarted VMM"
+    Frontend fe(sock);
+    ASSERT_TRUE(fe.connected());
+    ASSERT_TRUE(fe.Send(kVhostUserGetFeatures, nullptr, 0));
+    uint64_t features = fe.ReplyU64();
+    EXPECT_TRUE(features & (1ull << kVirtioFVersion1));
+    EXPECT_TRUE(features & (1ull << kVhostUserFProtocolFeatures));
+    EXPECT_FALSE(features & (1ull << kVirtioBlkFRo));
+    ASSERT_TRUE(fe.Send(kVhostUserSetOwner, nullptr, 0));
+    ASSERT_TRUE(fe.Send(kVhostUserGetProtocolFeatures, nullptr, 0));
+    uint64_t pf = fe.ReplyU64();
+    ASSERT_TRUE(pf & (1ull << kVhostUserProtocolFConfig));
+    ASSERT_TRUE(fe.Send(kVhostUserSetProtocolFeatures, &pf, 8));
+    ASSERT_TRUE(fe.Send(kVhostUserGetQueueNum, nullptr, 0));
+    EXPECT_EQ(fe.ReplyU64(), 2u);
+    uint32_t cfg_req[3 + 4] = {0, 16, 0};  // read capacity..seg_max
+    ASSERT_TRUE(fe.Send(kVhostUserGetConfig, cfg_req, 12 + 16));
+    std::vector<uint8_t> cfg = fe.Reply();
+    ASSERT_EQ(cfg.size(), 12u + 12 + 16);
+    uint64_t capacity;
+    memcpy(&capacity, cfg.data() + 24, 8);
+    EXPECT_EQ(capacity, (8u << 20) / 512);
+    uint64_t acked = features & ~(1ull << kVirtioBlkFMq);
+    ASSERT_TRUE(fe.Send(kVhostUserSetFeatures, &acked, 8));
+
+    // Guest memory: a memfd, as QEMU's memory-backend-memfd.
+    int memfd = memfd_create("guest", MFD_CLOEXEC);
+    ASSERT_EQ(ftruncate(memfd, kMemSize), 0);
+    uint8_t* mem = static_cast<uint8_t*>(
+        mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0));
+    ASSERT_NE(mem, MAP_FAILED);
+    uint64_t table[1 + 4] = {1, kGuestBase, kMemSize, kUserBase, 0};
+    ASSERT_TRUE(fe.Send(kVhostUserSetMemTable, table, 8 + 32, {memfd},
+                        1 | kVhostUserNeedReplyFlag));
+    EXPECT_EQ(fe.ReplyU64(), 0u);  // REPLY_ACK: success
+    close(memfd);
+    uint32_t num[2] = {0, kQ}, base[2] = {0, 0};
+    ASSERT_TRUE(fe.Send(kVhostUserSetVringNum, num, 8));
+    ASSERT_TRUE(fe.Send(kVhostUserSetVringBase, base, 8));
+    uint8_t addr[40] = {};
+    uint64_t desc = kUserBase + kDescOff, used = kUserBase + kUsedOff, avail = kUserBase + kAvailOff;
+    memcpy(addr + 8, &desc, 8);
+    memcpy(addr + 16, &used, 8);
+    memcpy(addr + 24, &avail, 8);
+    ASSERT_TRUE(fe.Send(kVhostUserSetVringAddr, addr, 40));
+    int kick = eventfd(0, EFD_CLOEXEC), call = eventfd(0, EFD_CLOEXEC);
+    uint64_t q0 = 0;
+    ASSERT_TRUE(fe.Send(kVhostUserSetVringKick, &q0, 8, {kick}));
+    ASSERT_TRUE(fe.Send(kVhostUserSetVringCall, &q0, 8, {call}));
+    uint32_t enable[2] = {0, 1};
+    ASSERT_TRUE(fe.Send(kVhostUserSetVringEnable, enable, 8, {}, 1 | kVhostUserNeedReplyFlag));
+    EXPECT_EQ(fe.ReplyU64(), 0u);
+
+    // A write then a read, each kicked and waited for on the call eventfd.
+    FakeDriver drv(mem);
+    std::vector<char> data = PatternBytes(65536, 40 + round);
+    uint64_t d = drv.Request(0, kVirtioBlkTOut, 2048, 65536);
+    memcpy(mem + d, data.data(), data.size());
+    drv.Publish(0);
+    uint64_t one = 1, got;
+    ASSERT_EQ(write(kick, &one, 8), 8);
+    struct pollfd p = {call, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 30000), 1);
+    ASSERT_EQ(read(call, &got, 8), 8);
+    EXPECT_EQ(drv.StatusAfter(d, 65536), kVirtioBlkSOk);
+    uint64_t r = drv.Request(3, kVirtioBlkTIn, 2048, 65536, 0x80000);
+    drv.Publish(3);
+    ASSERT_EQ(write(kick, &one, 8), 8);
+    ASSERT_EQ(poll(&p, 1, 30000), 1);
+    ASSERT_EQ(read(call, &got, 8), 8);
+    EXPECT_EQ(drv.StatusAfter(r, 65536), kVirtioBlkSOk);
+    EXPECT_EQ(memcmp(mem + r, data.data(), 65536), 0);
+    std::vector<char> vol = io->Snapshot();
+    EXPECT_TRUE(std::equal(data.begin(), data.end(), vol.begin() + 2048 * 512));
+
+    uint32_t state[2] = {0, 0};
+    ASSERT_TRUE(fe.Send(kVhostUserGetVringBase, state, 8));
+    std::vector<uint8_t> vb = fe.Reply();
+    ASSERT_EQ(vb.size(), 20u);
+    uint32_t last_avail;
+    memcpy(&last_avail, vb.data() + 16, 4);
+    EXPECT_EQ(last_avail, 2u);
+    munmap(mem, kMemSize);
+    close(kick);
+    close(call);
+  }
+  EXPECT_EQ((*server)->connections(), 2u);
+  EXPECT_EQ((*server)->last_error(), "");
+}
+
+TEST(VhostUserBlkServerTest, ProtocolViolationsCloseTheConnectionButNotTheServer) {
+  TempDir tmp;
+  auto io = std::make_shared<MemBlockIo>(1 << 20, 4096, /*read_only=*/true);
+  std::string sock = tmp.path() + "/blk.sock";
+  auto server = VhostUserBlkServer::Start(sock, io, {});
+  ASSERT_TRUE(server.ok());
+  {
+    Frontend fe(sock);
+    ASSERT_TRUE(fe.Send(kVhostUserGetFeatures, nullptr, 0));
+    EXPECT_TRUE(fe.ReplyU64() & (1ull << kVirtioBlkFRo));  // read-only volume advertised
+    uint64_t bogus = 1ull << 63;  // a feature never offered
+    ASSERT_TRUE(fe.Send(kVhostUserSetFeatures, &bogus, 8));
+    EXPECT_TRUE(fe.ClosedByPeer());
+  }
+  {
+    Frontend fe(sock);
+    uint32_t state[2] = {200, 16};  // queue 200 does not exist
+    ASSERT_TRUE(fe.Send(kVhostUserSetVringNum, state, 8));
+    EXPECT_TRUE(fe.ClosedByPeer());
+  }
+  {
+    Frontend fe(sock);
+    ASSERT_TRUE(fe.Send(kVhostUserGetFeatures, nullptr, 0, {}, 2));  // bad version
+    EXPECT_TRUE(fe.ClosedByPeer());
+  }
+  {
+    // A memory table whose region is larger than the memfd behind it.
+    Frontend fe(sock);
+    int memfd = memfd_create("small", MFD_CLOEXEC);
+    ASSERT_EQ(ftruncate(memfd, 4096), 0);
+    uint64_t table[5] = {1, 0, 1 << 20, 0x7000000, 0};
+    ASSERT_TRUE(fe.Send(kVhostUserSetMemTable, table, 40, {memfd}));
+    close(memfd);
+    EXPECT_TRUE(fe.ClosedByPeer());
+  }
+  EXPECT_NE((*server)->last_error(), "");
+  Frontend fe(sock);  // still serving
+  ASSERT_TRUE(fe.Send(kVhostUserGetQueueNum, nullptr, 0));
+  EXPECT_EQ(fe.ReplyU64(), 4u);
+  EXPECT_GE((*server)->connections(), 5u);
+}
+
+}  // namespace
+}  // namespace stellarium::exposure
