@@ -1,0 +1,255 @@
+// Encodings for the on-disk format; see format.h and docs/FORMAT.md.
+#include "core/format.h"
+
+#include <cstring>
+
+namespace stellarium::format {
+namespace {
+
+constexpr uint8_t kRecordVersion = 1;
+
+void PutFixed32(std::string* s, uint32_t v) {
+  for (int i = 0; i < 4; ++i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void PutFixed64(std::string* s, uint64_t v) {
+  for (int i = 0; i < 8; ++i) s->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void PutVarint(std::string* s, uint64_t v) {
+  while (v >= 0x80) {
+    s->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  s->push_back(static_cast<char>(v));
+}
+void PutString(std::string* s, std::string_view v) {
+  PutVarint(s, v.size());
+  s->append(v);
+}
+
+// Reads fields in order; any overrun marks the decoder failed.
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  bool ok() const { return ok_; }
+  uint8_t U8() {
+    if (in_.size() < 1) return Fail(), 0;
+    uint8_t v = static_cast<uint8_t>(in_[0]);
+    in_.remove_prefix(1);
+    return v;
+  }
+  uint32_t Fixed32() {
+    if (in_.size() < 4) return Fail(), 0;
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v |= uint32_t(static_cast<uint8_t>(in_[i])) << (8 * i);
+    in_.remove_prefix(4);
+    return v;
+  }
+  uint64_t Fixed64() {
+    if (in_.size() < 8) return Fail(), 0;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v |= uint64_t(static_cast<uint8_t>(in_[i])) << (8 * i);
+    in_.remove_prefix(8);
+    return v;
+  }
+  uint64_t Varint() {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (in_.empty()) return Fail(), 0;
+      uint8_t b = static_cast<uint8_t>(in_[0]);
+      in_.remove_prefix(1);
+      v |= uint64_t(b & 0x7f) << shift;
+      if (!(b & 0x80)) return v;
+    }
+    return Fail(), 0;
+  }
+  std::string String() {
+    uint64_t n = Varint();
+    if (!ok_ || in_.size() < n) return Fail(), std::string();
+    std::string v(in_.substr(0, n));
+    in_.remove_prefix(n);
+    return v;
+  }
+
+ private:
+  void Fail() { ok_ = false; }
+  std::string_view in_;
+  bool ok_ = true;
+};
+
+Status Bad(const std::string& what) {
+  return Status::Corruption(what + ": undecodable record (docs/FORMAT.md)");
+}
+
+void PutAttributes(std::string* s, const Attributes& a) {
+  PutVarint(s, a.size());
+  for (const auto& [k, v] : a) {
+    PutString(s, k);
+    PutString(s, v);
+  }
+}
+Attributes ReadAttributes(Reader* r) {
+  Attributes a;
+  uint64_t n = r->Varint();
+  for (uint64_t i = 0; i < n && r->ok(); ++i) {
+    std::string k = r->String();
+    a[k] = r->String();
+  }
+  return a;
+}
+
+}  // namespace
+
+std::string LayerKey(uint64_t layer) {
+  std::string k(8, '\0');
+  for (int i = 0; i < 8; ++i) k[i] = static_cast<char>((layer >> (56 - 8 * i)) & 0xff);
+  return k;
+}
+
+uint64_t DecodeLayerKey(std::string_view key) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8 && i < static_cast<int>(key.size()); ++i)
+    v = (v << 8) | static_cast<uint8_t>(key[i]);
+  return v;
+}
+
+std::string MapKey(uint64_t layer, uint64_t block) {
+  std::string k = LayerKey(layer);
+  k += LayerKey(block);
+  return k;
+}
+
+void DecodeMapKey(std::string_view key, uint64_t* layer, uint64_t* block) {
+  *layer = DecodeLayerKey(key.substr(0, 8));
+  *block = DecodeLayerKey(key.substr(8, 8));
+}
+
+std::string VolumeNameKey(std::string_view name) { return "v" + std::string(name); }
+std::string SnapshotNameKey(std::string_view name) { return "s" + std::string(name); }
+
+std::string EncodeU64(uint64_t v) {
+  std::string s;
+  PutFixed64(&s, v);
+  return s;
+}
+uint64_t DecodeU64(std::string_view v) {
+  Reader r(v);
+  return r.Fixed64();
+}
+std::string EncodeI64(int64_t v) { return EncodeU64(static_cast<uint64_t>(v)); }
+int64_t DecodeI64(std::string_view v) { return static_cast<int64_t>(DecodeU64(v)); }
+
+std::string EncodeLayer(const LayerRecord& r) {
+  std::string s;
+  s.push_back(static_cast<char>(kRecordVersion));
+  PutFixed64(&s, r.parent);
+  s.push_back(static_cast<char>(r.state));
+  PutFixed64(&s, r.refs);
+  PutFixed32(&s, r.block_size);
+  PutFixed64(&s, static_cast<uint64_t>(r.created_unix_ns));
+  PutString(&s, r.image_digest);
+  return s;
+}
+
+Result<LayerRecord> DecodeLayer(uint64_t id, std::string_view v) {
+  Reader rd(v);
+  LayerRecord r;
+  r.id = id;
+  uint8_t ver = rd.U8();
+  r.parent = rd.Fixed64();
+  uint8_t state = rd.U8();
+  r.refs = rd.Fixed64();
+  r.block_size = rd.Fixed32();
+  r.created_unix_ns = static_cast<int64_t>(rd.Fixed64());
+  r.image_digest = rd.String();
+  if (!rd.ok() || ver < 1 || state < 1 || state > 4) {
+    return Bad("layer " + std::to_string(id));
+  }
+  r.state = static_cast<LayerState>(state);
+  return r;
+}
+
+std::string EncodeVolume(const VolumeRecord& r) {
+  std::string s;
+  s.push_back(static_cast<char>(kRecordVersion));
+  PutString(&s, r.info.name);
+  PutFixed64(&s, r.info.size_bytes);
+  PutFixed32(&s, r.info.block_size);
+  PutFixed64(&s, r.head);
+  PutString(&s, r.info.source_kind);
+  PutString(&s, r.info.source_id);
+  PutFixed64(&s, static_cast<uint64_t>(r.info.created_unix_ns));
+  PutAttributes(&s, r.info.attributes);
+  return s;
+}
+
+Result<VolumeRecord> DecodeVolume(std::string_view id, std::string_view v) {
+  Reader rd(v);
+  VolumeRecord r;
+  r.info.id = std::string(id);
+  uint8_t ver = rd.U8();
+  r.info.name = rd.String();
+  r.info.size_bytes = rd.Fixed64();
+  r.info.block_size = rd.Fixed32();
+  r.head = rd.Fixed64();
+  r.info.source_kind = rd.String();
+  r.info.source_id = rd.String();
+  r.info.created_unix_ns = static_cast<int64_t>(rd.Fixed64());
+  r.info.attributes = ReadAttributes(&rd);
+  if (!rd.ok() || ver < 1) return Bad("volume " + std::string(id));
+  return r;
+}
+
+std::string EncodeSnapshot(const SnapshotRecord& r) {
+  std::string s;
+  s.push_back(static_cast<char>(kRecordVersion));
+  PutString(&s, r.info.name);
+  PutString(&s, r.info.source_volume_id);
+  PutFixed64(&s, r.layer);
+  PutFixed64(&s, r.info.size_bytes);
+  PutFixed32(&s, r.info.block_size);
+  PutFixed64(&s, static_cast<uint64_t>(r.info.created_unix_ns));
+  return s;
+}
+
+Result<SnapshotRecord> DecodeSnapshot(std::string_view id, std::string_view v) {
+  Reader rd(v);
+  SnapshotRecord r;
+  r.info.id = std::string(id);
+  uint8_t ver = rd.U8();
+  r.info.name = rd.String();
+  r.info.source_volume_id = rd.String();
+  r.layer = rd.Fixed64();
+  r.info.size_bytes = rd.Fixed64();
+  r.info.block_size = rd.Fixed32();
+  r.info.created_unix_ns = static_cast<int64_t>(rd.Fixed64());
+  if (!rd.ok() || ver < 1) return Bad("snapshot " + std::string(id));
+  return r;
+}
+
+std::string EncodeImage(const ImageRecord& r) {
+  std::string s;
+  s.push_back(static_cast<char>(kRecordVersion));
+  PutFixed64(&s, r.layer);
+  PutFixed64(&s, r.info.size_bytes);
+  PutFixed32(&s, r.info.block_size);
+  PutString(&s, r.info.origin);
+  PutFixed64(&s, static_cast<uint64_t>(r.info.created_unix_ns));
+  return s;
+}
+
+Result<ImageRecord> DecodeImage(std::string_view digest_bytes, std::string_view v) {
+  Reader rd(v);
+  ImageRecord r;
+  r.info.digest = ToHex(reinterpret_cast<const uint8_t*>(digest_bytes.data()),
+                        digest_bytes.size());
+  uint8_t ver = rd.U8();
+  r.layer = rd.Fixed64();
+  r.info.size_bytes = rd.Fixed64();
+  r.info.block_size = rd.Fixed32();
+  r.info.origin = rd.String();
+  r.info.created_unix_ns = static_cast<int64_t>(rd.Fixed64());
+  if (!rd.ok() || ver < 1) return Bad("image " + r.info.digest);
+  return r;
+}
+
+}  // namespace stellarium::format

@@ -1,0 +1,103 @@
+// The on-disk format: every RocksDB column family, key layout and value encoding.
+// docs/FORMAT.md describes the same in prose; change both together.
+//
+// Persisted on disk: never renumber an enum value, never reorder a record's fields.
+// New record fields are appended; decoders ignore trailing bytes they do not know.
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "core/sha256.h"
+#include "core/status.h"
+#include "core/store.h"
+
+namespace stellarium::format {
+
+// Bumped when a change is not readable by older code. Stored under meta key "format".
+inline constexpr uint32_t kFormatVersion = 1;
+
+// Column family names. Persisted on disk.
+inline constexpr const char* kCfMeta = "default";
+inline constexpr const char* kCfChunks = "chunks";
+inline constexpr const char* kCfRefs = "refs";
+inline constexpr const char* kCfMaps = "maps";
+inline constexpr const char* kCfLayers = "layers";
+inline constexpr const char* kCfVolumes = "volumes";
+inline constexpr const char* kCfSnapshots = "snapshots";
+inline constexpr const char* kCfImages = "images";
+inline constexpr const char* kCfNames = "names";
+
+// Meta keys.
+inline constexpr std::string_view kMetaFormat = "format";          // u32 LE
+inline constexpr std::string_view kMetaNextLayer = "next_layer";   // u64 LE
+
+// Layer states. Persisted on disk; never renumber.
+enum class LayerState : uint8_t {
+  kImporting = 1,  // being filled by an import; discarded at the next open if still so
+  kActive = 2,     // a volume's writable head
+  kFrozen = 3,     // read-only: a snapshot's, an image's, or a clone's parent
+  kDead = 4,       // nothing refers to it; gc drops its map entries, then the record
+};
+
+struct LayerRecord {
+  uint64_t id = 0;            // the key, not encoded in the value
+  uint64_t parent = 0;        // 0 = none
+  LayerState state = LayerState::kActive;
+  uint64_t refs = 0;          // volume heads + snapshots + child layers naming it
+  uint32_t block_size = 0;
+  int64_t created_unix_ns = 0;
+  std::string image_digest;   // 32 raw bytes when this is an image's layer, else empty
+};
+
+struct VolumeRecord {
+  VolumeInfo info;            // info.id is the key, not encoded in the value
+  uint64_t head = 0;
+};
+
+struct SnapshotRecord {
+  SnapshotInfo info;          // info.id is the key
+  uint64_t layer = 0;
+};
+
+struct ImageRecord {
+  ImageInfo info;             // info.digest (hex) is the key's hex form
+  uint64_t layer = 0;
+};
+
+// ---- keys ----
+std::string LayerKey(uint64_t layer);                  // u64 BE
+uint64_t DecodeLayerKey(std::string_view key);
+std::string MapKey(uint64_t layer, uint64_t block);    // u64 BE layer, u64 BE block
+void DecodeMapKey(std::string_view key, uint64_t* layer, uint64_t* block);
+inline constexpr size_t kMapKeySize = 16;
+std::string VolumeNameKey(std::string_view name);      // 'v' + name
+std::string SnapshotNameKey(std::string_view name);    // 's' + name
+
+// A map value is a 32-byte chunk id, or empty: "zero here, whatever the parents say".
+inline bool IsZeroMarker(std::string_view map_value) { return map_value.empty(); }
+
+// ---- values ----
+std::string EncodeU64(uint64_t v);   // LE, 8 bytes
+uint64_t DecodeU64(std::string_view v);
+std::string EncodeI64(int64_t v);    // LE, 8 bytes (refs values and merge operands)
+int64_t DecodeI64(std::string_view v);
+
+std::string EncodeLayer(const LayerRecord& r);
+Result<LayerRecord> DecodeLayer(uint64_t id, std::string_view v);
+std::string EncodeVolume(const VolumeRecord& r);
+Result<VolumeRecord> DecodeVolume(std::string_view id, std::string_view v);
+std::string EncodeSnapshot(const SnapshotRecord& r);
+Result<SnapshotRecord> DecodeSnapshot(std::string_view id, std::string_view v);
+std::string EncodeImage(const ImageRecord& r);
+Result<ImageRecord> DecodeImage(std::string_view digest_bytes, std::string_view v);
+
+// The content digest of an image: SHA-256 over "stellarium-image-v1", the block size
+// (u32 LE), the size (u64 LE), then for every block its 32-byte chunk id, or 32 zero
+// bytes for an all-zero block. See docs/FORMAT.md "images".
+inline constexpr std::string_view kImageDigestTag = "stellarium-image-v1";
+
+}  // namespace stellarium::format

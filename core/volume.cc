@@ -1,0 +1,285 @@
+// Volume I/O (reads walk the layer chain, writes go to the head, copy-on-write at block
+// granularity), flattening, and per-volume statistics.
+#include <algorithm>
+#include <cstring>
+
+#include "core/store_impl.h"
+
+namespace stellarium {
+
+using format::LayerRecord;
+using format::LayerState;
+
+namespace {
+
+class VolumeHandle : public Volume {
+ public:
+  VolumeHandle(StoreImpl* impl, std::shared_ptr<VolumeState> st, bool read_only)
+      : impl_(impl), st_(std::move(st)), read_only_(read_only), id_(st_->rec.info.id) {}
+  ~VolumeHandle() override { impl_->ReleaseState(st_); }
+
+  const std::string& id() const override { return id_; }
+  uint64_t size() const override {
+    std::shared_lock l(st_->mu);
+    return st_->rec.info.size_bytes;
+  }
+  uint32_t block_size() const override { return st_->rec.info.block_size; }
+  bool read_only() const override { return read_only_; }
+
+  Status Read(uint64_t offset, size_t len, char* out) override {
+    std::shared_lock l(st_->mu);
+    RETURN_IF_ERROR(Check(offset, len));
+    if (len == 0) return Status::Ok();
+    const uint64_t bs = st_->rec.info.block_size;
+    const uint64_t b0 = offset / bs, b1 = (offset + len + bs - 1) / bs;
+    std::memset(out, 0, len);
+    std::string chunk;
+    return impl_->ResolveRange(st_->chain, b0, b1, [&](uint64_t block, std::string_view v) -> Status {
+      if (format::IsZeroMarker(v)) return Status::Ok();
+      RETURN_IF_ERROR(impl_->chunks->Read(ChunkIdFromBytes(v), &chunk,
+                                          "volume " + id_ + " block " + std::to_string(block)));
+      if (chunk.size() != bs) {
+        return Status::Corruption("volume " + id_ + " block " + std::to_string(block) +
+                                  ": chunk size " + std::to_string(chunk.size()) + " != block size");
+      }
+      uint64_t bstart = block * bs;
+      uint64_t from = std::max<uint64_t>(bstart, offset);
+      uint64_t to = std::min<uint64_t>(bstart + bs, offset + len);
+      std::memcpy(out + (from - offset), chunk.data() + (from - bstart), to - from);
+      return Status::Ok();
+    });
+  }
+
+  Status Write(uint64_t offset, const char* data, size_t len) override {
+    if (read_only_) return Status::FailedPrecondition("volume " + id_ + " is open read-only");
+    std::unique_lock l(st_->mu);
+    RETURN_IF_ERROR(Check(offset, len));
+    if (len == 0) return Status::Ok();
+    const uint64_t bs = st_->rec.info.block_size;
+    const uint64_t b0 = offset / bs, b1 = (offset + len + bs - 1) / bs;
+    const uint64_t head = st_->chain.front();
+    const bool has_parent = st_->chain.size() > 1;
+
+    // Current head entries of the range (to drop their references).
+    std::map<uint64_t, std::string> old_head;
+    RETURN_IF_ERROR(impl_->ResolveRange({head}, b0, b1, [&](uint64_t b, std::string_view v) {
+      old_head.emplace(b, std::string(v));
+      return Status::Ok();
+    }));
+
+    std::shared_lock sweep(impl_->chunks->sweep_lock());
+    Txn batch;
+    std::string block(bs, '\0');
+    for (uint64_t b = b0; b < b1; ++b) {
+      uint64_t bstart = b * bs;
+      uint64_t from = std::max<uint64_t>(bstart, offset);
+      uint64_t to = std::min<uint64_t>(bstart + bs, offset + len);
+      const char* content;
+      if (to - from == bs) {
+        content = data + (from - offset);
+      } else {
+        // Partial block: read-modify-write through the chain.
+        RETURN_IF_ERROR(ReadBlockLocked(b, block.data()));
+        std::memcpy(block.data() + (from - bstart), data + (from - offset), to - from);
+        content = block.data();
+      }
+      auto old = old_head.find(b);
+      bool had_chunk = old != old_head.end() && !format::IsZeroMarker(old->second);
+      std::string key = format::MapKey(head, b);
+      if (IsAllZero(content, bs)) {
+        if (had_chunk) impl_->chunks->DropRef(&batch, ChunkIdFromBytes(old->second));
+        if (has_parent) {
+          if (old == old_head.end() || had_chunk) batch.Put(impl_->db->cf(Cf::kMaps), key, "");
+        } else if (old != old_head.end()) {
+          batch.Delete(impl_->db->cf(Cf::kMaps), key);
+        }
+        continue;
+      }
+      ChunkId id = Sha256(content, bs);
+      if (had_chunk && old->second == AsBytes(id)) continue;
+      impl_->chunks->AddRef(&batch, id, std::string_view(content, bs));
+      if (had_chunk) impl_->chunks->DropRef(&batch, ChunkIdFromBytes(old->second));
+      batch.Put(impl_->db->cf(Cf::kMaps), key, rocksdb::Slice(AsBytes(id).data(), id.size()));
+    }
+    if (batch.Count() == 0) return Status::Ok();
+    return impl_->db->Write(&batch, WriteMode::kNoSync, "volume " + id_ + ": write");
+  }
+
+  Status Flush() override {
+    {
+      std::shared_lock l(st_->mu);
+      if (st_->deleted) return Status::NotFound("volume " + id_ + " was deleted");
+    }
+    return impl_->db->SyncWal();
+  }
+
+ private:
+  // REQUIRES: st_->mu held.
+  Status Check(uint64_t offset, size_t len) const {
+    if (st_->deleted) return Status::NotFound("volume " + id_ + " was deleted");
+    uint64_t size = st_->rec.info.size_bytes;
+    if (offset > size || len > size - offset) {
+      return Status::OutOfRange("volume " + id_ + ": range [" + std::to_string(offset) + ", +" +
+                                std::to_string(len) + ") is past the end (" + std::to_string(size) +
+                                " bytes)");
+    }
+    return Status::Ok();
+  }
+
+  // REQUIRES: st_->mu held. Reads one whole block through the chain.
+  Status ReadBlockLocked(uint64_t b, char* out) {
+    const uint32_t bs = st_->rec.info.block_size;
+    std::memset(out, 0, bs);
+    std::string chunk;
+    return impl_->ResolveRange(st_->chain, b, b + 1, [&](uint64_t, std::string_view v) -> Status {
+      if (format::IsZeroMarker(v)) return Status::Ok();
+      RETURN_IF_ERROR(impl_->chunks->Read(ChunkIdFromBytes(v), &chunk,
+                                          "volume " + id_ + " block " + std::to_string(b)));
+      std::memcpy(out, chunk.data(), std::min<size_t>(bs, chunk.size()));
+      return Status::Ok();
+    });
+  }
+
+  StoreImpl* impl_;
+  std::shared_ptr<VolumeState> st_;
+  bool read_only_;
+  std::string id_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<VolumeState>> StoreImpl::AcquireState(const std::string& id) {
+  std::lock_guard lock(catalog_mu);
+  auto st = OpenState(id);
+  if (!st) {
+    ASSIGN_OR_RETURN(auto rec, LoadVolume(id));
+    if (!rec) return Status::NotFound("volume " + id + " not found");
+    st = std::make_shared<VolumeState>();
+    st->rec = *rec;
+    ASSIGN_OR_RETURN(st->chain, LoadChain(rec->head));
+    open_volumes[id] = st;
+  }
+  st->handles.fetch_add(1);
+  return st;
+}
+
+void StoreImpl::ReleaseState(const std::shared_ptr<VolumeState>& st) { st->handles.fetch_sub(1); }
+
+std::shared_ptr<Volume> MakeVolumeHandle(StoreImpl* impl, std::shared_ptr<VolumeState> st,
+                                         bool read_only) {
+  return std::make_shared<VolumeHandle>(impl, std::move(st), read_only);
+}
+
+Result<std::shared_ptr<Volume>> Store::OpenVolume(const std::string& volume_id, bool read_only) {
+  ASSIGN_OR_RETURN(auto st, impl_->AcquireState(volume_id));
+  return MakeVolumeHandle(impl_.get(), std::move(st), read_only);
+}
+
+Status StoreImpl::FlattenIfDeep(const std::string& id, uint32_t depth_after_next) {
+  if (depth_after_next <= options.max_chain_depth) return Status::Ok();
+  return FlattenVolume(id);
+}
+
+// Copies every ancestor's entries that the head does not override into the head, in
+// bounded batches under the volume's lock, then cuts the head loose from its parent.
+// Each batch leaves the volume's contents unchanged, so a crash at any point is safe.
+Status StoreImpl::FlattenVolume(const std::string& id) {
+  ASSIGN_OR_RETURN(auto st, AcquireState(id));
+  struct Release {
+    StoreImpl* s;
+    std::shared_ptr<VolumeState> st;
+    ~Release() { s->ReleaseState(st); }
+  } release{this, st};
+
+  std::vector<uint64_t> chain;
+  uint64_t head;
+  {
+    std::shared_lock l(st->mu);
+    chain = st->chain;
+    head = chain.front();
+  }
+  if (chain.size() <= 1) return Status::Ok();
+  constexpr size_t kBatch = 4096;
+  for (size_t i = 1; i < chain.size(); ++i) {
+    std::string next = format::MapKey(chain[i], 0);
+    const std::string end = format::MapKey(chain[i] + 1, 0);
+    for (;;) {
+      std::unique_lock l(st->mu);
+      if (st->deleted) return Status::NotFound("volume " + id + " was deleted");
+      if (st->chain.front() != head) {
+        return Status::Aborted("flatten of volume " + id + " was interrupted by a snapshot or clone");
+      }
+      std::shared_lock sweep(chunks->sweep_lock());
+      auto it = db->NewIterator(Cf::kMaps);
+      Txn batch;
+      size_t n = 0;
+      for (it->Seek(next); it->Valid() && it->key().compare(end) < 0 && n < kBatch; it->Next(), ++n) {
+        uint64_t layer, block;
+        format::DecodeMapKey(it->key().ToStringView(), &layer, &block);
+        std::string hk = format::MapKey(head, block);
+        ASSIGN_OR_RETURN(auto mine, db->Get(Cf::kMaps, hk, "flatten volume " + id));
+        if (mine) continue;  // the head (or a layer copied before) overrides it
+        std::string_view v = it->value().ToStringView();
+        if (!format::IsZeroMarker(v)) chunks->AddRef(&batch, ChunkIdFromBytes(v), {});
+        batch.Put(db->cf(Cf::kMaps), hk, it->value());
+      }
+      RETURN_IF_ERROR(FromRocks(it->status(), "flatten volume " + id));
+      bool done = !(it->Valid() && it->key().compare(end) < 0);
+      if (!done) next = it->key().ToString();
+      if (batch.Count() > 0) RETURN_IF_ERROR(db->Write(&batch, WriteMode::kNoSync, "flatten volume " + id));
+      if (done) break;
+    }
+  }
+  // Cut the head loose: its parent loses a reference (and may die with its ancestors).
+  std::lock_guard lock(catalog_mu);
+  std::unique_lock l(st->mu);
+  if (st->chain.front() != head) {
+    return Status::Aborted("flatten of volume " + id + " was interrupted by a snapshot or clone");
+  }
+  CatalogTxn txn;
+  ASSIGN_OR_RETURN(LayerRecord * h, TxnLayer(&txn, head));
+  uint64_t parent = h->parent;
+  h->parent = 0;
+  RETURN_IF_ERROR(UnrefLayer(&txn, parent));
+  RETURN_IF_ERROR(Commit(&txn, "flatten volume " + id));
+  st->chain = {head};
+  return Status::Ok();
+}
+
+Status Store::FlattenVolume(const std::string& volume_id) { return impl_->FlattenVolume(volume_id); }
+
+Result<VolumeStats> Store::GetVolumeStats(const std::string& volume_id) {
+  StoreImpl& s = *impl_;
+  ASSIGN_OR_RETURN(auto rec, s.LoadVolume(volume_id));
+  if (!rec) return Status::NotFound("volume " + volume_id + " not found");
+  ASSIGN_OR_RETURN(auto chain, s.LoadChain(rec->head));
+  VolumeStats st;
+  st.size_bytes = rec->info.size_bytes;
+  st.block_size = rec->info.block_size;
+  st.chain_depth = static_cast<uint32_t>(chain.size());
+  const uint64_t nblocks = rec->info.size_bytes / rec->info.block_size;
+  RETURN_IF_ERROR(s.ResolveRange({rec->head}, 0, nblocks, [&](uint64_t, std::string_view v) {
+    if (!format::IsZeroMarker(v)) ++st.head_blocks;
+    return Status::Ok();
+  }));
+  RETURN_IF_ERROR(s.ResolveRange(chain, 0, nblocks, [&](uint64_t, std::string_view v) {
+    if (!format::IsZeroMarker(v)) ++st.mapped_blocks;
+    return Status::Ok();
+  }));
+  // Unique: chunks referenced once, in the layers only this volume reaches (its head and
+  // the ancestors up to the first layer shared with a snapshot or another volume): what
+  // deleting the volume would free.
+  for (uint64_t layer : chain) {
+    ASSIGN_OR_RETURN(LayerRecord l, s.LoadLayer(layer));
+    if (l.refs != 1) break;
+    RETURN_IF_ERROR(s.ResolveRange({layer}, 0, UINT64_MAX, [&](uint64_t, std::string_view v) -> Status {
+      if (format::IsZeroMarker(v)) return Status::Ok();
+      ASSIGN_OR_RETURN(auto count, s.db->Get(Cf::kRefs, v, "volume " + volume_id + ": stats"));
+      if (count && format::DecodeI64(*count) == 1) st.unique_bytes += l.block_size;
+      return Status::Ok();
+    }));
+  }
+  return st;
+}
+
+}  // namespace stellarium
