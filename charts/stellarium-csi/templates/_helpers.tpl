@@ -1,0 +1,38 @@
+{{/*
+Names and labels shared by every template. The chart name doubles as the
+prefix of cluster-scoped objects, so two releases need two fullnames.
+*/}}
+{{- define "stellarium-csi.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "stellarium-csi.fullname" -}}
+{{- if contains .Chart.Name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "stellarium-csi.labels" -}}
+app.kubernetes.io/name: {{ include "stellarium-csi.name" . }}
+app.kubernetes.io/part-of: stellarium-csi
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{- define "stellarium-csi.nodeSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "stellarium-csi.name" . }}
+app.kubernetes.io/component: node
+{{- end }}
+
+{{- define "stellarium-csi.serviceAccountName" -}}
+{{- .Values.serviceAccount.name }}
+{{- end }}
+
+{{/* The CSI socket path on the host, as kubelet and the registrar see it. */}}
+{{- define "stellarium-csi.socketDir" -}}
+{{- printf "%s/plugins/%s" .Values.kubeletDir .Values.driver.name }}
+{{- end }}

@@ -1,0 +1,214 @@
+"""manifests/: every file parses into Kubernetes objects, the install set is complete
+and consistent, and every container argument is a flag the pinned sidecar has."""
+
+import pathlib
+import shutil
+import subprocess
+import unittest
+
+import yaml
+
+from common import (MANIFESTS, daemonset_containers, flag_name, install_objects,
+                    load_docs, manifest_files)
+from sidecar_flags import REQUIRED_ARGS, SIDECARS, STELLARIUM_CSI_FLAGS
+
+DRIVER = "csi.stellarium.io"
+
+
+def objects_of(kind):
+    return [doc for _, doc in install_objects() if doc["kind"] == kind]
+
+
+class ManifestFilesTest(unittest.TestCase):
+    def test_every_document_is_a_named_object(self):
+        files = manifest_files()
+        self.assertGreaterEqual(len(files), 10, "manifests/ looks empty")
+        for path in files:
+            docs = load_docs(path)
+            self.assertTrue(docs, f"{path}: no YAML document")
+            for i, doc in enumerate(docs):
+                where = f"{path.relative_to(MANIFESTS)} document {i}"
+                self.assertIsInstance(doc, dict, where)
+                for key in ("apiVersion", "kind"):
+                    self.assertIsInstance(doc.get(key), str, f"{where}: no {key}")
+                self.assertIsInstance(doc.get("metadata", {}).get("name"), str,
+                                      f"{where}: no metadata.name")
+
+    def test_kustomization_lists_exactly_the_install_files(self):
+        kust = load_docs(MANIFESTS / "kustomization.yaml")[0]
+        self.assertEqual(kust["kind"], "Kustomization")
+        listed = kust["resources"]
+        self.assertEqual(len(listed), len(set(listed)), "a resource is listed twice")
+        on_disk = {p.name for p in manifest_files(include_examples=False)} - {"kustomization.yaml"}
+        self.assertEqual(set(listed), on_disk,
+                         "kustomization.yaml resources must be every manifests/*.yaml")
+
+    def test_kustomize_build_yields_the_same_objects(self):
+        kubectl = shutil.which("kubectl")
+        if not kubectl:
+            self.skipTest("kubectl is not installed: `kubectl kustomize` cannot be run here")
+        out = subprocess.run([kubectl, "kustomize", str(MANIFESTS)], capture_output=True,
+                             text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        built = sorted((d["kind"], d["metadata"]["name"])
+                       for d in yaml.safe_load_all(out.stdout) if d)
+        expected = sorted((d["kind"], d["metadata"]["name"]) for _, d in install_objects())
+        self.assertEqual(built, expected)
+
+    def test_namespaced_objects_live_in_the_driver_namespace(self):
+        ns = objects_of("Namespace")
+        self.assertEqual(len(ns), 1)
+        name = ns[0]["metadata"]["name"]
+        for kind in ("ServiceAccount", "DaemonSet", "Role", "RoleBinding"):
+            for obj in objects_of(kind):
+                self.assertEqual(obj["metadata"].get("namespace"), name,
+                                 f"{kind} {obj['metadata']['name']}")
+        for kind in ("ClusterRoleBinding", "RoleBinding"):
+            for obj in objects_of(kind):
+                for subject in obj["subjects"]:
+                    self.assertEqual(subject.get("namespace"), name,
+                                     f"{kind} {obj['metadata']['name']} subject")
+
+    def test_bindings_point_at_existing_roles_and_service_account(self):
+        roles = {(d["kind"], d["metadata"]["name"]) for _, d in install_objects()
+                 if d["kind"] in ("Role", "ClusterRole")}
+        sas = {d["metadata"]["name"] for d in objects_of("ServiceAccount")}
+        ds = objects_of("DaemonSet")[0]
+        self.assertIn(ds["spec"]["template"]["spec"]["serviceAccountName"], sas)
+        bindings = objects_of("ClusterRoleBinding") + objects_of("RoleBinding")
+        self.assertEqual(len(bindings), 5, "provisioner x2, snapshotter x1, resizer x2")
+        for b in bindings:
+            self.assertIn((b["roleRef"]["kind"], b["roleRef"]["name"]), roles)
+            for s in b["subjects"]:
+                self.assertEqual(s["kind"], "ServiceAccount")
+                self.assertIn(s["name"], sas)
+
+    def test_csidriver_spec(self):
+        (drv,) = objects_of("CSIDriver")
+        self.assertEqual(drv["metadata"]["name"], DRIVER)
+        self.assertEqual(drv["spec"], {
+            "attachRequired": False, "podInfoOnMount": True, "storageCapacity": True,
+            "fsGroupPolicy": "File", "volumeLifecycleModes": ["Persistent"]})
+
+    def test_storage_classes_bind_on_first_consumer(self):
+        classes = objects_of("StorageClass")
+        self.assertEqual(len(classes), 2, "one blank, one from an image")
+        self.assertEqual(sum(1 for sc in classes if "image" in sc["parameters"]), 1)
+        for sc in classes:
+            self.assertEqual(sc["provisioner"], DRIVER)
+            self.assertEqual(sc["volumeBindingMode"], "WaitForFirstConsumer")
+            self.assertLessEqual(set(sc["parameters"]),
+                                 {"image", "imageDir", "blockSize", "fsType", "exposure"})
+        (vsc,) = objects_of("VolumeSnapshotClass")
+        self.assertEqual(vsc["driver"], DRIVER)
+
+    def test_examples_use_installed_classes(self):
+        classes = {sc["metadata"]["name"] for sc in objects_of("StorageClass")}
+        snap_classes = {c["metadata"]["name"] for c in objects_of("VolumeSnapshotClass")}
+        kinds = set()
+        for path in sorted((MANIFESTS / "examples").glob("*.yaml")):
+            docs = load_docs(path)
+            local = {d["metadata"]["name"] for d in docs if d["kind"] == "StorageClass"}
+            for d in docs:
+                kinds.add((d["kind"], d.get("spec", {}).get("volumeMode", "")))
+                if d["kind"] == "PersistentVolumeClaim":
+                    self.assertIn(d["spec"]["storageClassName"], classes | local, path.name)
+                if d["kind"] == "VolumeSnapshot":
+                    self.assertIn(d["spec"]["volumeSnapshotClassName"], snap_classes, path.name)
+        for wanted in (("PersistentVolumeClaim", "Block"), ("VolumeSnapshot", ""), ("Pod", "")):
+            self.assertIn(wanted, kinds)
+
+
+class DaemonSetTest(unittest.TestCase):
+    def setUp(self):
+        (self.ds,) = objects_of("DaemonSet")
+        self.containers = daemonset_containers(self.ds)
+
+    def test_containers_are_the_driver_and_the_known_sidecars(self):
+        self.assertEqual(set(self.containers), {"stellarium-csi"} | set(SIDECARS))
+
+    def test_sidecar_images_are_pinned_to_the_checked_releases(self):
+        for name, spec in SIDECARS.items():
+            self.assertEqual(self.containers[name]["image"], f"{spec['image']}:{spec['tag']}",
+                             f"{name}: a new tag needs its flag list re-read ({spec['source']})")
+
+    def test_every_sidecar_arg_is_a_flag_of_that_release(self):
+        check_sidecar_args(self, self.containers)
+
+    def test_driver_args_are_agreed_flags(self):
+        args = self.containers["stellarium-csi"]["args"]
+        for arg in args:
+            self.assertIn(flag_name(arg), STELLARIUM_CSI_FLAGS, f"stellarium-csi arg {arg}")
+        self.assertIn("--endpoint=unix:///csi/csi.sock", args)
+        self.assertIn(f"--driver-name={DRIVER}", args)
+
+    def test_driver_container_is_privileged_with_bidirectional_kubelet_mounts(self):
+        drv = self.containers["stellarium-csi"]
+        self.assertTrue(drv["securityContext"]["privileged"])
+        mounts = {m["mountPath"]: m for m in drv["volumeMounts"]}
+        for path in ("/var/lib/kubelet/pods", "/var/lib/kubelet/plugins", "/var/lib/stellarium"):
+            self.assertEqual(mounts[path].get("mountPropagation"), "Bidirectional", path)
+        self.assertIn("/dev", mounts)
+        volumes = {v["name"]: v for v in self.ds["spec"]["template"]["spec"]["volumes"]}
+        # Paths written into host-read descriptors must be the same inside and outside.
+        for path in ("/var/lib/kubelet/pods", "/var/lib/kubelet/plugins", "/var/lib/stellarium",
+                     "/run/kata-containers/shared/direct-volumes"):
+            self.assertEqual(volumes[mounts[path]["name"]]["hostPath"]["path"], path)
+        for name, c in self.containers.items():
+            if name != "stellarium-csi":
+                self.assertFalse(any(m.get("mountPropagation") for m in c["volumeMounts"]), name)
+
+    def test_driver_paths_are_inside_the_mounted_host_directories(self):
+        drv = self.containers["stellarium-csi"]
+        mounts = [m["mountPath"] for m in drv["volumeMounts"]]
+        for arg in drv["args"]:
+            name, _, value = arg.partition("=")
+            if name in ("--store", "--state-dir", "--import-root", "--kubelet-dir"):
+                self.assertTrue(any(value == m or value.startswith(m + "/") for m in mounts)
+                                or value == "/var/lib/kubelet", arg)
+
+    def test_socket_paths_agree(self):
+        volumes = {v["name"]: v for v in self.ds["spec"]["template"]["spec"]["volumes"]}
+        reg = self.containers["node-driver-registrar"]["args"]
+        reg_path = next(a.split("=", 1)[1] for a in reg if a.startswith("--kubelet-registration-path="))
+        self.assertEqual(reg_path, volumes["socket-dir"]["hostPath"]["path"] + "/csi.sock")
+        self.assertEqual(reg_path, f"/var/lib/kubelet/plugins/{DRIVER}/csi.sock")
+        for name, c in self.containers.items():
+            self.assertIn({"name": "socket-dir", "mountPath": "/csi"}, c["volumeMounts"], name)
+
+    def test_liveness_probe_port_is_the_probe_sidecars_endpoint(self):
+        drv = self.containers["stellarium-csi"]
+        ports = {p["name"]: p["containerPort"] for p in drv["ports"]}
+        self.assertEqual(drv["livenessProbe"]["httpGet"]["port"], "healthz")
+        self.assertIn(f"--http-endpoint=:{ports['healthz']}", self.containers["liveness-probe"]["args"])
+        metrics = next(a for a in drv["args"] if a.startswith("--metrics-address="))
+        self.assertEqual(metrics, f"--metrics-address=:{ports['metrics']}")
+
+    def test_distributed_sidecars_get_their_node_name(self):
+        for name in ("csi-provisioner", "csi-snapshotter"):
+            env = {e["name"]: e for e in self.containers[name]["env"]}
+            self.assertEqual(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName")
+        env = {e["name"] for e in self.containers["csi-provisioner"]["env"]}
+        self.assertLessEqual({"NAMESPACE", "POD_NAME"}, env, "--enable-capacity ownerref needs them")
+        self.assertNotIn("--leader-election=true", self.containers["csi-snapshotter"]["args"],
+                         "csi-snapshotter refuses leader election with --node-deployment")
+
+
+def check_sidecar_args(test, containers, resolve=lambda arg: arg):
+    """Every arg of every sidecar is a flag of its pinned release; required ones are set."""
+    for name, spec in SIDECARS.items():
+        args = [resolve(a) for a in containers[name]["args"]]
+        for arg in args:
+            flag = flag_name(arg)
+            test.assertIsNotNone(flag, f"{name}: positional argument {arg!r}")
+            test.assertIn(flag, spec["flags"],
+                          f"{name} {spec['tag']} has no flag --{flag} (source: {spec['source']})")
+            if flag == "feature-gates":
+                for gate in arg.split("=", 1)[1].split(","):
+                    test.assertIn(gate.split("=")[0], spec["feature_gates"], f"{name}: {arg}")
+        for required in REQUIRED_ARGS.get(name, ()):
+            test.assertIn(required, args, f"{name} needs {required} for distributed provisioning")
+
+
+if __name__ == "__main__":
+    unittest.main()
