@@ -1,0 +1,322 @@
+// stellarium-csi-client: a small CSI client for people and scripts (the README's demo,
+// scripts/demo.sh). It speaks plain CSI v1 over a unix socket, so it works against any
+// CSI driver, and prints each result as "key=value" lines that a shell can read.
+//
+//   stellarium-csi-client --endpoint unix:///tmp/csi.sock create-volume --name v1
+//       --size 1G --param image=/images/base.img   (one line)
+//   stellarium-csi-client ... create-snapshot --name s1 --volume vol-...
+//   stellarium-csi-client ... create-volume --name v2 --snapshot snap-...
+//   stellarium-csi-client ... stage --id vol-... --staging-path /var/lib/kubelet/...
+//   stellarium-csi-client ... publish --id vol-... --staging-path ... --target ...
+//
+// Exit status: 0 on success, 1 when the driver returns an error (printed as
+// "error=CODE: message" on stderr), 2 for a bad command line.
+#include <grpcpp/grpcpp.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "csi.grpc.pb.h"
+
+namespace {
+
+using namespace ::csi::v1;
+
+const char* CodeName(grpc::StatusCode code) {
+  static const char* const kNames[] = {
+      "OK",       "CANCELLED",          "UNKNOWN",      "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  int i = static_cast<int>(code);
+  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN_CODE";
+}
+
+// "64K", "1G", "4096" -> bytes (binary units).
+int64_t ParseBytes(const std::string& text) {
+  size_t pos = 0;
+  double value = std::stod(text, &pos);
+  std::string unit = text.substr(pos);
+  int64_t mult = 1;
+  if (!unit.empty()) {
+    char u = static_cast<char>(std::toupper(static_cast<unsigned char>(unit[0])));
+    if (u == 'K') mult = 1ll << 10;
+    else if (u == 'M') mult = 1ll << 20;
+    else if (u == 'G') mult = 1ll << 30;
+    else if (u == 'T') mult = 1ll << 40;
+    else throw std::invalid_argument("bad size unit in '" + text + "'");
+  }
+  return static_cast<int64_t>(value * static_cast<double>(mult));
+}
+
+std::map<std::string, std::string> ParsePairs(const std::vector<std::string>& pairs) {
+  std::map<std::string, std::string> out;
+  for (const auto& p : pairs) {
+    auto eq = p.find('=');
+    if (eq == std::string::npos) throw std::invalid_argument("expected key=value, got '" + p + "'");
+    out[p.substr(0, eq)] = p.substr(eq + 1);
+  }
+  return out;
+}
+
+void PrintVolume(const Volume& v) {
+  std::cout << "volume_id=" << v.volume_id() << "\n"
+            << "capacity_bytes=" << v.capacity_bytes() << "\n";
+  if (v.content_source().has_snapshot()) {
+    std::cout << "source_snapshot_id=" << v.content_source().snapshot().snapshot_id() << "\n";
+  } else if (v.content_source().has_volume()) {
+    std::cout << "source_volume_id=" << v.content_source().volume().volume_id() << "\n";
+  }
+  for (const auto& [k, val] : v.volume_context()) std::cout << "context." << k << "=" << val << "\n";
+  for (const auto& topo : v.accessible_topology()) {
+    for (const auto& [k, val] : topo.segments()) std::cout << "topology." << k << "=" << val << "\n";
+  }
+}
+
+void PrintSnapshot(const Snapshot& s) {
+  std::cout << "snapshot_id=" << s.snapshot_id() << "\n"
+            << "source_volume_id=" << s.source_volume_id() << "\n"
+            << "size_bytes=" << s.size_bytes() << "\n"
+            << "ready_to_use=" << (s.ready_to_use() ? "true" : "false") << "\n"
+            << "creation_time=" << s.creation_time().seconds() << "\n";
+}
+
+int Fail(const grpc::Status& st) {
+  std::cerr << "error=" << CodeName(st.error_code()) << ": " << st.error_message() << "\n";
+  return 1;
+}
+
+VolumeCapability Capability(bool block, bool read_only, const std::string& fs_type,
+                            const std::vector<std::string>& flags) {
+  VolumeCapability cap;
+  if (block) {
+    cap.mutable_block();
+  } else {
+    cap.mutable_mount()->set_fs_type(fs_type);
+    for (const auto& f : flags) cap.mutable_mount()->add_mount_flags(f);
+  }
+  cap.mutable_access_mode()->set_mode(read_only ? VolumeCapability::AccessMode::SINGLE_NODE_READER_ONLY
+                                                : VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
+  return cap;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"stellarium-csi-client: call a CSI driver over its unix socket"};
+  app.require_subcommand(1);
+  std::string endpoint = "unix:///var/lib/kubelet/plugins/csi.stellarium.io/csi.sock";
+  int timeout_s = 600;
+  app.add_option("--endpoint", endpoint, "the driver's socket, unix:///path")->capture_default_str();
+  app.add_option("--timeout", timeout_s, "seconds to wait for each call")->capture_default_str();
+
+  // Shared option holders.
+  std::string name, id, snapshot, volume, size, limit, staging, target, fs_type = "ext4";
+  std::vector<std::string> params, flags, context;
+  bool block = false, read_only = false;
+  int max_entries = 0;
+  std::string token;
+
+  auto* create_volume = app.add_subcommand("create-volume", "CreateVolume");
+  create_volume->add_option("--name", name, "volume name (idempotency key)")->required();
+  create_volume->add_option("--size", size, "required capacity, e.g. 1G");
+  create_volume->add_option("--limit", limit, "capacity limit, e.g. 2G");
+  create_volume->add_option("--snapshot", snapshot, "create from this snapshot id");
+  create_volume->add_option("--volume", volume, "clone this volume id");
+  create_volume->add_option("--param", params, "StorageClass parameter key=value (repeatable)");
+  create_volume->add_flag("--block", block, "ask for block access (default: mount)");
+
+  auto* delete_volume = app.add_subcommand("delete-volume", "DeleteVolume");
+  delete_volume->add_option("--id", id, "volume id")->required();
+
+  auto* create_snapshot = app.add_subcommand("create-snapshot", "CreateSnapshot");
+  create_snapshot->add_option("--name", name, "snapshot name")->required();
+  create_snapshot->add_option("--volume", volume, "source volume id")->required();
+
+  auto* delete_snapshot = app.add_subcommand("delete-snapshot", "DeleteSnapshot");
+  delete_snapshot->add_option("--id", id, "snapshot id")->required();
+
+  auto* stage = app.add_subcommand("stage", "NodeStageVolume");
+  stage->add_option("--id", id, "volume id")->required();
+  stage->add_option("--staging-path", staging, "staging target path")->required();
+  stage->add_option("--fs-type", fs_type, "filesystem")->capture_default_str();
+  stage->add_option("--mount-flag", flags, "mount flag (repeatable)");
+  stage->add_option("--context", context, "volume_context key=value (repeatable)");
+  stage->add_flag("--block", block, "block access");
+  stage->add_flag("--read-only", read_only, "SINGLE_NODE_READER_ONLY access");
+
+  auto* unstage = app.add_subcommand("unstage", "NodeUnstageVolume");
+  unstage->add_option("--id", id, "volume id")->required();
+  unstage->add_option("--staging-path", staging, "staging target path")->required();
+
+  auto* publish = app.add_subcommand("publish", "NodePublishVolume");
+  publish->add_option("--id", id, "volume id")->required();
+  publish->add_option("--staging-path", staging, "staging target path")->required();
+  publish->add_option("--target", target, "target path")->required();
+  publish->add_option("--fs-type", fs_type, "filesystem")->capture_default_str();
+  publish->add_option("--mount-flag", flags, "mount flag (repeatable)");
+  publish->add_flag("--block", block, "block access");
+  publish->add_flag("--read-only", read_only, "publish read-only");
+
+  auto* unpublish = app.add_subcommand("unpublish", "NodeUnpublishVolume");
+  unpublish->add_option("--id", id, "volume id")->required();
+  unpublish->add_option("--target", target, "target path")->required();
+
+  auto* list_volumes = app.add_subcommand("list-volumes", "ListVolumes");
+  list_volumes->add_option("--max-entries", max_entries, "page size (0 = all)");
+  list_volumes->add_option("--starting-token", token, "next_token of the previous page");
+
+  auto* list_snapshots = app.add_subcommand("list-snapshots", "ListSnapshots");
+  list_snapshots->add_option("--volume", volume, "only snapshots of this volume");
+
+  auto* stats = app.add_subcommand("stats", "NodeGetVolumeStats");
+  stats->add_option("--id", id, "volume id")->required();
+  stats->add_option("--path", target, "a path the volume is published or staged at")->required();
+
+  auto* probe = app.add_subcommand("probe", "Probe, GetPluginInfo and NodeGetInfo");
+
+  CLI11_PARSE(app, argc, argv);
+
+  auto channel = grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials());
+  auto identity = Identity::NewStub(channel);
+  auto controller = Controller::NewStub(channel);
+  auto node = Node::NewStub(channel);
+  auto ctx = [&] {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+    return c;
+  };
+
+  try {
+    if (*create_volume) {
+      CreateVolumeRequest req;
+      req.set_name(name);
+      if (!size.empty()) req.mutable_capacity_range()->set_required_bytes(ParseBytes(size));
+      if (!limit.empty()) req.mutable_capacity_range()->set_limit_bytes(ParseBytes(limit));
+      if (!snapshot.empty()) req.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(snapshot);
+      if (!volume.empty()) req.mutable_volume_content_source()->mutable_volume()->set_volume_id(volume);
+      for (const auto& [k, v] : ParsePairs(params)) (*req.mutable_parameters())[k] = v;
+      *req.add_volume_capabilities() = Capability(block, false, "", {});
+      CreateVolumeResponse resp;
+      grpc::Status st = controller->CreateVolume(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      PrintVolume(resp.volume());
+    } else if (*delete_volume) {
+      DeleteVolumeRequest req;
+      req.set_volume_id(id);
+      DeleteVolumeResponse resp;
+      grpc::Status st = controller->DeleteVolume(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      std::cout << "deleted=" << id << "\n";
+    } else if (*create_snapshot) {
+      CreateSnapshotRequest req;
+      req.set_name(name);
+      req.set_source_volume_id(volume);
+      CreateSnapshotResponse resp;
+      grpc::Status st = controller->CreateSnapshot(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      PrintSnapshot(resp.snapshot());
+    } else if (*delete_snapshot) {
+      DeleteSnapshotRequest req;
+      req.set_snapshot_id(id);
+      DeleteSnapshotResponse resp;
+      grpc::Status st = controller->DeleteSnapshot(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      std::cout << "deleted=" << id << "\n";
+    } else if (*stage) {
+      NodeStageVolumeRequest req;
+      req.set_volume_id(id);
+      req.set_staging_target_path(staging);
+      *req.mutable_volume_capability() = Capability(block, read_only, fs_type, flags);
+      for (const auto& [k, v] : ParsePairs(context)) (*req.mutable_volume_context())[k] = v;
+      NodeStageVolumeResponse resp;
+      grpc::Status st = node->NodeStageVolume(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      std::cout << "staged=" << staging << "\n";
+    } else if (*unstage) {
+      NodeUnstageVolumeRequest req;
+      req.set_volume_id(id);
+      req.set_staging_target_path(staging);
+      NodeUnstageVolumeResponse resp;
+      grpc::Status st = node->NodeUnstageVolume(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      std::cout << "unstaged=" << staging << "\n";
+    } else if (*publish) {
+      NodePublishVolumeRequest req;
+      req.set_volume_id(id);
+      req.set_staging_target_path(staging);
+      req.set_target_path(target);
+      req.set_readonly(read_only);
+      *req.mutable_volume_capability() = Capability(block, false, fs_type, flags);
+      NodePublishVolumeResponse resp;
+      grpc::Status st = node->NodePublishVolume(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      std::cout << "published=" << target << "\n";
+    } else if (*unpublish) {
+      NodeUnpublishVolumeRequest req;
+      req.set_volume_id(id);
+      req.set_target_path(target);
+      NodeUnpublishVolumeResponse resp;
+      grpc::Status st = node->NodeUnpublishVolume(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      std::cout << "unpublished=" << target << "\n";
+    } else if (*list_volumes) {
+      ListVolumesRequest req;
+      req.set_max_entries(max_entries);
+      req.set_starting_token(token);
+      ListVolumesResponse resp;
+      grpc::Status st = controller->ListVolumes(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      for (const auto& e : resp.entries()) {
+        std::cout << e.volume().volume_id() << " " << e.volume().capacity_bytes() << "\n";
+      }
+      if (!resp.next_token().empty()) std::cout << "next_token=" << resp.next_token() << "\n";
+    } else if (*list_snapshots) {
+      ListSnapshotsRequest req;
+      req.set_source_volume_id(volume);
+      ListSnapshotsResponse resp;
+      grpc::Status st = controller->ListSnapshots(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      for (const auto& e : resp.entries()) {
+        std::cout << e.snapshot().snapshot_id() << " " << e.snapshot().source_volume_id() << " "
+                  << e.snapshot().size_bytes() << "\n";
+      }
+    } else if (*stats) {
+      NodeGetVolumeStatsRequest req;
+      req.set_volume_id(id);
+      req.set_volume_path(target);
+      NodeGetVolumeStatsResponse resp;
+      grpc::Status st = node->NodeGetVolumeStats(ctx().get(), req, &resp);
+      if (!st.ok()) return Fail(st);
+      for (const auto& u : resp.usage()) {
+        std::string unit = u.unit() == VolumeUsage::INODES ? "inodes" : "bytes";
+        std::cout << unit << ".total=" << u.total() << "\n"
+                  << unit << ".used=" << u.used() << "\n"
+                  << unit << ".available=" << u.available() << "\n";
+      }
+      std::cout << "abnormal=" << (resp.volume_condition().abnormal() ? "true" : "false") << "\n";
+    } else if (*probe) {
+      ProbeResponse pr;
+      grpc::Status st = identity->Probe(ctx().get(), ProbeRequest(), &pr);
+      if (!st.ok()) return Fail(st);
+      GetPluginInfoResponse info;
+      st = identity->GetPluginInfo(ctx().get(), GetPluginInfoRequest(), &info);
+      if (!st.ok()) return Fail(st);
+      NodeGetInfoResponse ni;
+      st = node->NodeGetInfo(ctx().get(), NodeGetInfoRequest(), &ni);
+      if (!st.ok()) return Fail(st);
+      std::cout << "ready=" << (!pr.has_ready() || pr.ready().value() ? "true" : "false") << "\n"
+                << "name=" << info.name() << "\n"
+                << "vendor_version=" << info.vendor_version() << "\n"
+                << "node_id=" << ni.node_id() << "\n";
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "stellarium-csi-client: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}

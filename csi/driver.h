@@ -1,0 +1,37 @@
+// Driver: what the three CSI services share inside one stellarium-csi process: the
+// options, the store (controller and node use the same in-process store: no copy, no
+// network hop), the node's block devices and staging records, the mounter and the
+// per-volume lock table. Owned by Server; the services hold a pointer.
+//
+// Thread-safety: every member is itself thread-safe; the pointers are set once before
+// the first RPC and never change.
+#pragma once
+
+#include <atomic>
+#include <memory>
+
+#include "core/store.h"
+#include "csi/block_device.h"
+#include "csi/lock_table.h"
+#include "csi/mounter.h"
+#include "csi/node_state.h"
+#include "csi/options.h"
+
+namespace stellarium::csi {
+
+struct Driver {
+  Options options;
+  std::unique_ptr<Store> store;
+  std::unique_ptr<BlockDeviceProvider> devices;
+  std::unique_ptr<NodeState> node_state;
+  Mounter mounter;
+  LockTable locks;
+  std::atomic<bool> ready{false};  // Probe: true once recovery finished
+
+  // Lock keys. A caller needing two takes the name key first, then the volume key.
+  static std::string VolumeKey(const std::string& id) { return "volume:" + id; }
+  static std::string VolumeNameKey(const std::string& name) { return "volume-name:" + name; }
+  static std::string SnapshotNameKey(const std::string& name) { return "snapshot-name:" + name; }
+};
+
+}  // namespace stellarium::csi

@@ -1,0 +1,219 @@
+#include "csi/mounter.h"
+
+#include "core/process.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace stellarium::csi {
+namespace {
+
+std::string Join(const std::vector<std::string>& parts, const char* sep) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : sep) + p;
+  return out;
+}
+
+// Decodes mountinfo's octal escapes ("\040" for a space).
+std::string Unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size() &&
+        std::isdigit(static_cast<unsigned char>(s[i + 1]))) {
+      out += static_cast<char>(std::stoi(s.substr(i + 1, 3), nullptr, 8));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+struct MountEntry {
+  std::string mount_point;
+  std::string root;    // the path inside the source filesystem (bind mounts)
+  std::string source;  // device or "none"
+};
+
+Result<std::vector<MountEntry>> ReadMountInfo() {
+  std::ifstream in("/proc/self/mountinfo");
+  if (!in) return Status::FromErrno(errno, "open /proc/self/mountinfo");
+  std::vector<MountEntry> entries;
+  std::string line;
+  while (std::getline(in, line)) {
+    // id parent major:minor root mount_point options [optional...] - fstype source super
+    std::istringstream fields(line);
+    std::string id, parent, devno, root, mount_point;
+    fields >> id >> parent >> devno >> root >> mount_point;
+    std::string word;
+    while (fields >> word && word != "-") {
+    }
+    std::string fstype, source;
+    fields >> fstype >> source;
+    entries.push_back({Unescape(mount_point), Unescape(root), Unescape(source)});
+  }
+  return entries;
+}
+
+}  // namespace
+
+Status Mounter::Mount(const std::string& device, const std::string& target,
+                      const std::string& fs_type, const std::vector<std::string>& options) {
+  std::vector<std::string> argv = {"mount"};
+  if (!fs_type.empty()) argv.insert(argv.end(), {"-t", fs_type});
+  if (!options.empty()) argv.insert(argv.end(), {"-o", Join(options, ",")});
+  argv.insert(argv.end(), {"--", device, target});
+  return RunProgramOk(argv);
+}
+
+Status Mounter::BindMount(const std::string& source, const std::string& target, bool read_only,
+                          const std::vector<std::string>& options) {
+  std::vector<std::string> argv = {"mount", "--bind"};
+  if (!options.empty()) argv.insert(argv.end(), {"-o", Join(options, ",")});
+  argv.insert(argv.end(), {"--", source, target});
+  RETURN_IF_ERROR(RunProgramOk(argv));
+  if (read_only) {
+    std::vector<std::string> opts = {"remount", "bind", "ro"};
+    opts.insert(opts.end(), options.begin(), options.end());
+    Status st = RunProgramOk({"mount", "-o", Join(opts, ","), "--", target});
+    if (!st.ok()) {
+      Status undo = Unmount(target);
+      (void)undo;
+      return st;
+    }
+  }
+  return Status::Ok();
+}
+
+Status Mounter::Unmount(const std::string& target) {
+  ASSIGN_OR_RETURN(bool mounted, IsMountPoint(target));
+  if (!mounted) return Status::Ok();
+  return RunProgramOk({"umount", "--", target});
+}
+
+Result<bool> Mounter::IsMountPoint(const std::string& path) {
+  ASSIGN_OR_RETURN(auto entries, ReadMountInfo());
+  for (const auto& e : entries) {
+    if (e.mount_point == path) return true;
+  }
+  return false;
+}
+
+Result<std::string> Mounter::MountSource(const std::string& path) {
+  ASSIGN_OR_RETURN(auto entries, ReadMountInfo());
+  // The last entry for a mount point is the one on top.
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    if (it->mount_point == path) return it->source;
+  }
+  return Status::NotFound(path + ": not a mount point");
+}
+
+Result<std::string> Mounter::ProbeFilesystem(const std::string& device) {
+  ASSIGN_OR_RETURN(ProgramResult r,
+                   RunProgram({"blkid", "-p", "-o", "export", "--", device}));
+  // blkid exits 2 when it finds no signature at all.
+  if (r.exit_code == 2) return std::string();
+  if (r.exit_code != 0) {
+    return Status::Internal("blkid " + device + " exited with " + std::to_string(r.exit_code) +
+                            ": " + r.output);
+  }
+  std::istringstream lines(r.output);
+  std::string line, type, ptype;
+  while (std::getline(lines, line)) {
+    if (line.rfind("TYPE=", 0) == 0) type = line.substr(5);
+    if (line.rfind("PTTYPE=", 0) == 0) ptype = line.substr(7);
+  }
+  if (!type.empty()) return type;
+  if (!ptype.empty()) return "ptable:" + ptype;
+  return std::string("unknown");
+}
+
+Status Mounter::FormatExt4(const std::string& device) {
+  return RunProgramOk({"mkfs.ext4", "-q", "-F", "-m", "0", "--", device});
+}
+
+Status Mounter::ResizeExt4(const std::string& device) {
+  return RunProgramOk({"resize2fs", "--", device});
+}
+
+Result<FsUsage> Mounter::FilesystemUsage(const std::string& path) {
+  struct statvfs st;
+  if (::statvfs(path.c_str(), &st) != 0) return Status::FromErrno(errno, "statvfs " + path);
+  FsUsage u;
+  u.total_bytes = static_cast<uint64_t>(st.f_blocks) * st.f_frsize;
+  u.available_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  u.used_bytes = static_cast<uint64_t>(st.f_blocks - st.f_bfree) * st.f_frsize;
+  u.total_inodes = st.f_files;
+  u.free_inodes = st.f_ffree;
+  u.used_inodes = st.f_files - st.f_ffree;
+  return u;
+}
+
+Result<uint64_t> Mounter::BlockDeviceSize(const std::string& device) {
+  int fd = ::open(device.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + device);
+  uint64_t size = 0;
+  int rc = ::ioctl(fd, BLKGETSIZE64, &size);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return Status::FromErrno(err, "BLKGETSIZE64 " + device);
+  return size;
+}
+
+Status Mounter::SyncFilesystem(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  int rc = ::syncfs(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return Status::FromErrno(err, "syncfs " + path);
+  return Status::Ok();
+}
+
+Status Mounter::EnsureDirectory(const std::string& path) {
+  if (::mkdir(path.c_str(), 0750) == 0 || errno == EEXIST) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return Status::Ok();
+    return Status::FailedPrecondition(path + " exists and is not a directory");
+  }
+  return Status::FromErrno(errno, "mkdir " + path);
+}
+
+Status Mounter::EnsureFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+  if (fd < 0) {
+    if (errno == EISDIR) return Status::FailedPrecondition(path + " is a directory, not a file");
+    return Status::FromErrno(errno, "create " + path);
+  }
+  ::close(fd);
+  return Status::Ok();
+}
+
+Status Mounter::RemovePath(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "stat " + path);
+  }
+  int rc = S_ISDIR(st.st_mode) ? ::rmdir(path.c_str()) : ::unlink(path.c_str());
+  if (rc != 0 && errno != ENOENT) return Status::FromErrno(errno, "remove " + path);
+  return Status::Ok();
+}
+
+bool Mounter::Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+}  // namespace stellarium::csi

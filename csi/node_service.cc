@@ -1,0 +1,454 @@
+#include "csi/node_service.h"
+
+#include <spdlog/spdlog.h>
+
+#include "csi/paths.h"
+#include "csi/server.h"
+#include "csi/status_map.h"
+#include "csi/volume_spec.h"
+
+namespace stellarium::csi {
+
+using namespace ::csi::v1;
+
+namespace {
+
+std::string JoinTargets(const StagedVolume& v) {
+  std::string out;
+  for (const auto& [path, t] : v.targets) out += (out.empty() ? "" : ", ") + path;
+  return out;
+}
+
+std::string FsTypeFor(const VolumeCapability& cap,
+                      const google::protobuf::Map<std::string, std::string>& context,
+                      const VolumeInfo& info) {
+  if (cap.has_mount() && !cap.mount().fs_type().empty()) return cap.mount().fs_type();
+  auto it = context.find(kCtxFsType);
+  if (it != context.end() && !it->second.empty()) return it->second;
+  auto attr = info.attributes.find(kParamFsType);
+  if (attr != info.attributes.end() && !attr->second.empty()) return attr->second;
+  return kDefaultFsType;
+}
+
+std::vector<std::string> MountFlags(const VolumeCapability& cap) {
+  if (!cap.has_mount()) return {};
+  return {cap.mount().mount_flags().begin(), cap.mount().mount_flags().end()};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Stage / unstage
+// ---------------------------------------------------------------------------------------
+
+grpc::Status NodeService::Stage(const NodeStageVolumeRequest& req) {
+  if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
+  if (req.staging_target_path().empty()) return InvalidArgument("staging_target_path is required");
+  if (!req.has_volume_capability()) return InvalidArgument("volume_capability is required");
+  CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
+  CSI_ASSIGN_OR_RETURN(const std::string staging,
+                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
+                                        driver_->options.kubelet_dir));
+  const std::string& id = req.volume_id();
+  auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
+  CSI_ASSIGN_OR_RETURN(const VolumeInfo info, driver_->store->GetVolume(id));
+
+  const VolumeCapability& cap = req.volume_capability();
+  const bool block = cap.has_block();
+  const auto mode = cap.access_mode().mode();
+  const bool read_only = IsReadOnlyMode(mode);
+  const std::string fs_type = block ? "" : FsTypeFor(cap, req.volume_context(), info);
+  if (!block && fs_type != kDefaultFsType) {
+    return InvalidArgument("fs_type '" + fs_type + "' is not supported (ext4 only)");
+  }
+  auto exposure = req.volume_context().find(kCtxExposure);
+  if (exposure != req.volume_context().end() && exposure->second != driver_->devices->Name()) {
+    return FailedPrecondition("volume " + id + " asks for exposure '" + exposure->second +
+                              "', this node provides '" + driver_->devices->Name() + "'");
+  }
+  const std::vector<std::string> flags = MountFlags(cap);
+
+  if (auto existing = driver_->node_state->Get(id)) {
+    if (existing->staging_path != staging) {
+      return FailedPrecondition("volume " + id + " is already staged at " +
+                                existing->staging_path);
+    }
+    if (existing->block != block || existing->fs_type != fs_type ||
+        existing->read_only != read_only || existing->mount_flags != flags) {
+      return AlreadyExists("volume " + id + " is already staged at " + staging +
+                           " with another volume capability");
+    }
+    if (block) return grpc::Status::OK;
+    CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(staging));
+    if (mounted) return grpc::Status::OK;
+    // Recorded but not mounted (the node rebooted): mount it again below.
+    spdlog::warn("volume {}: staged at {} but not mounted; mounting again", id, staging);
+  }
+
+  CSI_ASSIGN_OR_RETURN(const AttachedDevice device, driver_->devices->Attach(id, read_only));
+  auto rollback = [&](const Status& st) {
+    Status undo = driver_->devices->Detach(id);
+    if (!undo.ok()) spdlog::error("volume {}: rollback of stage failed: {}", id, undo.ToString());
+    return ToGrpcStatus(st);
+  };
+
+  if (!block) {
+    Status st = driver_->mounter.EnsureDirectory(staging);
+    if (!st.ok()) return rollback(st);
+    Result<std::string> on_disk = driver_->mounter.ProbeFilesystem(device.device_path);
+    if (!on_disk.ok()) return rollback(on_disk.status());
+    if (on_disk->empty()) {
+      if (read_only) {
+        return rollback(Status::FailedPrecondition(
+            "volume " + id + " has no filesystem yet and is staged read-only: stage it "
+            "read-write once to format it"));
+      }
+      spdlog::info("volume {}: no filesystem on {}, formatting ext4", id, device.device_path);
+      st = driver_->mounter.FormatExt4(device.device_path);
+      if (!st.ok()) return rollback(st);
+    } else if (*on_disk != fs_type) {
+      return rollback(Status::FailedPrecondition("volume " + id + " holds '" + *on_disk +
+                                                 "', not " + fs_type + ": cannot mount it"));
+    }
+    std::vector<std::string> options = flags;
+    if (read_only) options.push_back("ro");
+    Result<bool> mounted = driver_->mounter.IsMountPoint(staging);
+    if (!mounted.ok()) return rollback(mounted.status());
+    if (*mounted) {
+      Result<std::string> source = driver_->mounter.MountSource(staging);
+      if (!source.ok() || *source != device.device_path) {
+        return rollback(Status::FailedPrecondition(
+            "staging_target_path " + staging + " already has something else mounted on it"));
+      }
+    } else {
+      st = driver_->mounter.Mount(device.device_path, staging, fs_type, options);
+      if (!st.ok()) return rollback(st);
+    }
+  }
+
+  StagedVolume record;
+  record.volume_id = id;
+  record.staging_path = staging;
+  record.device = device.device_path;
+  record.block = block;
+  record.fs_type = fs_type;
+  record.mount_flags = flags;
+  record.access_mode = mode;
+  record.read_only = read_only;
+  if (auto existing = driver_->node_state->Get(id)) record.targets = existing->targets;
+  Status st = driver_->node_state->Put(record);
+  if (!st.ok()) {
+    if (!block) (void)driver_->mounter.Unmount(staging);
+    return rollback(st);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status NodeService::Unstage(const NodeUnstageVolumeRequest& req) {
+  if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
+  if (req.staging_target_path().empty()) return InvalidArgument("staging_target_path is required");
+  CSI_ASSIGN_OR_RETURN(const std::string staging,
+                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
+                                        driver_->options.kubelet_dir));
+  const std::string& id = req.volume_id();
+  auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
+  auto record = driver_->node_state->Get(id);
+  if (!record) {
+    // Not staged, or a stage that died before recording: undo whatever is left.
+    CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(staging));
+    if (mounted && driver_->devices->Find(id)) {
+      CSI_RETURN_IF_ERROR(driver_->mounter.Unmount(staging));
+    }
+    CSI_RETURN_IF_ERROR(driver_->devices->Detach(id));
+    return grpc::Status::OK;
+  }
+  if (record->staging_path != staging) {
+    return FailedPrecondition("volume " + id + " is staged at " + record->staging_path + ", not " +
+                              staging);
+  }
+  if (!record->targets.empty()) {
+    return FailedPrecondition("volume " + id + " is still published at " + JoinTargets(*record) +
+                              ": unpublish it first");
+  }
+  if (!record->block) CSI_RETURN_IF_ERROR(driver_->mounter.Unmount(staging));
+  CSI_RETURN_IF_ERROR(driver_->devices->Detach(id));
+  CSI_RETURN_IF_ERROR(driver_->node_state->Remove(id));
+  return grpc::Status::OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// Publish / unpublish
+// ---------------------------------------------------------------------------------------
+
+grpc::Status NodeService::Publish(const NodePublishVolumeRequest& req) {
+  if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
+  if (req.target_path().empty()) return InvalidArgument("target_path is required");
+  if (req.staging_target_path().empty()) {
+    return InvalidArgument("staging_target_path is required: this driver stages volumes");
+  }
+  if (!req.has_volume_capability()) return InvalidArgument("volume_capability is required");
+  CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
+  CSI_ASSIGN_OR_RETURN(const std::string target,
+                       ResolveUnderRoot("target_path", req.target_path(),
+                                        driver_->options.kubelet_dir));
+  CSI_ASSIGN_OR_RETURN(const std::string staging,
+                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
+                                        driver_->options.kubelet_dir));
+  const std::string& id = req.volume_id();
+  auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
+  CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
+  auto record = driver_->node_state->Get(id);
+  if (!record) {
+    return FailedPrecondition("volume " + id + " is not staged on this node: call "
+                              "NodeStageVolume first");
+  }
+  if (record->staging_path != staging) {
+    return FailedPrecondition("volume " + id + " is staged at " + record->staging_path + ", not " +
+                              staging);
+  }
+  const VolumeCapability& cap = req.volume_capability();
+  const bool block = cap.has_block();
+  if (block != record->block) {
+    return FailedPrecondition("volume " + id + " was staged for " +
+                              (record->block ? "block" : "mount") + " access, not " +
+                              (block ? "block" : "mount"));
+  }
+  const auto mode = cap.access_mode().mode();
+  const bool read_only = req.readonly() || IsReadOnlyMode(mode);
+  if (record->read_only && !read_only) {
+    return FailedPrecondition("volume " + id + " is staged read-only: publish it read-only");
+  }
+  const std::vector<std::string> flags = MountFlags(cap);
+
+  auto it = record->targets.find(target);
+  if (it != record->targets.end()) {
+    if (it->second.read_only != read_only || it->second.mount_flags != flags) {
+      return AlreadyExists("volume " + id + " is already published at " + target +
+                           " with other options");
+    }
+    CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(target));
+    if (mounted) return grpc::Status::OK;
+    spdlog::warn("volume {}: published at {} but not mounted; mounting again", id, target);
+  } else if (!read_only && IsSingleWriterMode(mode)) {
+    for (const auto& [path, t] : record->targets) {
+      if (!t.read_only) {
+        return FailedPrecondition("volume " + id + " (access mode " +
+                                  VolumeCapability::AccessMode::Mode_Name(mode) +
+                                  ") is already published read-write at " + path);
+      }
+    }
+  }
+
+  if (block) {
+    CSI_RETURN_IF_ERROR(driver_->mounter.EnsureFile(target));
+    CSI_RETURN_IF_ERROR(driver_->mounter.BindMount(record->device, target, read_only, {}));
+  } else {
+    CSI_RETURN_IF_ERROR(driver_->mounter.EnsureDirectory(target));
+    CSI_RETURN_IF_ERROR(driver_->mounter.BindMount(staging, target, read_only, flags));
+  }
+  record->targets[target] = PublishedTarget{read_only, flags};
+  Status st = driver_->node_state->Put(*record);
+  if (!st.ok()) {
+    (void)driver_->mounter.Unmount(target);
+    return ToGrpcStatus(st);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status NodeService::Unpublish(const NodeUnpublishVolumeRequest& req) {
+  if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
+  if (req.target_path().empty()) return InvalidArgument("target_path is required");
+  CSI_ASSIGN_OR_RETURN(const std::string target,
+                       ResolveUnderRoot("target_path", req.target_path(),
+                                        driver_->options.kubelet_dir));
+  const std::string& id = req.volume_id();
+  auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
+  auto record = driver_->node_state->Get(id);
+  const bool ours = record && record->targets.count(target) > 0;
+  if (!ours) {
+    // Nothing recorded: a volume that does not exist is NOT_FOUND (spec); otherwise
+    // this is a repeat of an unpublish that already happened.
+    CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
+  }
+  CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(target));
+  if (mounted) {
+    if (!ours) {
+      // Not recorded (a publish that died before recording it): unmount only what
+      // comes from this volume's device; never someone else's mount.
+      Result<std::string> source = driver_->mounter.MountSource(target);
+      if (!record || !source.ok() || *source != record->device) {
+        return FailedPrecondition("target_path " + target + " is a mount point this driver "
+                                  "did not create for volume " + id);
+      }
+    }
+    CSI_RETURN_IF_ERROR(driver_->mounter.Unmount(target));
+  }
+  CSI_RETURN_IF_ERROR(driver_->mounter.RemovePath(target));
+  if (ours) {
+    record->targets.erase(target);
+    CSI_RETURN_IF_ERROR(driver_->node_state->Put(*record));
+  }
+  return grpc::Status::OK;
+}
+
+// ---------------------------------------------------------------------------------------
+// Stats / expand / info
+// ---------------------------------------------------------------------------------------
+
+grpc::Status NodeService::Stats(const NodeGetVolumeStatsRequest& req,
+                                NodeGetVolumeStatsResponse* resp) {
+  if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
+  if (req.volume_path().empty()) return InvalidArgument("volume_path is required");
+  CSI_ASSIGN_OR_RETURN(const std::string path,
+                       ResolveUnderRoot("volume_path", req.volume_path(),
+                                        driver_->options.kubelet_dir));
+  const std::string& id = req.volume_id();
+  CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
+  auto record = driver_->node_state->Get(id);
+  if (!record) return NotFound("volume " + id + " is not staged on this node");
+  if (path != record->staging_path && record->targets.count(path) == 0) {
+    return NotFound("volume " + id + " is not published at " + path);
+  }
+  if (!driver_->mounter.Exists(path)) return NotFound("volume_path " + path + " does not exist");
+
+  auto* condition = resp->mutable_volume_condition();
+  condition->set_abnormal(false);
+  condition->set_message("ok");
+  if (record->block) {
+    CSI_ASSIGN_OR_RETURN(uint64_t size, driver_->mounter.BlockDeviceSize(record->device));
+    auto* usage = resp->add_usage();
+    usage->set_unit(VolumeUsage::BYTES);
+    usage->set_total(static_cast<int64_t>(size));
+    if (!driver_->devices->Find(id)) {
+      condition->set_abnormal(true);
+      condition->set_message("the volume's device " + record->device + " is not attached");
+    }
+    return grpc::Status::OK;
+  }
+  CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(path));
+  if (!mounted) {
+    condition->set_abnormal(true);
+    condition->set_message(path + " is not mounted");
+  }
+  CSI_ASSIGN_OR_RETURN(FsUsage fs, driver_->mounter.FilesystemUsage(path));
+  auto* bytes = resp->add_usage();
+  bytes->set_unit(VolumeUsage::BYTES);
+  bytes->set_total(static_cast<int64_t>(fs.total_bytes));
+  bytes->set_available(static_cast<int64_t>(fs.available_bytes));
+  bytes->set_used(static_cast<int64_t>(fs.used_bytes));
+  auto* inodes = resp->add_usage();
+  inodes->set_unit(VolumeUsage::INODES);
+  inodes->set_total(static_cast<int64_t>(fs.total_inodes));
+  inodes->set_available(static_cast<int64_t>(fs.free_inodes));
+  inodes->set_used(static_cast<int64_t>(fs.used_inodes));
+  return grpc::Status::OK;
+}
+
+grpc::Status NodeService::Expand(const NodeExpandVolumeRequest& req,
+                                 NodeExpandVolumeResponse* resp) {
+  if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
+  if (req.volume_path().empty()) return InvalidArgument("volume_path is required");
+  if (req.has_volume_capability()) CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
+  CSI_ASSIGN_OR_RETURN(const std::string path,
+                       ResolveUnderRoot("volume_path", req.volume_path(),
+                                        driver_->options.kubelet_dir));
+  const std::string& id = req.volume_id();
+  auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
+  CSI_ASSIGN_OR_RETURN(const VolumeInfo info, driver_->store->GetVolume(id));
+  auto record = driver_->node_state->Get(id);
+  if (!record) return NotFound("volume " + id + " is not staged on this node");
+  if (path != record->staging_path && record->targets.count(path) == 0) {
+    return NotFound("volume " + id + " is not published at " + path);
+  }
+  const int64_t required = req.capacity_range().required_bytes();
+  const int64_t limit = req.capacity_range().limit_bytes();
+  if (required < 0 || limit < 0) return InvalidArgument("capacity_range must not be negative");
+  if (required > 0 && static_cast<uint64_t>(required) > info.size_bytes) {
+    return OutOfRange("volume " + id + " is " + std::to_string(info.size_bytes) +
+                      " bytes; grow it with ControllerExpandVolume before NodeExpandVolume");
+  }
+  if (limit > 0 && info.size_bytes > static_cast<uint64_t>(limit)) {
+    return OutOfRange("volume " + id + " is " + std::to_string(info.size_bytes) +
+                      " bytes, more than limit_bytes " + std::to_string(limit));
+  }
+  CSI_ASSIGN_OR_RETURN(const uint64_t size, driver_->devices->Resize(id));
+  if (!record->block) CSI_RETURN_IF_ERROR(driver_->mounter.ResizeExt4(record->device));
+  resp->set_capacity_bytes(static_cast<int64_t>(size));
+  return grpc::Status::OK;
+}
+
+Status NodeService::FlushVolume(const std::string& volume_id) {
+  auto record = driver_->node_state->Get(volume_id);
+  if (!record) return Status::Ok();
+  if (!record->block) {
+    RETURN_IF_ERROR(driver_->mounter.SyncFilesystem(record->staging_path));
+  }
+  return driver_->devices->Sync(volume_id);
+}
+
+// ---------------------------------------------------------------------------------------
+// RPC entry points
+// ---------------------------------------------------------------------------------------
+
+grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*, const NodeStageVolumeRequest* req,
+                                          NodeStageVolumeResponse*) {
+  return RunRpc("NodeStageVolume", *req, [&] { return Stage(*req); });
+}
+
+grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
+                                            const NodeUnstageVolumeRequest* req,
+                                            NodeUnstageVolumeResponse*) {
+  return RunRpc("NodeUnstageVolume", *req, [&] { return Unstage(*req); });
+}
+
+grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
+                                            const NodePublishVolumeRequest* req,
+                                            NodePublishVolumeResponse*) {
+  return RunRpc("NodePublishVolume", *req, [&] { return Publish(*req); });
+}
+
+grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
+                                              const NodeUnpublishVolumeRequest* req,
+                                              NodeUnpublishVolumeResponse*) {
+  return RunRpc("NodeUnpublishVolume", *req, [&] { return Unpublish(*req); });
+}
+
+grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
+                                             const NodeGetVolumeStatsRequest* req,
+                                             NodeGetVolumeStatsResponse* resp) {
+  return RunRpc("NodeGetVolumeStats", *req, [&] { return Stats(*req, resp); });
+}
+
+grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
+                                           const NodeExpandVolumeRequest* req,
+                                           NodeExpandVolumeResponse* resp) {
+  return RunRpc("NodeExpandVolume", *req, [&] { return Expand(*req, resp); });
+}
+
+grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,
+                                              const NodeGetCapabilitiesRequest* req,
+                                              NodeGetCapabilitiesResponse* resp) {
+  return RunRpc("NodeGetCapabilities", *req, [&] {
+    for (auto type : {NodeServiceCapability::RPC::STAGE_UNSTAGE_VOLUME,
+                      NodeServiceCapability::RPC::GET_VOLUME_STATS,
+                      NodeServiceCapability::RPC::EXPAND_VOLUME,
+                      NodeServiceCapability::RPC::VOLUME_CONDITION,
+                      NodeServiceCapability::RPC::SINGLE_NODE_MULTI_WRITER}) {
+      resp->add_capabilities()->mutable_rpc()->set_type(type);
+    }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status NodeService::NodeGetInfo(grpc::ServerContext*, const NodeGetInfoRequest* req,
+                                      NodeGetInfoResponse* resp) {
+  return RunRpc("NodeGetInfo", *req, [&] {
+    resp->set_node_id(driver_->options.node_id);
+    resp->set_max_volumes_per_node(driver_->options.max_volumes_per_node);
+    (*resp->mutable_accessible_topology()->mutable_segments())[kTopologyKey] =
+        driver_->options.node_id;
+    return grpc::Status::OK;
+  });
+}
+
+}  // namespace stellarium::csi

@@ -1,0 +1,65 @@
+// The CSI Node service: stage (block device + global mount under the staging path),
+// publish (bind mount at the workload's target path), stats and expansion, for the
+// Mount (ext4) and Block access types.
+//
+// How the block device is made is BlockDeviceProvider's business (csi/block_device.h);
+// every mount, format and filesystem call goes through Mounter (csi/mounter.h). What is
+// staged and published is recorded in NodeState so every call is idempotent, also
+// across driver restarts. Calls for one volume hold its lock (Driver::VolumeKey).
+//
+// Thread-safety: RPCs for different volumes run in parallel.
+#pragma once
+
+#include "csi.grpc.pb.h"
+#include "csi/driver.h"
+
+namespace stellarium::csi {
+
+class NodeService final : public ::csi::v1::Node::Service {
+ public:
+  explicit NodeService(Driver* driver) : driver_(driver) {}
+
+  grpc::Status NodeStageVolume(grpc::ServerContext* context,
+                               const ::csi::v1::NodeStageVolumeRequest* request,
+                               ::csi::v1::NodeStageVolumeResponse* response) override;
+  grpc::Status NodeUnstageVolume(grpc::ServerContext* context,
+                                 const ::csi::v1::NodeUnstageVolumeRequest* request,
+                                 ::csi::v1::NodeUnstageVolumeResponse* response) override;
+  grpc::Status NodePublishVolume(grpc::ServerContext* context,
+                                 const ::csi::v1::NodePublishVolumeRequest* request,
+                                 ::csi::v1::NodePublishVolumeResponse* response) override;
+  grpc::Status NodeUnpublishVolume(grpc::ServerContext* context,
+                                   const ::csi::v1::NodeUnpublishVolumeRequest* request,
+                                   ::csi::v1::NodeUnpublishVolumeResponse* response) override;
+  grpc::Status NodeGetVolumeStats(grpc::ServerContext* context,
+                                  const ::csi::v1::NodeGetVolumeStatsRequest* request,
+                                  ::csi::v1::NodeGetVolumeStatsResponse* response) override;
+  grpc::Status NodeExpandVolume(grpc::ServerContext* context,
+                                const ::csi::v1::NodeExpandVolumeRequest* request,
+                                ::csi::v1::NodeExpandVolumeResponse* response) override;
+  grpc::Status NodeGetCapabilities(grpc::ServerContext* context,
+                                   const ::csi::v1::NodeGetCapabilitiesRequest* request,
+                                   ::csi::v1::NodeGetCapabilitiesResponse* response) override;
+  grpc::Status NodeGetInfo(grpc::ServerContext* context,
+                           const ::csi::v1::NodeGetInfoRequest* request,
+                           ::csi::v1::NodeGetInfoResponse* response) override;
+
+  // Makes every write made through a staged volume's device visible in the store
+  // (flushes the mounted filesystem, then the device). OK when not staged here.
+  // REQUIRES: the caller holds Driver::VolumeKey(volume_id). Used before a snapshot.
+  Status FlushVolume(const std::string& volume_id);
+
+ private:
+  grpc::Status Stage(const ::csi::v1::NodeStageVolumeRequest& req);
+  grpc::Status Unstage(const ::csi::v1::NodeUnstageVolumeRequest& req);
+  grpc::Status Publish(const ::csi::v1::NodePublishVolumeRequest& req);
+  grpc::Status Unpublish(const ::csi::v1::NodeUnpublishVolumeRequest& req);
+  grpc::Status Stats(const ::csi::v1::NodeGetVolumeStatsRequest& req,
+                     ::csi::v1::NodeGetVolumeStatsResponse* resp);
+  grpc::Status Expand(const ::csi::v1::NodeExpandVolumeRequest& req,
+                      ::csi::v1::NodeExpandVolumeResponse* resp);
+
+  Driver* const driver_;
+};
+
+}  // namespace stellarium::csi

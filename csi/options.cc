@@ -1,0 +1,290 @@
+#include "csi/options.h"
+
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace stellarium::csi {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::set<std::string> kLogLevels = {"trace", "debug", "info", "warn", "error"};
+const std::set<std::string> kLogFormats = {"text", "json"};
+
+// Every YAML key, in the order --dump-config prints them.
+const std::vector<std::string> kKeys = {
+    "endpoint",   "node_id",      "store",     "state_dir",  "driver_name",
+    "kubelet_dir", "import_root", "max_volumes_per_node", "log_level", "log_format",
+    "metrics_address"};
+
+bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
+
+// Kubernetes label value rules (the node id becomes a topology label value).
+bool IsLabelValue(const std::string& s) {
+  if (s.empty() || s.size() > 63 || !IsAlnum(s.front()) || !IsAlnum(s.back())) return false;
+  for (char c : s) {
+    if (!IsAlnum(c) && c != '-' && c != '_' && c != '.') return false;
+  }
+  return true;
+}
+
+bool IsDriverName(const std::string& s) {
+  if (s.empty() || s.size() > 63 || !IsAlnum(s.front()) || !IsAlnum(s.back())) return false;
+  for (char c : s) {
+    if (!IsAlnum(c) && c != '-' && c != '.') return false;
+  }
+  return true;
+}
+
+std::string Absolute(const std::string& path) {
+  std::error_code ec;
+  fs::path abs = fs::absolute(path, ec);
+  return ec ? path : abs.lexically_normal().string();
+}
+
+std::string Hostname() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "";
+  return buf;
+}
+
+}  // namespace
+
+std::string EndpointPath(const std::string& endpoint) {
+  const std::string scheme = "unix://";
+  if (endpoint.rfind(scheme, 0) != 0) return "";
+  return endpoint.substr(scheme.size());
+}
+
+Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options* o) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument("config " + origin + ": " + e.what());
+  }
+  if (root.IsNull()) return Status::Ok();  // an empty file changes nothing
+  if (!root.IsMap()) {
+    return Status::InvalidArgument("config " + origin + ": expected a mapping of keys to values");
+  }
+  std::string key;
+  try {
+    for (const auto& kv : root) {
+      key = kv.first.as<std::string>();
+      const YAML::Node& v = kv.second;
+      if (key == "endpoint") o->endpoint = v.as<std::string>();
+      else if (key == "node_id") o->node_id = v.as<std::string>();
+      else if (key == "store") o->store = v.as<std::string>();
+      else if (key == "state_dir") o->state_dir = v.as<std::string>();
+      else if (key == "driver_name") o->driver_name = v.as<std::string>();
+      else if (key == "kubelet_dir") o->kubelet_dir = v.as<std::string>();
+      else if (key == "import_root") {
+        if (v.IsSequence()) o->import_root = v.as<std::vector<std::string>>();
+        else if (v.IsNull()) o->import_root.clear();
+        else o->import_root = {v.as<std::string>()};
+      } else if (key == "max_volumes_per_node") o->max_volumes_per_node = v.as<int64_t>();
+      else if (key == "log_level") o->log_level = v.as<std::string>();
+      else if (key == "log_format") o->log_format = v.as<std::string>();
+      else if (key == "metrics_address") o->metrics_address = v.IsNull() ? "" : v.as<std::string>();
+      else {
+        std::string known;
+        for (const auto& k : kKeys) known += (known.empty() ? "" : ", ") + k;
+        return Status::InvalidArgument("config " + origin + ": unknown key '" + key +
+                                       "' (known keys: " + known + ")");
+      }
+    }
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument("config " + origin + ": key '" + key +
+                                   "' has a value of the wrong type: " + e.what());
+  }
+  return Status::Ok();
+}
+
+std::string DumpYaml(const Options& o) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "endpoint" << YAML::Value << o.endpoint;
+  out << YAML::Key << "node_id" << YAML::Value << o.node_id;
+  out << YAML::Key << "store" << YAML::Value << o.store;
+  out << YAML::Key << "state_dir" << YAML::Value << o.state_dir;
+  out << YAML::Key << "driver_name" << YAML::Value << o.driver_name;
+  out << YAML::Key << "kubelet_dir" << YAML::Value << o.kubelet_dir;
+  out << YAML::Key << "import_root" << YAML::Value << YAML::Flow << o.import_root;
+  out << YAML::Key << "max_volumes_per_node" << YAML::Value << o.max_volumes_per_node;
+  out << YAML::Key << "log_level" << YAML::Value << o.log_level;
+  out << YAML::Key << "log_format" << YAML::Value << o.log_format;
+  out << YAML::Key << "metrics_address" << YAML::Value << YAML::DoubleQuoted
+      << o.metrics_address;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+Status Validate(Options* o) {
+  const std::string path = EndpointPath(o->endpoint);
+  if (path.empty() || path[0] != '/') {
+    return Status::InvalidArgument("endpoint '" + o->endpoint +
+                                   "': must be unix:///absolute/path.sock");
+  }
+  if (path.size() >= 108) {  // sizeof(sockaddr_un::sun_path)
+    return Status::InvalidArgument("endpoint '" + o->endpoint +
+                                   "': socket path longer than 107 bytes");
+  }
+  if (o->node_id.empty()) o->node_id = Hostname();
+  if (!IsLabelValue(o->node_id)) {
+    return Status::InvalidArgument(
+        "node_id '" + o->node_id +
+        "': must be 1-63 characters of [A-Za-z0-9._-], starting and ending with a letter or "
+        "digit (it becomes the value of the topology label " + std::string(kTopologyKey) + ")");
+  }
+  if (!IsDriverName(o->driver_name)) {
+    return Status::InvalidArgument("driver_name '" + o->driver_name +
+                                   "': must be domain notation (e.g. csi.stellarium.io), "
+                                   "1-63 characters of [A-Za-z0-9.-]");
+  }
+  for (auto* dir : {&o->store, &o->state_dir, &o->kubelet_dir}) {
+    if (dir->empty()) {
+      std::string name = dir == &o->store ? "store" : dir == &o->state_dir ? "state_dir" : "kubelet_dir";
+      return Status::InvalidArgument(name + ": must not be empty");
+    }
+    *dir = Absolute(*dir);
+  }
+  for (auto& root : o->import_root) {
+    if (root.empty() || root[0] != '/') {
+      return Status::InvalidArgument("import_root '" + root + "': must be an absolute path");
+    }
+    std::error_code ec;
+    if (!fs::is_directory(root, ec)) {
+      return Status::InvalidArgument("import_root '" + root + "': not an existing directory");
+    }
+    root = fs::path(root).lexically_normal().string();
+    if (root.size() > 1 && root.back() == '/') root.pop_back();
+  }
+  if (o->max_volumes_per_node < 0) {
+    return Status::InvalidArgument("max_volumes_per_node " +
+                                   std::to_string(o->max_volumes_per_node) +
+                                   ": must be 0 (no limit) or positive");
+  }
+  if (!kLogLevels.count(o->log_level)) {
+    return Status::InvalidArgument("log_level '" + o->log_level +
+                                   "': must be one of trace, debug, info, warn, error");
+  }
+  if (!kLogFormats.count(o->log_format)) {
+    return Status::InvalidArgument("log_format '" + o->log_format + "': must be text or json");
+  }
+  if (!o->metrics_address.empty()) {
+    auto colon = o->metrics_address.rfind(':');
+    std::string port = colon == std::string::npos ? "" : o->metrics_address.substr(colon + 1);
+    bool digits = !port.empty() && port.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits || std::stoi(port) > 65535) {
+      return Status::InvalidArgument("metrics_address '" + o->metrics_address +
+                                     "': must be host:port or :port");
+    }
+  }
+  return Status::Ok();
+}
+
+CommandLine ParseCommandLine(int argc, const char* const* argv) {
+  CommandLine result;
+  Options flags;  // values given on the command line
+  bool dump_config = false;
+
+  CLI::App app{"stellarium-csi: the Stellarium CSI driver (Identity, Controller and Node "
+               "services on one unix socket). Flags override the YAML file given with "
+               "--config; its keys are the flag names with '-' replaced by '_'."};
+  app.set_version_flag("--version", std::string("stellarium-csi ") + STELLARIUM_VERSION);
+  app.add_option("--config", flags.config, "YAML file with any of the options below");
+  app.add_option("--endpoint", flags.endpoint, "gRPC endpoint, unix:///path/csi.sock")
+      ->default_str(kDefaultEndpoint);
+  app.add_option("--node-id", flags.node_id, "this node's id and topology value")
+      ->default_str("hostname");
+  app.add_option("--store", flags.store, "store directory")->default_str(kDefaultStore);
+  app.add_option("--state-dir", flags.state_dir,
+                 "node-side files (exported devices, staging bookkeeping)")
+      ->default_str(kDefaultStateDir);
+  app.add_option("--driver-name", flags.driver_name, "CSI driver name")
+      ->default_str(kDefaultDriverName);
+  app.add_option("--kubelet-dir", flags.kubelet_dir,
+                 "staging and target paths must be under this directory")
+      ->default_str(kDefaultKubeletDir);
+  app.add_option("--import-root", flags.import_root,
+                 "directory that image paths in StorageClass parameters must be under "
+                 "(repeatable)");
+  app.add_option("--max-volumes-per-node", flags.max_volumes_per_node,
+                 "NodeGetInfo max_volumes_per_node; 0 = no limit")
+      ->default_str("0");
+  app.add_option("--log-level", flags.log_level, "trace|debug|info|warn|error")
+      ->default_str("info");
+  app.add_option("--log-format", flags.log_format, "text|json")->default_str("text");
+  app.add_option("--metrics-address", flags.metrics_address,
+                 "serve Prometheus metrics on host:port (e.g. :9810); empty = off")
+      ->default_str("");
+  app.add_flag("--dump-config", dump_config,
+               "print the effective configuration as YAML (every key) and exit");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::ostringstream out, err;
+    int code = app.exit(e, out, err);
+    result.exit = true;
+    result.exit_code = code == 0 ? 0 : 2;
+    result.output = code == 0 ? out.str() : err.str();
+    return result;
+  }
+
+  Options o;
+  if (!flags.config.empty()) {
+    std::ifstream in(flags.config);
+    if (!in) {
+      result.exit = true;
+      result.exit_code = 2;
+      result.output = "stellarium-csi: cannot read config file " + flags.config + "\n";
+      return result;
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    Status st = LoadYaml(text.str(), flags.config, &o);
+    if (!st.ok()) {
+      result.exit = true;
+      result.exit_code = 2;
+      result.output = "stellarium-csi: " + st.message() + "\n";
+      return result;
+    }
+    o.config = flags.config;
+  }
+  auto given = [&](const char* name) { return app.count(name) > 0; };
+  if (given("--endpoint")) o.endpoint = flags.endpoint;
+  if (given("--node-id")) o.node_id = flags.node_id;
+  if (given("--store")) o.store = flags.store;
+  if (given("--state-dir")) o.state_dir = flags.state_dir;
+  if (given("--driver-name")) o.driver_name = flags.driver_name;
+  if (given("--kubelet-dir")) o.kubelet_dir = flags.kubelet_dir;
+  if (given("--import-root")) o.import_root = flags.import_root;
+  if (given("--max-volumes-per-node")) o.max_volumes_per_node = flags.max_volumes_per_node;
+  if (given("--log-level")) o.log_level = flags.log_level;
+  if (given("--log-format")) o.log_format = flags.log_format;
+  if (given("--metrics-address")) o.metrics_address = flags.metrics_address;
+
+  Status st = Validate(&o);
+  if (!st.ok()) {
+    result.exit = true;
+    result.exit_code = 2;
+    result.output = "stellarium-csi: invalid configuration: " + st.message() + "\n";
+    return result;
+  }
+  result.options = o;
+  if (dump_config) {
+    result.exit = true;
+    result.exit_code = 0;
+    result.output = DumpYaml(o);
+  }
+  return result;
+}
+
+}  // namespace stellarium::csi

@@ -1,0 +1,74 @@
+// Options: everything stellarium-csi can be told, as one plain struct.
+//
+// Sources, later ones winning: the defaults below, the YAML file named by --config
+// (keys are the flag names with '-' -> '_', e.g. node_id, state_dir, import_root), then
+// the command-line flags. Validate() checks and normalizes the result before the
+// server starts; every failure message names the key and what is wrong with it.
+//
+// Thread-safety: a value type.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace stellarium::csi {
+
+inline constexpr char kDefaultEndpoint[] =
+    "unix:///var/lib/kubelet/plugins/csi.stellarium.io/csi.sock";
+inline constexpr char kDefaultStore[] = "/var/lib/stellarium/store";
+inline constexpr char kDefaultStateDir[] = "/var/lib/stellarium/state";
+inline constexpr char kDefaultDriverName[] = "csi.stellarium.io";
+inline constexpr char kDefaultKubeletDir[] = "/var/lib/kubelet";
+inline constexpr char kTopologyKey[] = "topology.stellarium.io/node";
+
+struct Options {
+  std::string config;  // the YAML file these came from ("" = none); not a YAML key
+
+  // gRPC endpoint, "unix:///absolute/path.sock". The socket is created mode 0600.
+  std::string endpoint = kDefaultEndpoint;
+  // This node's id in NodeGetInfo and the topology segment value. Default: hostname.
+  std::string node_id;
+  // The store directory (core's Store); opened by one process at a time.
+  std::string store = kDefaultStore;
+  // Node-side files: exported device images and staging bookkeeping.
+  std::string state_dir = kDefaultStateDir;
+  // The CSI driver name (GetPluginInfo), domain notation, at most 63 characters.
+  std::string driver_name = kDefaultDriverName;
+  // Staging and target paths must lie under this directory.
+  std::string kubelet_dir = kDefaultKubeletDir;
+  // Image files and trees named by StorageClass parameters must lie under one of these.
+  // Empty: creating volumes from images is refused.
+  std::vector<std::string> import_root;
+  // NodeGetInfo's max_volumes_per_node; 0 = no limit.
+  int64_t max_volumes_per_node = 0;
+  std::string log_level = "info";   // trace|debug|info|warn|error
+  std::string log_format = "text";  // text|json
+  // Prometheus exposition address "host:port" (e.g. ":9810"); "" = off.
+  std::string metrics_address;
+};
+
+// What the command line asked for.
+struct CommandLine {
+  Options options;
+  bool exit = false;    // --help, --version, --dump-config or an error: do not start
+  int exit_code = 0;    // 0 for --help/--version/--dump-config, 2 for errors
+  std::string output;   // what to print (stdout when exit_code is 0, else stderr)
+};
+
+// Parses flags, loads --config, applies flag overrides and validates.
+CommandLine ParseCommandLine(int argc, const char* const* argv);
+
+// Merges a YAML document into *options. INVALID_ARGUMENT names an unknown key or a
+// value of the wrong type.
+Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options* options);
+// The effective configuration as YAML, every key present (what --dump-config prints).
+std::string DumpYaml(const Options& options);
+// Checks every field; fills node_id from the hostname and makes paths absolute.
+Status Validate(Options* options);
+// The socket path of a "unix://" endpoint.
+std::string EndpointPath(const std::string& endpoint);
+
+}  // namespace stellarium::csi

@@ -1,0 +1,153 @@
+#include "csi/server.h"
+
+#include <errno.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+
+#include "csi/controller_service.h"
+#include "csi/identity_service.h"
+#include "csi/loop_block_device.h"
+#include "csi/node_service.h"
+
+namespace stellarium::csi {
+namespace {
+
+std::atomic<RpcObserver*> g_observer{nullptr};
+
+// True when something accepts connections on the unix socket at `path`.
+bool SocketIsServed(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  bool served = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return served;
+}
+
+// Makes `path` free for a new socket: a stale socket of a dead driver is removed; a
+// live one, or anything that is not a socket, is refused.
+Status PrepareSocketPath(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  if (ec) return Status::Internal("create the socket's directory for " + path + ": " + ec.message());
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::FromErrno(errno, "stat " + path);
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return Status::FailedPrecondition("endpoint " + path + " exists and is not a socket: remove it");
+  }
+  if (SocketIsServed(path)) {
+    return Status::FailedPrecondition("endpoint " + path +
+                                      " is served by another process (another stellarium-csi?)");
+  }
+  if (::unlink(path.c_str()) != 0) return Status::FromErrno(errno, "remove stale socket " + path);
+  return Status::Ok();
+}
+
+}  // namespace
+
+void SetRpcObserver(RpcObserver* observer) { g_observer.store(observer); }
+RpcObserver* GetRpcObserver() { return g_observer.load(); }
+
+Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
+  std::unique_ptr<Server> server(new Server());
+  server->driver_ = std::make_unique<Driver>();
+  Driver& d = *server->driver_;
+  d.options = options;
+
+  StoreOptions store_options;
+  store_options.path = options.store;
+  Result<std::unique_ptr<Store>> store = Store::Open(store_options);
+  if (!store.ok()) {
+    if (store.status().code() == StatusCode::kFailedPrecondition) {
+      return Status::FailedPrecondition("store " + options.store +
+                                        " is held by another process (is another stellarium-csi "
+                                        "or stellarium command running?): " +
+                                        store.status().message());
+    }
+    return store.status().Annotate("open store " + options.store);
+  }
+  d.store = std::move(store).value();
+
+  d.node_state = std::make_unique<NodeState>(options.state_dir + "/staged");
+  RETURN_IF_ERROR(d.node_state->Load().Annotate("load node state"));
+  d.devices = NewLoopBlockDeviceProvider(d.store.get(), options.state_dir + "/devices");
+  ASSIGN_OR_RETURN(auto attached, d.devices->Recover());
+  for (const auto& staged : d.node_state->List()) {
+    bool found = false;
+    for (const auto& a : attached) found = found || a.volume_id == staged.volume_id;
+    if (!found) {
+      spdlog::warn("volume {} is recorded as staged at {} but has no device; NodeStageVolume "
+                   "will attach it again", staged.volume_id, staged.staging_path);
+    }
+  }
+
+  server->socket_path_ = EndpointPath(options.endpoint);
+  RETURN_IF_ERROR(PrepareSocketPath(server->socket_path_));
+
+  server->identity_ = std::make_unique<IdentityService>(&d);
+  server->node_ = std::make_unique<NodeService>(&d);
+  server->controller_ = std::make_unique<ControllerService>(&d, server->node_.get());
+
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(options.endpoint, grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(server->identity_.get());
+  builder.RegisterService(server->controller_.get());
+  builder.RegisterService(server->node_.get());
+  // The socket is created by BuildAndStart: make it 0600 from birth, then say so again.
+  mode_t old_umask = ::umask(0177);
+  server->grpc_ = builder.BuildAndStart();
+  ::umask(old_umask);
+  if (!server->grpc_) {
+    return Status::Unavailable("cannot listen on " + options.endpoint +
+                               " (see the gRPC error above)");
+  }
+  if (::chmod(server->socket_path_.c_str(), 0600) != 0) {
+    Status st = Status::FromErrno(errno, "chmod " + server->socket_path_);
+    server->Shutdown(std::chrono::milliseconds(0));
+    return st;
+  }
+  d.ready.store(true);
+  spdlog::info("stellarium-csi {} serving {} on {} (node {}, store {}, {} device(s) recovered)",
+               STELLARIUM_VERSION, options.driver_name, options.endpoint, options.node_id,
+               options.store, attached.size());
+  return server;
+}
+
+Server::~Server() { Shutdown(); }
+
+void Server::Shutdown(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  if (driver_) driver_->ready.store(false);
+  if (grpc_) {
+    grpc_->Shutdown(std::chrono::system_clock::now() + grace);
+    grpc_->Wait();
+  }
+  if (!socket_path_.empty()) ::unlink(socket_path_.c_str());
+  if (driver_ && driver_->store) {
+    Status st = driver_->store->Sync();
+    if (!st.ok()) spdlog::error("store sync at shutdown: {}", st.ToString());
+  }
+}
+
+void Server::Wait() {
+  if (grpc_) grpc_->Wait();
+}
+
+}  // namespace stellarium::csi

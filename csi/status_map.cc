@@ -1,0 +1,35 @@
+#include "csi/status_map.h"
+
+namespace stellarium::csi {
+
+grpc::Status ToGrpcStatus(const Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // Codes are equal by construction (core/status.h); anything outside gRPC's range
+  // would be a core bug and is reported as INTERNAL rather than sent on the wire.
+  const int code = static_cast<int>(status.code());
+  if (code < 0 || code > static_cast<int>(grpc::StatusCode::DATA_LOSS)) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        "unexpected core status " + std::to_string(code) + ": " +
+                            status.message());
+  }
+  std::string message = status.message();
+  if (message.empty()) message = StatusCodeName(status.code());
+  return grpc::Status(static_cast<grpc::StatusCode>(code), message);
+}
+
+grpc::Status InvalidArgument(const std::string& m) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
+}
+grpc::Status NotFound(const std::string& m) { return grpc::Status(grpc::StatusCode::NOT_FOUND, m); }
+grpc::Status FailedPrecondition(const std::string& m) {
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, m);
+}
+grpc::Status AlreadyExists(const std::string& m) {
+  return grpc::Status(grpc::StatusCode::ALREADY_EXISTS, m);
+}
+grpc::Status OutOfRange(const std::string& m) {
+  return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, m);
+}
+grpc::Status Aborted(const std::string& m) { return grpc::Status(grpc::StatusCode::ABORTED, m); }
+
+}  // namespace stellarium::csi

@@ -1,0 +1,183 @@
+#include "csi/volume_spec.h"
+
+#include <cstdio>
+
+#include "csi/options.h"
+#include "csi/status_map.h"
+
+namespace stellarium::csi {
+
+using ::csi::v1::VolumeCapability;
+using Mode = ::csi::v1::VolumeCapability::AccessMode::Mode;
+
+Attributes VolumeParams::ToAttributes() const {
+  Attributes a;
+  a[kParamFsType] = fs_type;
+  a[kParamExposure] = exposure;
+  if (!image.empty()) a[kParamImage] = image;
+  if (!image_dir.empty()) a[kParamImageDir] = image_dir;
+  return a;
+}
+
+Result<VolumeParams> ParseVolumeParameters(
+    const google::protobuf::Map<std::string, std::string>& params,
+    const std::string& exposure_name) {
+  VolumeParams p;
+  p.exposure = exposure_name;
+  for (const auto& [key, value] : params) {
+    if (key.rfind(kReservedPrefix, 0) == 0) continue;
+    if (key == kParamImage) {
+      p.image = value;
+    } else if (key == kParamImageDir) {
+      p.image_dir = value;
+    } else if (key == kParamBlockSize) {
+      Result<uint64_t> size = ParseSize(value);
+      if (!size.ok() || *size > kMaxBlockSize) {
+        return Status::InvalidArgument("parameter blockSize '" + value +
+                                       "': must be a power of two from 4K to 1M");
+      }
+      p.block_size = static_cast<uint32_t>(*size);
+      Status st = ValidateBlockSize(p.block_size);
+      if (!st.ok()) return Status::InvalidArgument("parameter blockSize: " + st.message());
+    } else if (key == kParamFsType) {
+      if (value != "ext4") {
+        return Status::InvalidArgument("parameter fsType '" + value +
+                                       "': only ext4 is supported");
+      }
+      p.fs_type = value;
+    } else if (key == kParamExposure) {
+      if (value != exposure_name) {
+        return Status::InvalidArgument("parameter exposure '" + value +
+                                       "': not available on this driver (available: " +
+                                       exposure_name + ")");
+      }
+    } else {
+      return Status::InvalidArgument("unknown parameter '" + key +
+                                     "' (known: image, imageDir, blockSize, fsType, exposure)");
+    }
+  }
+  if (!p.image.empty() && !p.image_dir.empty()) {
+    return Status::InvalidArgument("parameters image and imageDir are exclusive");
+  }
+  return p;
+}
+
+Status CheckNoParameters(const google::protobuf::Map<std::string, std::string>& params,
+                         const std::string& what) {
+  for (const auto& [key, value] : params) {
+    if (key.rfind(kReservedPrefix, 0) == 0) continue;
+    return Status::InvalidArgument("unknown " + what + " parameter '" + key + "'");
+  }
+  return Status::Ok();
+}
+
+bool IsReadOnlyMode(Mode mode) {
+  return mode == VolumeCapability::AccessMode::SINGLE_NODE_READER_ONLY ||
+         mode == VolumeCapability::AccessMode::MULTI_NODE_READER_ONLY;
+}
+
+bool IsSingleWriterMode(Mode mode) {
+  return mode == VolumeCapability::AccessMode::SINGLE_NODE_WRITER ||
+         mode == VolumeCapability::AccessMode::SINGLE_NODE_SINGLE_WRITER;
+}
+
+grpc::Status CheckCapability(const VolumeCapability& cap) {
+  if (cap.access_type_case() == VolumeCapability::ACCESS_TYPE_NOT_SET) {
+    return InvalidArgument("volume capability: access_type (block or mount) is required");
+  }
+  if (!cap.has_access_mode() || cap.access_mode().mode() == VolumeCapability::AccessMode::UNKNOWN) {
+    return InvalidArgument("volume capability: access_mode is required");
+  }
+  switch (cap.access_mode().mode()) {
+    case VolumeCapability::AccessMode::SINGLE_NODE_WRITER:
+    case VolumeCapability::AccessMode::SINGLE_NODE_READER_ONLY:
+    case VolumeCapability::AccessMode::SINGLE_NODE_SINGLE_WRITER:
+    case VolumeCapability::AccessMode::SINGLE_NODE_MULTI_WRITER:
+      break;
+    default:
+      return InvalidArgument("volume capability: access mode " +
+                             VolumeCapability::AccessMode::Mode_Name(cap.access_mode().mode()) +
+                             " is not supported: volumes are local to one node");
+  }
+  if (cap.has_mount()) {
+    const std::string& fs = cap.mount().fs_type();
+    if (!fs.empty() && fs != kDefaultFsType) {
+      return InvalidArgument("volume capability: fs_type '" + fs + "' is not supported (ext4 only)");
+    }
+    if (!cap.mount().volume_mount_group().empty()) {
+      return InvalidArgument("volume capability: volume_mount_group is not supported");
+    }
+  }
+  return grpc::Status::OK;
+}
+
+std::map<std::string, std::string> VolumeContext(const VolumeInfo& info,
+                                                 const std::string& node_id,
+                                                 const std::string& default_exposure) {
+  auto attr = [&](const char* key, const std::string& fallback) {
+    auto it = info.attributes.find(key);
+    return it == info.attributes.end() || it->second.empty() ? fallback : it->second;
+  };
+  return {
+      {kCtxFsType, attr(kParamFsType, kDefaultFsType)},
+      {kCtxExposure, attr(kParamExposure, default_exposure)},
+      {kCtxBlockSize, std::to_string(info.block_size)},
+      {kCtxSourceKind, info.source_kind.empty() ? "blank" : info.source_kind},
+      {kCtxNode, node_id},
+  };
+}
+
+::csi::v1::Volume ToCsiVolume(const VolumeInfo& info, const std::string& node_id,
+                              const std::string& default_exposure) {
+  ::csi::v1::Volume v;
+  v.set_capacity_bytes(static_cast<int64_t>(info.size_bytes));
+  v.set_volume_id(info.id);
+  for (const auto& [k, val] : VolumeContext(info, node_id, default_exposure)) {
+    (*v.mutable_volume_context())[k] = val;
+  }
+  if (info.source_kind == "snapshot") {
+    v.mutable_content_source()->mutable_snapshot()->set_snapshot_id(info.source_id);
+  } else if (info.source_kind == "volume") {
+    v.mutable_content_source()->mutable_volume()->set_volume_id(info.source_id);
+  }
+  (*v.add_accessible_topology()->mutable_segments())[kTopologyKey] = node_id;
+  return v;
+}
+
+::csi::v1::Snapshot ToCsiSnapshot(const SnapshotInfo& info) {
+  ::csi::v1::Snapshot s;
+  s.set_size_bytes(static_cast<int64_t>(info.size_bytes));
+  s.set_snapshot_id(info.id);
+  s.set_source_volume_id(info.source_volume_id);
+  s.mutable_creation_time()->set_seconds(info.created_unix_ns / 1000000000);
+  s.mutable_creation_time()->set_nanos(static_cast<int32_t>(info.created_unix_ns % 1000000000));
+  s.set_ready_to_use(true);  // snapshots are O(1) metadata: usable at once
+  return s;
+}
+
+grpc::Status CheckName(const std::string& name, const std::string& what) {
+  if (name.empty()) return InvalidArgument(what + " is required");
+  for (size_t i = 0; i < name.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(name[i]);
+    bool banned = (c <= 0x08) || c == 0x0b || c == 0x0c || (c >= 0x0e && c <= 0x1f) || c == 0x7f;
+    // U+0080..U+009F are C2 80..C2 9F in UTF-8.
+    if (c == 0xc2 && i + 1 < name.size()) {
+      unsigned char n = static_cast<unsigned char>(name[i + 1]);
+      if (n >= 0x80 && n <= 0x9f) banned = true;
+    }
+    if (banned) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "0x%02x", c);
+      return InvalidArgument(what + " contains the control character " + hex + " at byte " +
+                             std::to_string(i) + " (banned by the CSI spec)");
+    }
+  }
+  return grpc::Status::OK;
+}
+
+uint64_t RoundUp(uint64_t value, uint64_t unit) {
+  if (unit == 0) return value;
+  return (value + unit - 1) / unit * unit;
+}
+
+}  // namespace stellarium::csi

@@ -1,0 +1,84 @@
+// What a CSI volume is made of, from this driver's side: StorageClass parameters, the
+// attributes core keeps for them, the volume_context handed to the node calls, and the
+// volume capabilities the driver supports. Shared by the controller and node services.
+//
+// StorageClass parameters (docs/CSI.md has the long version):
+//   image      path of a raw or ext4 image file under an --import-root
+//   imageDir   a directory under an --import-root, built into an ext4 image
+//   blockSize  the volume's block size ("4096", "64K"); blank and image volumes only
+//   fsType     filesystem for Mount access: "ext4" (the default and the only one)
+//   exposure   how the node makes the block device: "loop" (the default)
+// Keys starting with "csi.storage.k8s.io/" (added by the sidecars) are ignored; any
+// other key is INVALID_ARGUMENT naming it.
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "core/store.h"
+#include "csi.pb.h"
+
+namespace stellarium::csi {
+
+// Parameter keys (StorageClass), also stored as core attributes of the volume:
+// persisted in the store's catalog; never rename.
+inline constexpr char kParamImage[] = "image";
+inline constexpr char kParamImageDir[] = "imageDir";
+inline constexpr char kParamBlockSize[] = "blockSize";
+inline constexpr char kParamFsType[] = "fsType";
+inline constexpr char kParamExposure[] = "exposure";
+inline constexpr char kReservedPrefix[] = "csi.storage.k8s.io/";
+
+// volume_context keys (immutable per volume; derived from the catalog).
+inline constexpr char kCtxFsType[] = "stellarium.io/fs-type";
+inline constexpr char kCtxExposure[] = "stellarium.io/exposure";
+inline constexpr char kCtxBlockSize[] = "stellarium.io/block-size";
+inline constexpr char kCtxSourceKind[] = "stellarium.io/source-kind";
+inline constexpr char kCtxNode[] = "stellarium.io/node";
+
+inline constexpr char kDefaultFsType[] = "ext4";
+inline constexpr uint64_t kDefaultVolumeBytes = 1ull << 30;  // no capacity_range given
+
+struct VolumeParams {
+  std::string image;       // as given (resolved later against the import roots)
+  std::string image_dir;
+  uint32_t block_size = 0;  // 0: store default
+  std::string fs_type = kDefaultFsType;
+  std::string exposure;     // normalized to the provider's name
+
+  // What core stores with the volume and compares on an idempotent re-create.
+  Attributes ToAttributes() const;
+};
+
+// Parses and checks StorageClass parameters. `exposure_name` is the node's provider.
+Result<VolumeParams> ParseVolumeParameters(const google::protobuf::Map<std::string, std::string>& params,
+                                           const std::string& exposure_name);
+// For snapshot parameters: only reserved keys are accepted.
+Status CheckNoParameters(const google::protobuf::Map<std::string, std::string>& params,
+                         const std::string& what);
+
+// OK when the driver can serve the capability; INVALID_ARGUMENT explaining otherwise.
+grpc::Status CheckCapability(const ::csi::v1::VolumeCapability& cap);
+bool IsReadOnlyMode(::csi::v1::VolumeCapability::AccessMode::Mode mode);
+// At most one read-write publish at a time (SINGLE_NODE_WRITER, SINGLE_NODE_SINGLE_WRITER).
+bool IsSingleWriterMode(::csi::v1::VolumeCapability::AccessMode::Mode mode);
+
+// The CSI view of a volume in the store.
+::csi::v1::Volume ToCsiVolume(const VolumeInfo& info, const std::string& node_id,
+                              const std::string& default_exposure);
+std::map<std::string, std::string> VolumeContext(const VolumeInfo& info, const std::string& node_id,
+                                                 const std::string& default_exposure);
+::csi::v1::Snapshot ToCsiSnapshot(const SnapshotInfo& info);
+
+// CSI names: non-empty, none of the control characters the spec bans.
+grpc::Status CheckName(const std::string& name, const std::string& what);
+
+// Rounds up to a multiple of `unit` (a power of two).
+uint64_t RoundUp(uint64_t value, uint64_t unit);
+
+}  // namespace stellarium::csi
