@@ -1,9 +1,11 @@
 """manifests/: every file parses into Kubernetes objects, the install set is complete
 and consistent, and every container argument is a flag the pinned sidecar has."""
 
+import os
 import pathlib
 import shutil
 import subprocess
+import tempfile
 import unittest
 
 import yaml
@@ -167,6 +169,18 @@ class DaemonSetTest(unittest.TestCase):
                 self.assertTrue(any(value == m or value.startswith(m + "/") for m in mounts)
                                 or value == "/var/lib/kubelet", arg)
 
+    def test_init_container_creates_exactly_the_import_roots(self):
+        (init,) = self.ds["spec"]["template"]["spec"]["initContainers"]
+        self.assertEqual(init["command"], ["mkdir", "-p", "--"])
+        roots = [a.split("=", 1)[1] for a in self.containers["stellarium-csi"]["args"]
+                 if a.startswith("--import-root=")]
+        self.assertTrue(roots)
+        self.assertEqual(init["args"], roots)
+        self.assertEqual(init["image"], self.containers["stellarium-csi"]["image"])
+        mounts = {m["mountPath"] for m in init["volumeMounts"]}
+        for root in roots:
+            self.assertTrue(any(root.startswith(m + "/") for m in mounts), root)
+
     def test_socket_paths_agree(self):
         volumes = {v["name"]: v for v in self.ds["spec"]["template"]["spec"]["volumes"]}
         reg = self.containers["node-driver-registrar"]["args"]
@@ -192,6 +206,45 @@ class DaemonSetTest(unittest.TestCase):
         self.assertLessEqual({"NAMESPACE", "POD_NAME"}, env, "--enable-capacity ownerref needs them")
         self.assertNotIn("--leader-election=true", self.containers["csi-snapshotter"]["args"],
                          "csi-snapshotter refuses leader election with --node-deployment")
+
+
+class DriverAcceptsDaemonSetArgsTest(unittest.TestCase):
+    """The built stellarium-csi accepts the DaemonSet's args once the init container ran.
+
+    Host paths are moved under a temporary directory; the init container's command runs
+    for real, then `stellarium-csi ARGS --dump-config` must succeed and report them."""
+
+    def setUp(self):
+        path = os.environ.get("STELLARIUM_CSI_BIN", "")
+        if not path or not pathlib.Path(path).is_file():
+            self.skipTest("stellarium-csi is not built in this build tree "
+                          "(STELLARIUM_CSI_BIN is empty): DaemonSet args not run")
+        self.bin = path
+        self.tmp = tempfile.mkdtemp(prefix="stellarium-ds-args-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def test_driver_starts_config_from_daemonset_args(self):
+        (ds,) = objects_of("DaemonSet")
+        spec = ds["spec"]["template"]["spec"]
+        move = lambda s: s.replace("/var/lib/stellarium", self.tmp + "/var/lib/stellarium")
+        (init,) = spec["initContainers"]
+        r = subprocess.run(init["command"] + [move(a) for a in init["args"]],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        args = [move(a).replace("$(NODE_NAME)", "worker-1")
+                for a in daemonset_containers(ds)["stellarium-csi"]["args"]]
+        r = subprocess.run([self.bin, *args, "--dump-config"], capture_output=True, text=True,
+                           timeout=60, env={"PATH": "/usr/bin:/bin"})
+        self.assertEqual(r.returncode, 0, f"stellarium-csi refused the DaemonSet args: {r.stderr}")
+        config = yaml.safe_load(r.stdout)
+        for arg in args:
+            flag, _, value = arg.partition("=")
+            key = flag.lstrip("-").replace("-", "_")
+            got = config[key]
+            if isinstance(got, list):
+                self.assertIn(value, got, key)
+            else:
+                self.assertEqual(str(got), value, key)
 
 
 def check_sidecar_args(test, containers, resolve=lambda arg: arg):
