@@ -13,7 +13,6 @@
 
 #include <atomic>
 #include <cstring>
-#include <fstream>
 
 namespace stellarium::exposure {
 
@@ -395,21 +394,19 @@ FuseBlockServer::~FuseBlockServer() { Stop(); }
 void FuseBlockServer::Stop() {
   if (session_ == nullptr) return;
   if (mounted_) {
-    fuse_session_exit(session_);
-    // A clean unmount ends the connection, which wakes the workers. If something still
-    // holds a file (a loop device), abort the connection first so they wake anyway.
-    struct stat st;
-    bool have_dev = stat(options_.mountpoint.c_str(), &st) == 0;
+    // Unmounting ends the connection, which wakes the workers blocked reading
+    // /dev/fuse (they return ENODEV and the loop ends). The session must not be marked
+    // exited before that: workers drop requests once it is, and anything that still
+    // touched the mount would then wait forever. If a file is still held (an attached
+    // loop device), MNT_FORCE aborts the connection (FUSE's umount_begin) so the workers
+    // wake anyway, and MNT_DETACH removes the mount from the namespace.
     if (umount2(options_.mountpoint.c_str(), 0) != 0) {
-      if (have_dev) {
-        std::ofstream abort_file("/sys/fs/fuse/connections/" +
-                                 std::to_string(static_cast<unsigned long>(st.st_dev)) + "/abort");
-        abort_file << "1";
-      }
+      umount2(options_.mountpoint.c_str(), MNT_FORCE);
       umount2(options_.mountpoint.c_str(), MNT_DETACH);
     }
     mounted_ = false;
   }
+  fuse_session_exit(session_);
   if (loop_thread_.joinable()) loop_thread_.join();
   fuse_session_unmount(session_);  // closes the device fd; the mount is already gone
   fuse_session_destroy(session_);

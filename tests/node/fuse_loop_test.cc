@@ -250,6 +250,35 @@ TEST_F(FuseLoopTest, ResizeReachesTheLoopDevice) {
   EXPECT_EQ(server_->NotifyResized("nope").code(), StatusCode::kNotFound);
 }
 
+// Regression: Stop() used to mark the session exited before unmounting; once the
+// kernel's cached root attributes expired, the unmount path's stat() waited forever
+// for a worker that had already quit.
+TEST_F(FuseLoopTest, StopsAfterCachedAttributesExpire) {
+  ASSERT_TRUE(server_->AddVolume("v", std::make_shared<MemBlockIo>(kMiB)).ok());
+  struct stat st;
+  ASSERT_EQ(stat(server_->mountpoint().c_str(), &st), 0);
+  usleep(1'200'000);  // longer than the 1 s attribute timeout
+  server_.reset();    // must return
+  EXPECT_EQ(stat((tmp_.path() + "/fuse/v").c_str(), &st), -1);
+}
+
+// Stopping while a loop device still holds a file aborts the connection instead of
+// waiting for the holder; the loop device then reports I/O errors, never stale data.
+TEST_F(FuseLoopTest, StopsWhileALoopDeviceStillHoldsAFile) {
+  auto io = std::make_shared<MemBlockIo>(4 * kMiB);
+  ASSERT_TRUE(server_->AddVolume("held", io).ok());
+  LoopDevice dev = Attach(server_->PathOf("held"), /*direct_io=*/true);
+  ASSERT_FALSE(dev.path.empty());
+  server_.reset();  // must return
+  int fd = open(dev.path.c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(fd, 0);
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, 4096), 0);
+  EXPECT_EQ(pread(fd, buf, 4096, 0), -1);
+  free(buf);
+  close(fd);
+}
+
 TEST(LoopDeviceTest, BadArgumentsNameTheObject) {
   std::string why = stellarium::testing::NodeTestsUnavailableReason();
   if (!why.empty()) GTEST_SKIP() << why;

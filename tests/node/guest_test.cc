@@ -1,0 +1,185 @@
+// A real guest on a real volume: QEMU (TCG, microvm, memfd shared memory) boots Debian's
+// kernel with the initramfs from scripts/build-guest.sh. The disk is an ext4 image
+// imported into a real core Store, served (a) by VhostUserBlkServer and (b) by the
+// FUSE file + loop device as a plain virtio-blk drive. The guest prints the sha256 of a
+// known file and writes a file; the test compares the hash and then finds the guest's
+// file in the volume, read back through core (FUSE + loop + ext4 mount, read-only).
+//
+// Skips only when qemu-system-x86_64 is not installed. The guest is built (once, then
+// cached) in $STELLARIUM_GUEST_DIR or /var/tmp/stellarium-guest.
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <regex>
+
+#include "core/store.h"
+#include "csi/exposure/fuse_block_server.h"
+#include "csi/exposure/loop_device.h"
+#include "csi/exposure/vhost_user_blk.h"
+#include "tests/node/node_fixture.h"
+#include "tests/node/test_util.h"
+
+#ifndef STELLARIUM_SOURCE_DIR
+#error "STELLARIUM_SOURCE_DIR must point at the source tree (scripts/build-guest.sh)"
+#endif
+
+namespace stellarium::exposure {
+namespace {
+
+using stellarium::testing::CommandResult;
+using stellarium::testing::HaveProgram;
+using stellarium::testing::ImportedExt4;
+using stellarium::testing::ImportKnownExt4;
+using stellarium::testing::RunCommand;
+using stellarium::testing::TempDir;
+
+std::string Base64(const std::string& in) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
+  }
+  if (i + 1 == in.size()) {
+    uint32_t v = uint8_t(in[i]) << 16;
+    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
+  } else if (i + 2 == in.size()) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
+    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
+  }
+  return out;
+}
+
+// What every guest run does: mount the disk, hash the known file, write a file.
+std::string GuestScript(const std::string& marker) {
+  return "set -e\n"
+         "mount -t ext4 /dev/vda /mnt\n"
+         "echo \"GUEST-SHA256 $(sha256sum /mnt/known.bin | cut -d' ' -f1)\"\n"
+         "echo '" + marker + "' > /mnt/from-guest.txt\n"
+         "sync\n"
+         "umount /mnt\n"
+         "echo GUEST-DONE\n";
+}
+
+class GuestTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!HaveProgram("qemu-system-x86_64")) return;
+    const char* env = getenv("STELLARIUM_GUEST_DIR");
+    guest_dir_ = env ? env : "/var/tmp/stellarium-guest";
+    build_ = RunCommand({"bash", std::string(STELLARIUM_SOURCE_DIR) + "/scripts/build-guest.sh",
+                         guest_dir_});
+  }
+  void SetUp() override {
+    if (!HaveProgram("qemu-system-x86_64")) {
+      GTEST_SKIP() << "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)";
+    }
+    ASSERT_EQ(build_.exit_code, 0) << "scripts/build-guest.sh failed:\n" << build_.output;
+    auto store = Store::Open({.path = tmp_.path() + "/store"});
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    store_ = std::move(*store);
+    img_ = ImportKnownExt4(*store_, tmp_.path(), "guest-vol", 64);
+    ASSERT_FALSE(img_.volume.id.empty());
+    auto vol = store_->OpenVolume(img_.volume.id);
+    ASSERT_TRUE(vol.ok()) << vol.status().ToString();
+    volume_ = *vol;
+  }
+
+  // Boots the guest with `disk_args` and the script; returns the console output.
+  CommandResult Boot(const std::vector<std::string>& disk_args, const std::string& script) {
+    std::vector<std::string> argv = {
+        "timeout", "600", "qemu-system-x86_64",
+        "-M", "microvm,accel=tcg,pit=on,memory-backend=mem",
+        "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
+        "-cpu", "max", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config",
+        "-display", "none", "-serial", "stdio", "-no-reboot",
+        "-global", "virtio-mmio.force-legacy=false",
+        "-kernel", guest_dir_ + "/vmlinux", "-initrd", guest_dir_ + "/initrd.cpio.gz",
+        "-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2600000 stellarium_cmd=" +
+                       Base64(script)};
+    argv.insert(argv.end(), disk_args.begin(), disk_args.end());
+    return RunCommand(argv);
+  }
+
+  static std::string GuestHash(const std::string& out) {
+    std::smatch m;
+    std::regex re("GUEST-SHA256 ([0-9a-f]{64})");
+    return std::regex_search(out, m, re) ? m[1].str() : "";
+  }
+
+  // Reads a file from the volume's ext4 through core: FUSE file, read-only loop, mount.
+  std::string ReadFromVolume(const std::string& name) {
+    auto fuse = FuseBlockServer::Start({.mountpoint = tmp_.path() + "/check-fuse"});
+    EXPECT_TRUE(fuse.ok()) << fuse.status().ToString();
+    if (!fuse.ok()) return "";
+    EXPECT_TRUE((*fuse)->AddVolume("check", volume_).ok());
+    auto loop = AttachLoop((*fuse)->PathOf("check"), {.read_only = true, .direct_io = true});
+    EXPECT_TRUE(loop.ok()) << loop.status().ToString();
+    if (!loop.ok()) return "";
+    std::string mnt = tmp_.path() + "/check-mnt";
+    mkdir(mnt.c_str(), 0755);
+    std::string content;
+    if (mount(loop->path.c_str(), mnt.c_str(), "ext4", MS_RDONLY, "noload") == 0) {
+      std::ifstream in(mnt + "/" + name);
+      content.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      umount2(mnt.c_str(), 0);
+    } else {
+      ADD_FAILURE() << "mount " << loop->path << ": " << strerror(errno);
+    }
+    auto fsck = RunCommand({"e2fsck", "-fn", loop->path});
+    EXPECT_EQ(fsck.exit_code, 0) << fsck.output;
+    EXPECT_TRUE(DetachLoop(loop->path).ok());
+    return content;
+  }
+
+  static inline std::string guest_dir_;
+  static inline CommandResult build_;
+  TempDir tmp_;
+  std::unique_ptr<Store> store_;
+  ImportedExt4 img_;
+  std::shared_ptr<Volume> volume_;
+};
+
+TEST_F(GuestTest, GuestUsesTheVolumeThroughVhostUserBlk) {
+  std::string sock = tmp_.path() + "/vhost.sock";
+  auto server = VhostUserBlkServer::Start(sock, volume_, {.num_queues = 1, .serial = "guest-vol"});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  CommandResult r = Boot({"-chardev", "socket,id=c0,path=" + sock, "-device",
+                          "vhost-user-blk,chardev=c0,num-queues=1"},
+                         GuestScript("hello over vhost-user"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("GUEST-DONE"), std::string::npos) << r.output;
+  EXPECT_EQ(GuestHash(r.output), img_.known_sha256) << r.output;
+  EXPECT_EQ((*server)->last_error(), "");
+  server->reset();
+  ASSERT_TRUE(volume_->Flush().ok());
+  EXPECT_EQ(ReadFromVolume("from-guest.txt"), "hello over vhost-user\n");
+}
+
+TEST_F(GuestTest, SameGuestBootsFromTheFuseLoopDevice) {
+  if (!stellarium::testing::NodeTestsUnavailableReason().empty()) {
+    GTEST_SKIP() << stellarium::testing::NodeTestsUnavailableReason();
+  }
+  auto fuse = FuseBlockServer::Start({.mountpoint = tmp_.path() + "/fuse"});
+  ASSERT_TRUE(fuse.ok()) << fuse.status().ToString();
+  ASSERT_TRUE((*fuse)->AddVolume("guest-vol", volume_).ok());
+  auto loop = AttachLoop((*fuse)->PathOf("guest-vol"), {.direct_io = true});
+  ASSERT_TRUE(loop.ok()) << loop.status().ToString();
+  CommandResult r = Boot({"-drive", "id=d0,file=" + loop->path + ",format=raw,if=none,cache=none",
+                          "-device", "virtio-blk-device,drive=d0"},
+                         GuestScript("hello over the loop device"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("GUEST-DONE"), std::string::npos) << r.output;
+  EXPECT_EQ(GuestHash(r.output), img_.known_sha256) << r.output;
+  ASSERT_TRUE(DetachLoop(loop->path).ok());
+  ASSERT_TRUE((*fuse)->RemoveVolume("guest-vol").ok());
+  fuse->reset();
+  EXPECT_EQ(ReadFromVolume("from-guest.txt"), "hello over the loop device\n");
+}
+
+}  // namespace
+}  // namespace stellarium::exposure
