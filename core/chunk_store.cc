@@ -31,11 +31,8 @@ class RocksChunkStore : public ChunkStore {
   }
 
   Result<bool> Contains(const ChunkId& id) override {
-    std::string v;
+    rocksdb::PinnableSlice v;
     rocksdb::Slice key(reinterpret_cast<const char*>(id.data()), id.size());
-    if (!db_->raw()->KeyMayExist(rocksdb::ReadOptions(), db_->cf(Cf::kRefs), key, &v)) {
-      return false;
-    }
     rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kRefs), key, &v);
     if (s.IsNotFound()) return false;
     if (!s.ok()) return FromRocks(s, "chunk " + ToHex(id));

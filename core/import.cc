@@ -1,9 +1,10 @@
 // ImportImage: the import pipeline.
 //
 //   reader thread  -> segments (a few MiB of the image, holes marked, never read)
-//   hash workers   -> per block: zero test, SHA-256 (one worker per core)
-//   writer (here)  -> in image order: new chunks, map entries, reference counts, in
-//                     batches written without the WAL; the image's content digest.
+//   workers        -> per block: zero test, SHA-256; then the segment's new chunks,
+//                     map entries and reference counts in one batch written without
+//                     the WAL (one worker per core, writing concurrently)
+//   this thread    -> in image order: the image's content digest, the summary, progress
 //
 // Durability: data batches skip the WAL (the store uses atomic_flush), so after the
 // last batch the importer flushes every memtable and only then commits, in one synced
@@ -16,6 +17,7 @@
 #include <map>
 #include <queue>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "core/store_impl.h"
@@ -35,6 +37,8 @@ struct Segment {
   std::vector<uint32_t> hole_bytes;  // per block: bytes known to be zero without reading
   std::vector<ChunkId> ids;
   std::vector<uint8_t> zero;       // per block: 1 when all zero
+  std::vector<uint8_t> is_new;     // per block: 1 when this import stored its chunk
+  uint64_t dup = 0;                // blocks already stored (or in the base image)
 };
 
 // A bounded hand-off queue between pipeline stages.
@@ -121,22 +125,43 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   }
 
   // The layer being filled; dead at the next open if we crash before committing.
+  // When an image of the same size and block size was imported before, the new layer
+  // sits on top of it and stores only the blocks that differ: a new version of an image
+  // costs its changed blocks, not a second block map.
   uint64_t layer;
+  std::vector<uint64_t> base_chain;
   {
     std::lock_guard lock(s.catalog_mu);
+    uint64_t base = 0;
+    if (known_size) {
+      const uint64_t rounded = (*known_size + bs - 1) / bs * bs;
+      int64_t newest = -1;
+      auto it = s.db->NewIterator(Cf::kImages);
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        auto img = format::DecodeImage(it->key().ToStringView(), it->value().ToStringView());
+        if (!img.ok() || img->info.block_size != bs || img->info.size_bytes != rounded) continue;
+        if (img->info.created_unix_ns <= newest) continue;
+        auto chain = s.LoadChain(img->layer);
+        if (!chain.ok() || chain->size() >= std::max<size_t>(2, s.options.max_chain_depth / 2)) continue;
+        newest = img->info.created_unix_ns;
+        base = img->layer;
+        base_chain = std::move(chain).value();
+      }
+    }
     CatalogTxn txn;
-    layer = s.NewLayer(&txn, 0, LayerState::kImporting, bs, 0);
+    if (base != 0) {
+      ASSIGN_OR_RETURN(LayerRecord * b, s.TxnLayer(&txn, base));
+      ++b->refs;
+    }
+    layer = s.NewLayer(&txn, base, LayerState::kImporting, bs, 0);
     RETURN_IF_ERROR(s.Commit(&txn, what + ": begin import"));
   }
   auto abandon = [&](Status st) -> Status {
     std::lock_guard lock(s.catalog_mu);
     CatalogTxn txn;
-    auto l = s.TxnLayer(&txn, layer);
-    if (l.ok()) {
-      (*l)->state = LayerState::kDead;
-      Status c = s.Commit(&txn, what + ": abandon import");
-      if (!c.ok()) return st.Annotate("(cleanup failed: " + c.message() + ")");
-    }
+    Status c = s.KillLayer(&txn, layer);
+    if (c.ok()) c = s.Commit(&txn, what + ": abandon import");
+    if (!c.ok()) return st.Annotate("(cleanup failed: " + c.message() + ")");
     return st;
   };
 
@@ -210,71 +235,110 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     work_q.Close();
   });
 
-  std::vector<std::thread> hashers;
-  std::atomic<unsigned> hashers_left{threads};
+  // Shared by the workers: chunks this import is writing right now, so that two
+  // segments holding the same new block store it once and count it once. An id leaves
+  // the set when its batch is written; Contains() sees it from then on.
+  std::mutex inflight_mu;
+  std::unordered_set<std::string> inflight;
+  std::mutex status_mu;
+  Status write_status;
+  auto fail = [&](Status st) {
+    std::lock_guard l(status_mu);
+    if (write_status.ok()) write_status = std::move(st);
+    stop = true;
+  };
+
+  // Worker: hash every block, then write the segment's new chunks, map entries and
+  // reference counts in one unlogged batch. Workers write concurrently (the map keys of
+  // different segments never collide).
+  auto process = [&](Segment& seg) -> Status {
+    seg.ids.resize(seg.nblocks);
+    seg.zero.assign(seg.nblocks, 0);
+    seg.is_new.assign(seg.nblocks, 0);
+    seg.dup = 0;
+    for (size_t i = 0; i < seg.nblocks; ++i) {
+      const char* p = seg.buf.data() + i * bs;
+      if (seg.hole_bytes[i] == bs || IsAllZero(p, bs)) {
+        seg.zero[i] = 1;
+      } else {
+        seg.ids[i] = Sha256(p, bs);
+      }
+    }
+    // The base image's view of this segment, when the import is a delta over it.
+    std::unordered_map<uint64_t, std::string> base_view;
+    if (!base_chain.empty()) {
+      RETURN_IF_ERROR(s.ResolveRange(base_chain, seg.first_block, seg.first_block + seg.nblocks,
+                                     [&](uint64_t b, std::string_view v) {
+                                       base_view.emplace(b, std::string(v));
+                                       return Status::Ok();
+                                     }));
+    }
+    std::shared_lock sweep(s.chunks->sweep_lock());
+    Txn batch;
+    std::vector<std::string> mine;  // ids this segment put in `inflight`
+    for (size_t i = 0; i < seg.nblocks; ++i) {
+      const uint64_t block = seg.first_block + i;
+      auto in_base = base_view.find(block);
+      bool base_has_data = in_base != base_view.end() && !format::IsZeroMarker(in_base->second);
+      if (seg.zero[i]) {
+        if (base_has_data) batch.Put(s.db->cf(Cf::kMaps), format::MapKey(layer, block), "");
+        continue;
+      }
+      const ChunkId& id = seg.ids[i];
+      if (base_has_data && in_base->second == AsBytes(id)) {
+        ++seg.dup;  // the base image has this very block here: nothing to write
+        continue;
+      }
+      ASSIGN_OR_RETURN(bool stored, s.chunks->Contains(id));
+      bool is_new = false;
+      if (!stored) {
+        std::string key(AsBytes(id));
+        std::lock_guard l(inflight_mu);
+        if (inflight.insert(key).second) {
+          is_new = true;
+          mine.push_back(std::move(key));
+        }
+      }
+      if (is_new) {
+        seg.is_new[i] = 1;
+        s.chunks->AddRef(&batch, id, std::string_view(seg.buf.data() + i * bs, bs));
+      } else {
+        ++seg.dup;
+        s.chunks->AddRef(&batch, id, {});
+      }
+      batch.Put(s.db->cf(Cf::kMaps), format::MapKey(layer, block),
+                rocksdb::Slice(AsBytes(id).data(), id.size()));
+    }
+    Status w = s.db->Write(&batch, WriteMode::kNoWal, what + ": write chunks");
+    std::lock_guard l(inflight_mu);
+    for (const auto& k : mine) inflight.erase(k);
+    return w;
+  };
+
+  std::vector<std::thread> workers;
+  std::atomic<unsigned> workers_left{threads};
   for (unsigned t = 0; t < threads; ++t) {
-    hashers.emplace_back([&] {
+    workers.emplace_back([&] {
       std::unique_ptr<Segment> seg;
       while (work_q.Pop(&seg)) {
-        seg->ids.resize(seg->nblocks);
-        seg->zero.assign(seg->nblocks, 0);
-        for (size_t i = 0; i < seg->nblocks; ++i) {
-          const char* p = seg->buf.data() + i * bs;
-          if (seg->hole_bytes[i] == bs || IsAllZero(p, bs)) {
-            seg->zero[i] = 1;
-          } else {
-            seg->ids[i] = Sha256(p, bs);
-          }
+        if (!stop.load()) {
+          Status st = process(*seg);
+          if (!st.ok()) fail(st);
         }
         done_q.Push(std::move(seg));
       }
-      if (--hashers_left == 0) done_q.Close();
+      if (--workers_left == 0) done_q.Close();
     });
   }
 
-  // Writer: in image order.
+  // In image order: the content digest, the summary, progress and cancellation.
   ImportSummary sum;
-  Status write_status;
   Sha256Stream digest;
   digest.Update(format::kImageDigestTag.data(), format::kImageDigestTag.size());
   uint64_t next_seq = 0;
   std::priority_queue<std::unique_ptr<Segment>, std::vector<std::unique_ptr<Segment>>, SeqLess> pending;
   const ChunkId kZeroId{};
   auto last_progress = std::chrono::steady_clock::now();
-
-  auto write_segment = [&](Segment& seg) -> Status {
-    std::shared_lock sweep(s.chunks->sweep_lock());
-    Txn batch;
-    // Chunks new in this batch; earlier batches are already visible to Contains().
-    std::unordered_set<std::string> seen;
-    for (size_t i = 0; i < seg.nblocks; ++i) {
-      ++sum.blocks;
-      if (seg.zero[i]) {
-        ++sum.zero_blocks;
-        digest.Update(kZeroId.data(), kZeroId.size());
-        continue;
-      }
-      const ChunkId& id = seg.ids[i];
-      digest.Update(id.data(), id.size());
-      std::string key(AsBytes(id));
-      bool dup = seen.count(key) > 0;
-      if (!dup) {
-        ASSIGN_OR_RETURN(dup, s.chunks->Contains(id));
-      }
-      if (dup) {
-        ++sum.duplicate_blocks;
-        s.chunks->AddRef(&batch, id, {});
-      } else {
-        seen.insert(std::move(key));
-        ++sum.new_chunks;
-        sum.bytes_added += bs;
-        s.chunks->AddRef(&batch, id, std::string_view(seg.buf.data() + i * bs, bs));
-      }
-      batch.Put(s.db->cf(Cf::kMaps), format::MapKey(layer, seg.first_block + i),
-                rocksdb::Slice(AsBytes(id).data(), id.size()));
-    }
-    return s.db->Write(&batch, WriteMode::kNoWal, what + ": write chunks");
-  };
 
   std::unique_ptr<Segment> seg;
   while (done_q.Pop(&seg)) {
@@ -283,13 +347,22 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
       std::unique_ptr<Segment> cur = std::move(const_cast<std::unique_ptr<Segment>&>(pending.top()));
       pending.pop();
       ++next_seq;
-      if (write_status.ok() && !stop.load()) {
-        write_status = write_segment(*cur);
-        if (!write_status.ok()) stop = true;
-        if (opts.cancel && opts.cancel->load()) {
-          write_status = Status(StatusCode::kCancelled, what + ": import cancelled");
-          stop = true;
+      if (!stop.load()) {
+        for (size_t i = 0; i < cur->nblocks; ++i) {
+          ++sum.blocks;
+          if (cur->zero[i]) {
+            ++sum.zero_blocks;
+            digest.Update(kZeroId.data(), kZeroId.size());
+            continue;
+          }
+          digest.Update(cur->ids[i].data(), kChunkIdSize);
+          if (cur->is_new[i]) {
+            ++sum.new_chunks;
+            sum.bytes_added += bs;
+          }
         }
+        sum.duplicate_blocks += cur->dup;
+        if (opts.cancel && opts.cancel->load()) fail(Status(StatusCode::kCancelled, what + ": import cancelled"));
       }
       sum.raw_bytes += cur->nblocks * bs;
       auto now = std::chrono::steady_clock::now();
@@ -303,7 +376,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   stop = true;
   free_q.Close();
   reader.join();
-  for (auto& t : hashers) t.join();
+  for (auto& t : workers) t.join();
 
   if (!read_status.ok()) return abandon(read_status.Annotate("import"));
   if (!write_status.ok()) return abandon(write_status);
@@ -338,7 +411,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     if (existing_img) {
       // Same bytes imported before: our copy goes (gc), the volume clones the first.
       ASSIGN_OR_RETURN(auto img, format::DecodeImage(AsBytes(image_digest), *existing_img));
-      mine->state = LayerState::kDead;
+      RETURN_IF_ERROR(s.KillLayer(&txn, layer));
       base = img.layer;
       sum.reused_image = true;
     } else {
@@ -359,11 +432,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     if (st.ok() && existing) st = Status::Aborted("volume " + req.name + " was created concurrently");
     if (!st.ok()) {
       CatalogTxn dead;
-      auto l = s.TxnLayer(&dead, layer);
-      if (l.ok()) {
-        (*l)->state = LayerState::kDead;
-        (void)s.Commit(&dead, what + ": abandon import");
-      }
+      if (s.KillLayer(&dead, layer).ok()) (void)s.Commit(&dead, what + ": abandon import");
       return st;
     }
     RETURN_IF_ERROR(s.Commit(&txn, what + ": commit import"));

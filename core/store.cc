@@ -104,6 +104,13 @@ Status StoreImpl::UnrefLayer(CatalogTxn* txn, uint64_t id) {
   return Status::Ok();
 }
 
+Status StoreImpl::KillLayer(CatalogTxn* txn, uint64_t id) {
+  ASSIGN_OR_RETURN(LayerRecord * l, TxnLayer(txn, id));
+  if (l->state == LayerState::kDead) return Status::Ok();
+  l->state = LayerState::kDead;
+  return l->parent != 0 ? UnrefLayer(txn, l->parent) : Status::Ok();
+}
+
 Status StoreImpl::Commit(CatalogTxn* txn, const std::string& what) {
   for (const auto& [id, rec] : txn->layers) {
     txn->batch.Put(db->cf(Cf::kLayers), format::LayerKey(id), format::EncodeLayer(rec));
@@ -335,11 +342,11 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
     uint64_t id = format::DecodeLayerKey(std::string_view(it->key().data(), it->key().size()));
     ASSIGN_OR_RETURN(LayerRecord r, format::DecodeLayer(id, std::string_view(it->value().data(), it->value().size())));
     if (r.id >= impl->next_layer) impl->next_layer = r.id + 1;
-    if (r.state == LayerState::kImporting) {
-      r.state = LayerState::kDead;
-      txn.layers[id] = r;
-    }
+    if (r.state == LayerState::kImporting) txn.layers[id] = r;
   }
+  std::vector<uint64_t> interrupted;
+  for (const auto& [id, r] : txn.layers) interrupted.push_back(id);
+  for (uint64_t id : interrupted) RETURN_IF_ERROR(impl->KillLayer(&txn, id));
   RETURN_IF_ERROR(FromRocks(it->status(), "store " + options.path + ": scan layers"));
   if (!txn.layers.empty()) RETURN_IF_ERROR(impl->Commit(&txn, "store " + options.path + ": recovery"));
   return std::unique_ptr<Store>(new Store(std::move(impl)));

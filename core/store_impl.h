@@ -63,6 +63,9 @@ class StoreImpl {
                     uint32_t block_size, uint64_t refs);
   // Drops one reference; a layer left with none becomes dead, and so on up the chain.
   Status UnrefLayer(CatalogTxn* txn, uint64_t id);
+  // Marks a layer nothing refers to (an abandoned import) dead and drops its parent
+  // reference.
+  Status KillLayer(CatalogTxn* txn, uint64_t id);
   Status Commit(CatalogTxn* txn, const std::string& what);
   Result<std::optional<format::VolumeRecord>> LoadVolume(const std::string& id);
   Result<std::optional<format::SnapshotRecord>> LoadSnapshot(const std::string& id);

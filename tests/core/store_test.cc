@@ -449,6 +449,35 @@ TEST_F(StoreTest, ImportSameBytesTwiceAddsNothing) {
   ExpectFsckClean();
 }
 
+TEST_F(StoreTest, NewVersionOfAnImageStoresOnlyItsChangedBlocks) {
+  std::string v1 = RandomBytes(rng_, 200 * 4096) + std::string(56 * 4096, '\0');
+  std::string v2 = v1;
+  v2.replace(10 * 4096, 4096, RandomBytes(rng_, 4096));  // one block changed
+  v2.replace(20 * 4096, 4096, std::string(4096, '\0'));  // one block zeroed
+  v2.replace(230 * 4096, 4096, RandomBytes(rng_, 4096)); // one block filled
+  ImportOptions o;
+  o.volume.name = "v1";
+  auto a = Unwrap(store_->ImportImage(*NewMemoryImageSource("v1", v1), o));
+  uint64_t entries_before = Unwrap(store_->Fsck()).map_entries;
+  o.volume.name = "v2";
+  auto b = Unwrap(store_->ImportImage(*NewMemoryImageSource("v2", v2), o));
+  EXPECT_FALSE(b.summary.reused_image);
+  EXPECT_EQ(b.summary.new_chunks, 2u);
+  // Two new blocks and one zero marker: the rest comes from v1's layer.
+  EXPECT_EQ(Unwrap(store_->Fsck()).map_entries - entries_before, 3u);
+  EXPECT_EQ(ReadAll(b.volume.id), v2);
+  // v1's volume goes; v2 still reads right, and the space of v1-only blocks stays
+  // only as long as v2 needs them.
+  ASSERT_OK(store_->DeleteVolume(a.volume.id));
+  ASSERT_OK(store_->Gc());
+  EXPECT_EQ(ReadAll(b.volume.id), v2);
+  ExpectFsckClean();
+  ASSERT_OK(store_->DeleteVolume(b.volume.id));
+  ASSERT_OK(store_->Gc());
+  EXPECT_EQ(Chunks(), 0u);
+  ExpectFsckClean();
+}
+
 TEST_F(StoreTest, ImportRefusesUnalignedImageUnlessPadded) {
   std::string img = RandomBytes(rng_, 4096 * 3 + 100);
   ImportOptions o;
