@@ -1,0 +1,206 @@
+// Runtime descriptors: see descriptors.h.
+#include "csi/exposure/descriptors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace stellarium::exposure {
+
+std::string Base64Url(const std::string& in) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  size_t i = 0;
+  auto byte = [&in](size_t k) { return static_cast<uint32_t>(static_cast<uint8_t>(in[k])); };
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (byte(i) << 16) | (byte(i + 1) << 8) | byte(i + 2);
+    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
+  }
+  if (i + 1 == in.size()) {
+    uint32_t v = byte(i) << 16;
+    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
+  } else if (i + 2 == in.size()) {
+    uint32_t v = (byte(i) << 16) | (byte(i + 1) << 8);
+    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
+  }
+  return out;
+}
+
+std::string JsonQuote(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+namespace {
+
+const char* Bool(bool b) { return b ? "true" : "false"; }
+
+Status CheckTarget(const std::string& target_path) {
+  if (target_path.empty() || target_path[0] != '/') {
+    return Status::InvalidArgument("kata direct volume: target path '" + target_path +
+                                   "' is not absolute");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string KataMountInfoJson(const KataMountInfo& info) {
+  std::string out = "{";
+  out += "\"volume-type\":" + JsonQuote(info.volume_type);
+  out += ",\"device\":" + JsonQuote(info.device);
+  out += ",\"fstype\":" + JsonQuote(info.fstype);
+  out += ",\"metadata\":{";
+  bool first = true;
+  for (const auto& [k, v] : info.metadata) {
+    out += (first ? "" : ",") + JsonQuote(k) + ":" + JsonQuote(v);
+    first = false;
+  }
+  out += "},\"options\":[";
+  for (size_t i = 0; i < info.options.size(); ++i) {
+    out += (i ? "," : "") + JsonQuote(info.options[i]);
+  }
+  return out + "]}\n";
+}
+
+std::string KataVolumeDir(const std::string& root, const std::string& target_path) {
+  return root + "/" + Base64Url(target_path);
+}
+
+Status WriteDescriptorFile(const std::string& path, const std::string& content, unsigned mode) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos || slash == 0) {
+    return Status::InvalidArgument("descriptor path '" + path + "': not an absolute file path");
+  }
+  std::string dir = path.substr(0, slash);
+  // Create missing parents (0700 for the leaf directory, which holds the descriptor).
+  for (size_t pos = 1; pos != std::string::npos;) {
+    pos = dir.find('/', pos + 1);
+    std::string prefix = dir.substr(0, pos);
+    if (mkdir(prefix.c_str(), pos == std::string::npos ? 0700 : 0755) != 0 && errno != EEXIST) {
+      return Status::FromErrno(errno, "descriptor " + path + ": mkdir " + prefix);
+    }
+  }
+  std::string tmp = path + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) return Status::FromErrno(errno, "descriptor " + path + ": create");
+  fchmod(fd, mode);  // not subject to the umask
+  size_t done = 0;
+  while (done < content.size()) {
+    ssize_t n = write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      close(fd);
+      unlink(tmp.c_str());
+      return Status::FromErrno(err, "descriptor " + path + ": write");
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (fsync(fd) != 0 || close(fd) != 0) {
+    unlink(tmp.c_str());
+    return Status::FromErrno(errno, "descriptor " + path + ": sync");
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    unlink(tmp.c_str());
+    return Status::FromErrno(err, "descriptor " + path + ": rename");
+  }
+  return Status::Ok();
+}
+
+Status RemoveDescriptorFile(const std::string& path) {
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return Status::FromErrno(errno, "descriptor " + path + ": remove");
+  }
+  return Status::Ok();
+}
+
+Result<std::string> WriteKataMountInfo(const std::string& root, const std::string& target_path,
+                                       const KataMountInfo& info) {
+  RETURN_IF_ERROR(CheckTarget(target_path));
+  if (info.volume_type.empty() || info.device.empty()) {
+    return Status::InvalidArgument("kata direct volume for " + target_path +
+                                   ": volume-type and device must be set");
+  }
+  std::string dir = KataVolumeDir(root, target_path);
+  std::string file = dir + "/" + kKataMountInfoFile;
+  RETURN_IF_ERROR(WriteDescriptorFile(file, KataMountInfoJson(info), 0600));
+  if (chmod(dir.c_str(), 0700) != 0) return Status::FromErrno(errno, "kata direct volume: chmod " + dir);
+  return file;
+}
+
+Status RemoveKataMountInfo(const std::string& root, const std::string& target_path) {
+  RETURN_IF_ERROR(CheckTarget(target_path));
+  std::string dir = KataVolumeDir(root, target_path);
+  RETURN_IF_ERROR(RemoveDescriptorFile(dir + "/" + kKataMountInfoFile));
+  if (rmdir(dir.c_str()) != 0 && errno != ENOENT) {
+    return Status::FromErrno(errno, "kata direct volume: remove " + dir);
+  }
+  return Status::Ok();
+}
+
+Result<std::string> FirecrackerDriveJson(const FirecrackerDrive& d) {
+  if (d.drive_id.empty()) return Status::InvalidArgument("firecracker drive: empty drive_id");
+  for (char c : d.drive_id) {
+    if (!isalnum(static_cast<unsigned char>(c)) && c != '_') {
+      return Status::InvalidArgument("firecracker drive '" + d.drive_id +
+                                     "': drive_id may hold only letters, digits and '_'");
+    }
+  }
+  if (d.path_on_host.empty() == d.socket.empty()) {
+    return Status::InvalidArgument("firecracker drive " + d.drive_id +
+                                   ": set exactly one of path_on_host and socket");
+  }
+  std::string out = "{\"drive_id\":" + JsonQuote(d.drive_id);
+  if (!d.path_on_host.empty()) {
+    out += ",\"path_on_host\":" + JsonQuote(d.path_on_host);
+  } else {
+    out += ",\"socket\":" + JsonQuote(d.socket);
+  }
+  out += std::string(",\"is_read_only\":") + Bool(d.is_read_only);
+  out += std::string(",\"is_root_device\":") + Bool(d.is_root_device);
+  return out + "}\n";
+}
+
+Result<std::string> CloudHypervisorDiskArg(const CloudHypervisorDisk& d) {
+  if (d.path.empty() == d.socket.empty()) {
+    return Status::InvalidArgument("cloud-hypervisor disk: set exactly one of path and socket");
+  }
+  for (const std::string* v : {&d.path, &d.socket, &d.id}) {
+    if (v->find_first_of(",=\n") != std::string::npos) {
+      return Status::InvalidArgument("cloud-hypervisor disk value '" + *v +
+                                     "': may not contain ',', '=' or a newline");
+    }
+  }
+  std::string out;
+  if (!d.path.empty()) {
+    out = "path=" + d.path;
+  } else {
+    out = "vhost_user=on,socket=" + d.socket;
+  }
+  if (d.num_queues > 0) out += ",num_queues=" + std::to_string(d.num_queues);
+  out += d.readonly ? ",readonly=on" : ",readonly=off";
+  if (!d.id.empty()) out += ",id=" + d.id;
+  return out;
+}
+
+}  // namespace stellarium::exposure
