@@ -155,9 +155,42 @@ TEST_F(GuestTest, GuestUsesTheVolumeThroughVhostUserBlk) {
   EXPECT_NE(r.output.find("GUEST-DONE"), std::string::npos) << r.output;
   EXPECT_EQ(GuestHash(r.output), img_.known_sha256) << r.output;
   EXPECT_EQ((*server)->last_error(), "");
+
+  // The VMM "restarts": a new QEMU connects to the same server and sees the write.
+  r = Boot({"-chardev", "socket,id=c0,path=" + sock, "-device",
+            "vhost-user-blk,chardev=c0,num-queues=1"},
+           "mount -t ext4 /dev/vda /mnt && echo \"GUEST-READ $(cat /mnt/from-guest.txt)\" && "
+           "umount /mnt\n");
+  EXPECT_NE(r.output.find("GUEST-READ hello over vhost-user"), std::string::npos) << r.output;
+  EXPECT_EQ((*server)->connections(), 2u);
+  EXPECT_EQ((*server)->last_error(), "");
   server->reset();
   ASSERT_TRUE(volume_->Flush().ok());
   EXPECT_EQ(ReadFromVolume("from-guest.txt"), "hello over vhost-user\n");
+}
+
+TEST_F(GuestTest, ReadOnlyVolumeIsReadOnlyInTheGuest) {
+  auto ro = store_->OpenVolume(img_.volume.id, /*read_only=*/true);
+  ASSERT_TRUE(ro.ok()) << ro.status().ToString();
+  std::vector<char> before(4096);
+  ASSERT_TRUE(volume_->Read(0, before.size(), before.data()).ok());
+  std::string sock = tmp_.path() + "/ro.sock";
+  auto server = VhostUserBlkServer::Start(sock, *ro, {.num_queues = 1});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  CommandResult r = Boot(
+      {"-chardev", "socket,id=c0,path=" + sock, "-device", "vhost-user-blk,chardev=c0,num-queues=1"},
+      "echo \"GUEST-RO $(cat /sys/block/vda/ro)\"\n"
+      "mount -t ext4 -o ro,noload /dev/vda /mnt\n"
+      "echo \"GUEST-SHA256 $(sha256sum /mnt/known.bin | cut -d' ' -f1)\"\n"
+      "umount /mnt\n"
+      "if dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct 2>/dev/null; then "
+      "echo GUEST-WRITE-OK; else echo GUEST-WRITE-REFUSED; fi\n");
+  EXPECT_NE(r.output.find("GUEST-RO 1"), std::string::npos) << r.output;
+  EXPECT_EQ(GuestHash(r.output), img_.known_sha256) << r.output;
+  EXPECT_NE(r.output.find("GUEST-WRITE-REFUSED"), std::string::npos) << r.output;
+  std::vector<char> after(4096);
+  ASSERT_TRUE(volume_->Read(0, after.size(), after.data()).ok());
+  EXPECT_EQ(after, before);
 }
 
 TEST_F(GuestTest, SameGuestBootsFromTheFuseLoopDevice) {
