@@ -144,7 +144,14 @@ Status Mounter::FormatExt4(const std::string& device) {
 }
 
 Status Mounter::ResizeExt4(const std::string& device) {
-  return RunProgramOk({"resize2fs", "--", device});
+  Status st = RunProgramOk({"resize2fs", "--", device});
+  if (!st.ok() && st.message().find("Permission denied") != std::string::npos) {
+    // The kernel refuses EXT4_IOC_RESIZE_FS without CAP_SYS_RESOURCE.
+    return Status::FailedPrecondition(
+        "growing the mounted ext4 on " + device +
+        " needs CAP_SYS_RESOURCE: run the node plugin privileged (" + st.message() + ")");
+  }
+  return st;
 }
 
 Result<FsUsage> Mounter::FilesystemUsage(const std::string& path) {

@@ -1,0 +1,300 @@
+// Unit tests of the csi/ pieces that need no server: lock table, path checks, options,
+// status mapping, StorageClass parameters and capabilities.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "csi/lock_table.h"
+#include "csi/options.h"
+#include "csi/paths.h"
+#include "csi/status_map.h"
+#include "csi/volume_spec.h"
+
+namespace stellarium::csi {
+namespace {
+
+namespace fs = std::filesystem;
+using ::csi::v1::VolumeCapability;
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/csi-unit-XXXXXX";
+    path_ = ::mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// ---- LockTable ----
+
+TEST(LockTableTest, SameKeyIsSerialized) {
+  LockTable table;
+  std::atomic<int> inside{0}, max_inside{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&] {
+      for (int j = 0; j < 200; ++j) {
+        auto guard = table.Acquire("volume:a");
+        int now = ++inside;
+        max_inside = std::max(max_inside.load(), now);
+        --inside;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(max_inside.load(), 1);
+  EXPECT_EQ(table.Size(), 0u) << "entries are dropped when nobody holds or waits";
+}
+
+TEST(LockTableTest, DifferentKeysDoNotBlockEachOther) {
+  LockTable table;
+  auto a = table.Acquire("volume:a");
+  bool acquired = false;
+  auto b = table.TryAcquire("volume:b", &acquired);
+  EXPECT_TRUE(acquired);
+  auto a2 = table.TryAcquire("volume:a", &acquired);
+  EXPECT_FALSE(acquired);
+  a.Release();
+  auto a3 = table.TryAcquire("volume:a", &acquired);
+  EXPECT_TRUE(acquired);
+}
+
+// ---- paths ----
+
+TEST(PathsTest, AcceptsPathsUnderTheRootIncludingMissingTails) {
+  TempDir dir;
+  fs::create_directories(dir.path() + "/kubelet/pods");
+  auto r = ResolveUnderRoot("target_path", dir.path() + "/kubelet/pods/p1/mount",
+                            dir.path() + "/kubelet");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, fs::canonical(dir.path()).string() + "/kubelet/pods/p1/mount");
+}
+
+TEST(PathsTest, RejectsRelativeDotDotAndEmpty) {
+  TempDir dir;
+  EXPECT_EQ(ResolveUnderRoot("p", "relative/x", dir.path()).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ResolveUnderRoot("p", dir.path() + "/a/../../etc", dir.path()).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ResolveUnderRoot("p", "", dir.path()).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(PathsTest, RejectsPathsOutsideTheRoot) {
+  TempDir dir;
+  fs::create_directories(dir.path() + "/kubelet");
+  fs::create_directories(dir.path() + "/kubelet-other");
+  auto r = ResolveUnderRoot("p", dir.path() + "/kubelet-other/x", dir.path() + "/kubelet");
+  EXPECT_EQ(r.status().code(), StatusCode::kPermissionDenied) << "a prefix is not a parent";
+  EXPECT_EQ(ResolveUnderRoot("p", "/etc/passwd", dir.path() + "/kubelet").status().code(),
+            StatusCode::kPermissionDenied);
+}
+
+TEST(PathsTest, RejectsSymlinkEscapes) {
+  TempDir dir;
+  fs::create_directories(dir.path() + "/kubelet");
+  fs::create_directories(dir.path() + "/outside");
+  fs::create_directory_symlink(dir.path() + "/outside", dir.path() + "/kubelet/link");
+  auto r = ResolveUnderRoot("p", dir.path() + "/kubelet/link/x", dir.path() + "/kubelet");
+  EXPECT_EQ(r.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(r.status().message().find("resolves to"), std::string::npos) << r.status().message();
+  // A dangling symlink would be followed by a later mkdir or mount.
+  fs::create_symlink("/nonexistent-target", dir.path() + "/kubelet/dangling");
+  EXPECT_EQ(ResolveUnderRoot("p", dir.path() + "/kubelet/dangling", dir.path() + "/kubelet")
+                .status()
+                .code(),
+            StatusCode::kPermissionDenied);
+}
+
+TEST(PathsTest, AnyOfSeveralRoots) {
+  TempDir dir;
+  fs::create_directories(dir.path() + "/a");
+  fs::create_directories(dir.path() + "/b");
+  std::ofstream(dir.path() + "/b/img") << "x";
+  auto r = ResolveUnderAnyRoot("image", dir.path() + "/b/img", {dir.path() + "/a", dir.path() + "/b"});
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(ResolveUnderAnyRoot("image", dir.path() + "/b/img", {}).status().code(),
+            StatusCode::kPermissionDenied);
+}
+
+// ---- options ----
+
+CommandLine Parse(std::vector<std::string> args) {
+  std::vector<const char*> argv = {"stellarium-csi"};
+  for (const auto& a : args) argv.push_back(a.c_str());
+  return ParseCommandLine(static_cast<int>(argv.size()), argv.data());
+}
+
+TEST(OptionsTest, DefaultsAreDocumented) {
+  CommandLine cl = Parse({"--node-id", "n1"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_EQ(cl.options.endpoint, kDefaultEndpoint);
+  EXPECT_EQ(cl.options.store, "/var/lib/stellarium/store");
+  EXPECT_EQ(cl.options.state_dir, "/var/lib/stellarium/state");
+  EXPECT_EQ(cl.options.driver_name, "csi.stellarium.io");
+  EXPECT_EQ(cl.options.kubelet_dir, "/var/lib/kubelet");
+  EXPECT_EQ(cl.options.log_level, "info");
+  EXPECT_EQ(cl.options.log_format, "text");
+  EXPECT_EQ(cl.options.max_volumes_per_node, 0);
+}
+
+TEST(OptionsTest, YamlThenFlagsOverride) {
+  TempDir dir;
+  fs::create_directories(dir.path() + "/img1");
+  fs::create_directories(dir.path() + "/img2");
+  std::string config = dir.path() + "/c.yaml";
+  std::ofstream(config) << "node_id: from-yaml\nstore: " << dir.path() << "/s\n"
+                        << "log_level: debug\nimport_root: [" << dir.path() << "/img1]\n"
+                        << "max_volumes_per_node: 7\n";
+  CommandLine cl = Parse({"--config", config, "--log-level", "warn", "--import-root",
+                          dir.path() + "/img2", "--import-root", dir.path() + "/img1"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_EQ(cl.options.node_id, "from-yaml");
+  EXPECT_EQ(cl.options.store, dir.path() + "/s");
+  EXPECT_EQ(cl.options.log_level, "warn");
+  EXPECT_EQ(cl.options.max_volumes_per_node, 7);
+  EXPECT_EQ(cl.options.import_root,
+            (std::vector<std::string>{dir.path() + "/img2", dir.path() + "/img1"}));
+}
+
+TEST(OptionsTest, BadValuesFailWithTheKeyNamed) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string expected;
+  } cases[] = {
+      {{"--node-id", "has space"}, "node_id"},
+      {{"--node-id", "n", "--endpoint", "tcp://1.2.3.4:5"}, "endpoint"},
+      {{"--node-id", "n", "--log-level", "loud"}, "log_level"},
+      {{"--node-id", "n", "--log-format", "xml"}, "log_format"},
+      {{"--node-id", "n", "--driver-name", "bad_name!"}, "driver_name"},
+      {{"--node-id", "n", "--import-root", "/does/not/exist"}, "import_root"},
+      {{"--node-id", "n", "--max-volumes-per-node", "-1"}, "max_volumes_per_node"},
+      {{"--node-id", "n", "--metrics-address", "nope"}, "metrics_address"},
+      {{"--no-such-flag"}, "no-such-flag"},
+  };
+  for (const auto& c : cases) {
+    CommandLine cl = Parse(c.args);
+    EXPECT_TRUE(cl.exit);
+    EXPECT_EQ(cl.exit_code, 2) << c.expected;
+    EXPECT_NE(cl.output.find(c.expected), std::string::npos) << cl.output;
+  }
+}
+
+TEST(OptionsTest, UnknownYamlKeyIsNamed) {
+  Options o;
+  Status st = LoadYaml("node_id: a\nnodeid: b\n", "c.yaml", &o);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("'nodeid'"), std::string::npos) << st.message();
+  st = LoadYaml("max_volumes_per_node: lots\n", "c.yaml", &o);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("max_volumes_per_node"), std::string::npos) << st.message();
+}
+
+TEST(OptionsTest, DumpConfigPrintsEveryKeyAndRoundTrips) {
+  CommandLine cl = Parse({"--node-id", "n1", "--dump-config", "--log-format", "json"});
+  ASSERT_TRUE(cl.exit);
+  EXPECT_EQ(cl.exit_code, 0);
+  for (const char* key : {"endpoint:", "node_id:", "store:", "state_dir:", "driver_name:",
+                          "kubelet_dir:", "import_root:", "max_volumes_per_node:", "log_level:",
+                          "log_format:", "metrics_address:"}) {
+    EXPECT_NE(cl.output.find(key), std::string::npos) << key << " missing in\n" << cl.output;
+  }
+  Options reloaded;
+  ASSERT_TRUE(LoadYaml(cl.output, "dump", &reloaded).ok());
+  EXPECT_EQ(reloaded.node_id, "n1");
+  EXPECT_EQ(reloaded.log_format, "json");
+}
+
+TEST(OptionsTest, VersionAndHelpExitZero) {
+  CommandLine v = Parse({"--version"});
+  EXPECT_TRUE(v.exit);
+  EXPECT_EQ(v.exit_code, 0);
+  EXPECT_NE(v.output.find(STELLARIUM_VERSION), std::string::npos) << v.output;
+  CommandLine h = Parse({"--help"});
+  EXPECT_TRUE(h.exit);
+  EXPECT_EQ(h.exit_code, 0);
+  EXPECT_NE(h.output.find("--kubelet-dir"), std::string::npos);
+}
+
+// ---- status mapping ----
+
+TEST(StatusMapTest, CodesPassThroughWithMessages) {
+  EXPECT_TRUE(ToGrpcStatus(Status::Ok()).ok());
+  struct {
+    Status in;
+    grpc::StatusCode out;
+  } cases[] = {
+      {Status::NotFound("snapshot snap-1: not found"), grpc::StatusCode::NOT_FOUND},
+      {Status::AlreadyExists("x"), grpc::StatusCode::ALREADY_EXISTS},
+      {Status::OutOfRange("x"), grpc::StatusCode::OUT_OF_RANGE},
+      {Status::FailedPrecondition("x"), grpc::StatusCode::FAILED_PRECONDITION},
+      {Status::ResourceExhausted("x"), grpc::StatusCode::RESOURCE_EXHAUSTED},
+      {Status::Aborted("x"), grpc::StatusCode::ABORTED},
+      {Status::Corruption("chunk c: checksum mismatch"), grpc::StatusCode::DATA_LOSS},
+      {Status::InvalidArgument("x"), grpc::StatusCode::INVALID_ARGUMENT},
+  };
+  for (const auto& c : cases) {
+    grpc::Status g = ToGrpcStatus(c.in);
+    EXPECT_EQ(g.error_code(), c.out);
+    EXPECT_EQ(g.error_message(), c.in.message());
+  }
+}
+
+// ---- parameters and capabilities ----
+
+google::protobuf::Map<std::string, std::string> Params(std::map<std::string, std::string> m) {
+  google::protobuf::Map<std::string, std::string> out;
+  for (auto& [k, v] : m) out[k] = v;
+  return out;
+}
+
+TEST(VolumeSpecTest, ParametersParseAndUnknownKeysAreNamed) {
+  auto p = ParseVolumeParameters(
+      Params({{"blockSize", "64K"}, {"fsType", "ext4"}, {"exposure", "loop"},
+              {"csi.storage.k8s.io/pvc/name", "claim"}}),
+      "loop");
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->block_size, 64u * 1024);
+  auto bad = ParseVolumeParameters(Params({{"imgae", "/x"}}), "loop");
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("'imgae'"), std::string::npos);
+  EXPECT_FALSE(ParseVolumeParameters(Params({{"blockSize", "3000"}}), "loop").ok());
+  EXPECT_FALSE(ParseVolumeParameters(Params({{"fsType", "xfs"}}), "loop").ok());
+  EXPECT_FALSE(ParseVolumeParameters(Params({{"exposure", "fuse"}}), "loop").ok());
+  EXPECT_FALSE(ParseVolumeParameters(Params({{"image", "/a"}, {"imageDir", "/b"}}), "loop").ok());
+}
+
+TEST(VolumeSpecTest, Capabilities) {
+  VolumeCapability cap;
+  EXPECT_EQ(CheckCapability(cap).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  cap.mutable_mount();
+  EXPECT_EQ(CheckCapability(cap).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  cap.mutable_access_mode()->set_mode(VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
+  EXPECT_TRUE(CheckCapability(cap).ok());
+  cap.mutable_access_mode()->set_mode(VolumeCapability::AccessMode::MULTI_NODE_MULTI_WRITER);
+  EXPECT_EQ(CheckCapability(cap).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  cap.mutable_access_mode()->set_mode(VolumeCapability::AccessMode::SINGLE_NODE_MULTI_WRITER);
+  cap.mutable_mount()->set_fs_type("xfs");
+  EXPECT_EQ(CheckCapability(cap).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST(VolumeSpecTest, NamesRejectBannedControlCharacters) {
+  EXPECT_TRUE(CheckName("pvc-1234 with space\tand tab", "name").ok());
+  EXPECT_TRUE(CheckName(std::string(128, 'n'), "name").ok());
+  EXPECT_FALSE(CheckName("", "name").ok());
+  EXPECT_FALSE(CheckName(std::string("a\x01z"), "name").ok());
+  EXPECT_FALSE(CheckName("a\xc2\x85z", "name").ok());  // U+0085
+}
+
+}  // namespace
+}  // namespace stellarium::csi
