@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace stellarium::exposure {
@@ -70,6 +71,10 @@ std::vector<uint8_t> VhostUserBlkSession::ConfigSpace() const {
   memcpy(c.data() + 20, &blk_size, 4);
   memcpy(c.data() + 34, &nq, 2);
   return c;
+}
+
+uint32_t VhostUserBlkSession::queue_size(uint32_t index) const {
+  return index < queues_.size() ? queues_[index].ring.size() : 0;
 }
 
 int VhostUserBlkSession::kick_fd(uint32_t index) const {
@@ -416,6 +421,7 @@ void VhostUserBlkServer::Run() {
 Status VhostUserBlkServer::Serve(int conn) {
   VhostUserBlkSession session(io_, options_);
   const int stop = stop_fd_.get();
+  std::vector<uint32_t> again;  // queues that had a full batch: more may be waiting
   for (;;) {
     std::vector<struct pollfd> pfds = {{stop, POLLIN, 0}, {conn, POLLIN, 0}};
     std::vector<uint32_t> queue_of;
@@ -426,7 +432,7 @@ Status VhostUserBlkServer::Serve(int conn) {
         queue_of.push_back(i);
       }
     }
-    int rc = poll(pfds.data(), pfds.size(), -1);
+    int rc = poll(pfds.data(), pfds.size(), again.empty() ? -1 : 0);
     if (rc < 0 && errno == EINTR) continue;
     if (rc < 0) return Status::FromErrno(errno, "vhost-user-blk poll");
     if (pfds[0].revents & POLLIN) {
@@ -435,13 +441,20 @@ Status VhostUserBlkServer::Serve(int conn) {
       (void)n;
       return Status::Ok();
     }
+    std::vector<uint32_t> to_process;
+    to_process.swap(again);
     for (size_t j = 2; j < pfds.size(); ++j) {
       if (!(pfds[j].revents & POLLIN)) continue;
       uint64_t count;
       ssize_t n = read(pfds[j].fd, &count, sizeof(count));
       (void)n;
-      auto done = session.ProcessQueue(queue_of[j - 2]);
-      (void)done;  // a corrupt ring stops only that queue
+      to_process.push_back(queue_of[j - 2]);
+    }
+    std::sort(to_process.begin(), to_process.end());
+    to_process.erase(std::unique(to_process.begin(), to_process.end()), to_process.end());
+    for (uint32_t q : to_process) {
+      auto done = session.ProcessQueue(q);  // a corrupt ring stops only that queue
+      if (done.ok() && *done > 0 && *done == session.queue_size(q)) again.push_back(q);
     }
     if (!pfds[1].revents) continue;
 

@@ -90,6 +90,8 @@ class VhostUserBlkSession {
   // For the server's poll loop: the kick fd of each started queue (-1 if none).
   int kick_fd(uint32_t index) const;
   uint32_t num_queues() const { return static_cast<uint32_t>(queues_.size()); }
+  // The configured size of a started queue (0 if not started).
+  uint32_t queue_size(uint32_t index) const;
   uint64_t features() const { return acked_features_; }
   // The features this back-end offers (GET_FEATURES).
   uint64_t offered_features() const;

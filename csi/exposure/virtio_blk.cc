@@ -242,20 +242,23 @@ Result<uint32_t> SplitQueue::Process(const GuestMemory& mem, BlockIo& io,
   if (!configured()) return Status::FailedPrecondition("virtqueue: not configured");
   if (broken_) return Status::FailedPrecondition("virtqueue: broken by an earlier corrupt ring");
   uint32_t done = 0;
-  uint16_t& used_idx = used_idx_;
-  for (;;) {
+  // At most one ring's worth per call, so a guest that keeps adding requests cannot
+  // keep this thread from its other work (the caller calls again when done == size).
+  while (done < size_) {
     uint16_t avail_idx = LoadU16Acquire(avail_ + 2);
     if (avail_idx == last_avail_idx_) break;
     if (static_cast<uint16_t>(avail_idx - last_avail_idx_) > size_) {
       broken_ = true;
+      StoreU16Release(used_ + 2, used_idx_);
       return Status::FailedPrecondition("virtqueue: available index jumped by more than the "
                                         "queue size");
     }
-    while (last_avail_idx_ != avail_idx) {
+    while (last_avail_idx_ != avail_idx && done < size_) {
       uint16_t head;
       memcpy(&head, avail_ + kAvailHeader + 2 * (last_avail_idx_ % size_), 2);
       if (head >= size_) {
         broken_ = true;
+        StoreU16Release(used_ + 2, used_idx_);  // what was completed stays completed
         return Status::FailedPrecondition("virtqueue: available ring names descriptor " +
                                           std::to_string(head) + " past the table");
       }
@@ -272,15 +275,15 @@ Result<uint32_t> SplitQueue::Process(const GuestMemory& mem, BlockIo& io,
         *req.status = kVirtioBlkSIoErr;
         used_len = 1;
       }
-      uint8_t* elem = used_ + kUsedHeader + kUsedElemSize * (used_idx % size_);
+      uint8_t* elem = used_ + kUsedHeader + kUsedElemSize * (used_idx_ % size_);
       uint32_t id = head;
       memcpy(elem, &id, 4);
       memcpy(elem + 4, &used_len, 4);
-      ++used_idx;
+      ++used_idx_;
       ++last_avail_idx_;
       ++done;
     }
-    StoreU16Release(used_ + 2, used_idx);
+    StoreU16Release(used_ + 2, used_idx_);
   }
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return done;

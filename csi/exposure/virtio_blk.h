@@ -131,9 +131,10 @@ class SplitQueue {
   uint32_t size() const { return size_; }
   bool broken() const { return broken_; }
 
-  // Handles every available request. Returns how many were completed (put on the used
-  // ring); FAILED_PRECONDITION if the ring itself is corrupt (the queue is then marked
-  // broken and processes nothing more until reconfigured).
+  // Handles available requests, at most size() per call. Returns how many were
+  // completed (put on the used ring); when that is size(), more may be waiting and the
+  // caller should call again. FAILED_PRECONDITION if the ring itself is corrupt (the
+  // queue is then marked broken and processes nothing more until reconfigured).
   Result<uint32_t> Process(const GuestMemory& mem, BlockIo& io, const BlkDeviceInfo& info);
 
  private:

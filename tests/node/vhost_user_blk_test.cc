@@ -218,6 +218,24 @@ TEST_F(VirtqueueTest, BuffersOutsideGuestMemoryAreRejected) {
   EXPECT_EQ(drv.Used(2).second, 0u);
 }
 
+TEST_F(VirtqueueTest, ProcessesAtMostOneRingPerCall) {
+  FakeDriver drv(buf_.data());
+  // A full ring of requests (one chain published kQ times: a driver may not do that,
+  // but the device must handle it), then two more once those are consumed.
+  uint64_t d = drv.Request(0, kVirtioBlkTIn, 0, 512);
+  for (uint32_t i = 0; i < kQ; ++i) drv.Publish(0);
+  auto first = queue_.Process(mem_, *io_, info_);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(*first, kQ);  // == size(): the caller must call again
+  drv.Publish(0);
+  drv.Publish(0);
+  auto second = queue_.Process(mem_, *io_, info_);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(*second, 2u);
+  EXPECT_EQ(drv.UsedIdx(), kQ + 2);
+  EXPECT_EQ(drv.StatusAfter(d, 512), kVirtioBlkSOk);
+}
+
 TEST_F(VirtqueueTest, CorruptAvailableRingStopsTheQueue) {
   FakeDriver drv(buf_.data());
   drv.SetAvailIdx(kQ + 5);  // more entries than the queue holds
