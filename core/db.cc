@@ -54,7 +54,7 @@ rocksdb::ColumnFamilyOptions CfOptions(int i, const std::shared_ptr<rocksdb::Cac
       t.block_size = 16 * 1024;
       // Keys are random hashes, so every compaction rewrites whole levels: fewer,
       // larger compactions keep an import's write amplification low.
-      o.write_buffer_size = 128 << 20;
+      o.write_buffer_size = 64 << 20;
       o.max_write_buffer_number = 3;
       o.target_file_size_base = 256 << 20;
       o.level0_file_num_compaction_trigger = 8;
@@ -134,7 +134,10 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
   dbo.bytes_per_sync = 1 << 20;
   dbo.keep_log_file_num = 3;
   dbo.max_total_wal_size = 256 << 20;
-  auto cache = rocksdb::NewLRUCache(64 << 20);
+  // All memtables together stay under this, which bounds an import's memory whatever
+  // the image size (docs/BENCHMARKS.md, "memory").
+  dbo.db_write_buffer_size = 128 << 20;
+  auto cache = rocksdb::NewLRUCache(32 << 20);
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (int i = 0; i < static_cast<int>(Cf::kCount); ++i) {
     cfs.emplace_back(CfName(i), CfOptions(i, cache));
