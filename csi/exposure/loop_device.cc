@@ -136,6 +136,16 @@ Status DetachLoop(const std::string& device, bool lazy) {
   if (LoopIndex(device) < 0) {
     return Status::InvalidArgument("loop device '" + device + "': not /dev/loopN");
   }
+  // Since Linux 5.x, LOOP_CLR_FD on a device still in use does not fail: it marks the
+  // device for automatic detach on last close and returns 0. So "in use" is checked
+  // first: an exclusive open fails with EBUSY while a file system is mounted on it.
+  int excl = open(device.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
+  if (excl < 0 && (errno == ENOENT || errno == ENXIO)) return Status::Ok();
+  if (excl < 0 && errno == EBUSY && !lazy) {
+    return Status::FailedPrecondition("loop detach " + device +
+                                      ": device busy (still mounted or held open)");
+  }
+  if (excl >= 0) close(excl);
   Fd loop(open(device.c_str(), O_RDONLY | O_CLOEXEC));
   if (loop.get() < 0) {
     if (errno == ENOENT || errno == ENXIO) return Status::Ok();
@@ -144,7 +154,7 @@ Status DetachLoop(const std::string& device, bool lazy) {
   if (ioctl(loop.get(), LOOP_CLR_FD) == 0) return Status::Ok();
   if (errno == ENXIO) return Status::Ok();  // not attached
   if (errno == EBUSY) {
-    if (lazy) {
+    if (lazy) {  // older kernels: ask for autoclear explicitly
       struct loop_info64 info;
       memset(&info, 0, sizeof(info));
       if (ioctl(loop.get(), LOOP_GET_STATUS64, &info) == 0) {
@@ -158,26 +168,33 @@ Status DetachLoop(const std::string& device, bool lazy) {
   return Status::FromErrno(errno, "loop detach: LOOP_CLR_FD " + device);
 }
 
-Result<std::vector<LoopDevice>> FindLoopsBackedBy(const std::string& file) {
-  std::string want = Canonical(file);
+Result<std::vector<LoopDevice>> ListLoops() {
   std::vector<LoopDevice> out;
   DIR* dir = opendir("/sys/block");
-  if (dir == nullptr) return Status::FromErrno(errno, "find loops backed by " + file + ": /sys/block");
+  if (dir == nullptr) return Status::FromErrno(errno, "list loop devices: /sys/block");
   while (struct dirent* de = readdir(dir)) {
     std::string name = de->d_name;
     if (name.compare(0, 4, "loop") != 0) continue;
-    auto backing = ReadSysfs("/sys/block/" + name + "/loop/backing_file");
-    if (!backing || backing->empty()) continue;
-    std::string b = *backing;
+    auto d = DescribeLoop("/dev/" + name);
+    if (!d.ok()) continue;  // not attached
     const std::string deleted = " (deleted)";
+    std::string& b = d->backing_file;
     if (b.size() > deleted.size() && b.compare(b.size() - deleted.size(), deleted.size(), deleted) == 0) {
       b.resize(b.size() - deleted.size());
     }
-    if (b != want && b != file) continue;
-    auto d = DescribeLoop("/dev/" + name);
-    if (d.ok()) out.push_back(*d);
+    out.push_back(*d);
   }
   closedir(dir);
+  return out;
+}
+
+Result<std::vector<LoopDevice>> FindLoopsBackedBy(const std::string& file) {
+  std::string want = Canonical(file);
+  ASSIGN_OR_RETURN(std::vector<LoopDevice> all, ListLoops());
+  std::vector<LoopDevice> out;
+  for (auto& d : all) {
+    if (d.backing_file == want || d.backing_file == file) out.push_back(std::move(d));
+  }
   return out;
 }
 

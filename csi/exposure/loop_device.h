@@ -36,13 +36,16 @@ struct LoopDevice {
 // Attaches `file` to a free loop device. NOT_FOUND if the file does not exist;
 // UNAVAILABLE if the machine has no loop support; the error names the file.
 Result<LoopDevice> AttachLoop(const std::string& file, const LoopAttachOptions& options);
-// Detaches /dev/loopN. OK if it is not attached. FAILED_PRECONDITION while it is in use
-// (mounted or open); the kernel then detaches it once the last user closes it only if
-// `lazy` was set (LO_FLAGS_AUTOCLEAR).
+// Detaches /dev/loopN. OK if it is not attached. FAILED_PRECONDITION while a file
+// system is mounted on it (or another exclusive holder has it), and nothing changes;
+// with `lazy`, a busy device is instead detached by the kernel when its last user
+// closes it (LO_FLAGS_AUTOCLEAR) and OK is returned.
 Status DetachLoop(const std::string& device, bool lazy = false);
 // The loop devices whose backing file is `file` (normally at most one). Matches the
 // canonical path (symlinks resolved when the file still exists). For restart recovery.
 Result<std::vector<LoopDevice>> FindLoopsBackedBy(const std::string& file);
+// Every attached loop device on the machine.
+Result<std::vector<LoopDevice>> ListLoops();
 // Describes /dev/loopN from sysfs. NOT_FOUND if it has no backing file.
 Result<LoopDevice> DescribeLoop(const std::string& device);
 // Re-reads the backing file's size into the device (LOOP_SET_CAPACITY). The backing

@@ -168,6 +168,9 @@ TEST_F(FuseLoopTest, Ext4OnLoopSurvivesDetachAndReattach) {
   big.assign(pattern.begin(), pattern.end());
   WriteFileSynced(mnt + "/hello.txt", "hello from the loop device\n");
   WriteFileSynced(mnt + "/big.bin", big);
+  // Busy while mounted: refused, and the device stays attached.
+  EXPECT_EQ(DetachLoop(dev.path).code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(DescribeLoop(dev.path).ok());
   Unmount(mnt);
 
   // Restart recovery finds the device by its backing file.
