@@ -14,6 +14,7 @@
 #include "csi/controller_service.h"
 #include "csi/identity_service.h"
 #include "csi/loop_block_device.h"
+#include "csi/metrics.h"
 #include "csi/node_service.h"
 
 namespace stellarium::csi {
@@ -93,6 +94,12 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
     }
   }
 
+  if (!options.metrics_address.empty()) {
+    ASSIGN_OR_RETURN(server->metrics_, Metrics::Start(options.metrics_address, &d));
+    SetRpcObserver(server->metrics_.get());
+    spdlog::info("metrics on {} (port {})", options.metrics_address, server->metrics_->port());
+  }
+
   server->socket_path_ = EndpointPath(options.endpoint);
   RETURN_IF_ERROR(PrepareSocketPath(server->socket_path_));
 
@@ -140,11 +147,17 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
     grpc_->Wait();
   }
   if (!socket_path_.empty()) ::unlink(socket_path_.c_str());
+  if (metrics_) {
+    if (GetRpcObserver() == metrics_.get()) SetRpcObserver(nullptr);
+    metrics_.reset();
+  }
   if (driver_ && driver_->store) {
     Status st = driver_->store->Sync();
     if (!st.ok()) spdlog::error("store sync at shutdown: {}", st.ToString());
   }
 }
+
+int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
 void Server::Wait() {
   if (grpc_) grpc_->Wait();

@@ -29,6 +29,7 @@ namespace stellarium::csi {
 class IdentityService;
 class ControllerService;
 class NodeService;
+class Metrics;
 
 // Sees every RPC when it ends (the metrics module implements it).
 class RpcObserver {
@@ -76,11 +77,14 @@ class Server {
   Driver& driver() { return *driver_; }
   const std::string& socket_path() const { return socket_path_; }
   NodeService& node_service() { return *node_; }
+  // The Prometheus endpoint's port; 0 when --metrics-address is off.
+  int metrics_port() const;
 
  private:
   Server() = default;
 
   std::unique_ptr<Driver> driver_;
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<IdentityService> identity_;
   std::unique_ptr<NodeService> node_;
   std::unique_ptr<ControllerService> controller_;

@@ -61,6 +61,7 @@ Options CsiDriverTest::MakeOptions() const {
   o.import_root = {images_};
   o.max_volumes_per_node = 64;
   o.log_level = "warn";
+  o.metrics_address = metrics_address_;
   Status st = Validate(&o);
   EXPECT_TRUE(st.ok()) << st.ToString();
   return o;

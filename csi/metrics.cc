@@ -1,0 +1,129 @@
+#include "csi/metrics.h"
+
+#include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+
+#include <exception>
+
+namespace stellarium::csi {
+namespace {
+
+const char* CodeName(grpc::StatusCode code) {
+  static const char* const kNames[] = {
+      "OK",       "CANCELLED",          "UNKNOWN",      "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  int i = static_cast<int>(code);
+  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN_CODE";
+}
+
+prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
+  prometheus::MetricFamily family;
+  family.name = name;
+  family.help = help;
+  family.type = prometheus::MetricType::Gauge;
+  prometheus::ClientMetric metric;
+  metric.gauge.value = value;
+  family.metric.push_back(metric);
+  return family;
+}
+
+// Values read when Prometheus scrapes: node state and the store's statistics.
+class StateCollector : public prometheus::Collectable {
+ public:
+  explicit StateCollector(Driver* driver) : driver_(driver) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    std::vector<prometheus::MetricFamily> out;
+    size_t staged = 0, targets = 0;
+    if (driver_->node_state) {
+      for (const auto& v : driver_->node_state->List()) {
+        ++staged;
+        targets += v.targets.size();
+      }
+    }
+    out.push_back(Gauge("stellarium_csi_staged_volumes", "Volumes staged on this node", staged));
+    out.push_back(Gauge("stellarium_csi_published_targets",
+                        "Publish targets of the volumes staged on this node", targets));
+    if (driver_->store) {
+      Result<StoreStats> stats = driver_->store->GetStats();
+      if (stats.ok()) {
+        out.push_back(Gauge("stellarium_store_volumes", "Volumes in the store", stats->volumes));
+        out.push_back(Gauge("stellarium_store_snapshots", "Snapshots in the store", stats->snapshots));
+        out.push_back(Gauge("stellarium_store_images", "Imported images remembered", stats->images));
+        out.push_back(Gauge("stellarium_store_layers", "Layers in the store", stats->layers));
+        out.push_back(Gauge("stellarium_store_chunks", "Distinct stored chunks", stats->chunks));
+        out.push_back(Gauge("stellarium_store_chunk_bytes", "Uncompressed bytes of stored chunks",
+                            static_cast<double>(stats->chunk_bytes)));
+        out.push_back(Gauge("stellarium_store_referenced_bytes",
+                            "Logical bytes referenced by all layers",
+                            static_cast<double>(stats->referenced_bytes)));
+        out.push_back(Gauge("stellarium_store_disk_bytes", "Size of the store directory on disk",
+                            static_cast<double>(stats->disk_bytes)));
+      } else {
+        spdlog::warn("metrics: store stats: {}", stats.status().ToString());
+      }
+    }
+    return out;
+  }
+
+ private:
+  Driver* const driver_;
+};
+
+}  // namespace
+
+struct Metrics::Impl {
+  std::unique_ptr<prometheus::Exposer> exposer;
+  std::shared_ptr<prometheus::Registry> registry;
+  std::shared_ptr<StateCollector> state;
+  prometheus::Family<prometheus::Counter>* rpcs = nullptr;
+  prometheus::Family<prometheus::Histogram>* latency = nullptr;
+};
+
+Result<std::unique_ptr<Metrics>> Metrics::Start(const std::string& address, Driver* driver) {
+  auto impl = std::make_unique<Impl>();
+  // civetweb wants "port" or "host:port".
+  std::string bind = address[0] == ':' ? address.substr(1) : address;
+  try {
+    impl->exposer = std::make_unique<prometheus::Exposer>(bind, 2);
+  } catch (const std::exception& e) {
+    return Status::Unavailable("metrics: cannot listen on " + address + ": " + e.what());
+  }
+  impl->registry = std::make_shared<prometheus::Registry>();
+  impl->rpcs = &prometheus::BuildCounter()
+                    .Name("stellarium_csi_rpc_total")
+                    .Help("CSI RPCs finished, by method and gRPC code")
+                    .Register(*impl->registry);
+  impl->latency = &prometheus::BuildHistogram()
+                       .Name("stellarium_csi_rpc_duration_seconds")
+                       .Help("CSI RPC latency in seconds, by method and gRPC code")
+                       .Register(*impl->registry);
+  impl->state = std::make_shared<StateCollector>(driver);
+  impl->exposer->RegisterCollectable(impl->registry);
+  impl->exposer->RegisterCollectable(impl->state);
+  return std::unique_ptr<Metrics>(new Metrics(std::move(impl)));
+}
+
+Metrics::Metrics(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Metrics::~Metrics() = default;
+
+void Metrics::OnRpc(const char* method, grpc::StatusCode code, double seconds) {
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  const prometheus::Labels labels = {{"method", method}, {"code", CodeName(code)}};
+  impl_->rpcs->Add(labels).Increment();
+  impl_->latency->Add(labels, kBuckets).Observe(seconds);
+}
+
+int Metrics::port() const {
+  auto ports = impl_->exposer->GetListeningPorts();
+  return ports.empty() ? 0 : ports[0];
+}
+
+}  // namespace stellarium::csi
