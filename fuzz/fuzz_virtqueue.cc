@@ -41,7 +41,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Parse every head directly too (covers chains the avail ring did not name).
   std::vector<Segment> chain;
   for (uint32_t head = 0; head < qsize; ++head) {
-    if (!ReadDescriptorChain(gm, mem.data(), qsize, static_cast<uint16_t>(head), &chain).ok()) continue;
+    if (!ReadDescriptorChain(gm, mem.data(), qsize, static_cast<uint16_t>(head), &chain).ok())
+      continue;
     for (const Segment& s : chain) {
       if (s.host < mem.data() || s.host + s.len > mem.data() + kMem) __builtin_trap();
     }

@@ -31,11 +31,21 @@ std::string JsonQuote(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -144,7 +154,8 @@ Result<std::string> WriteKataMountInfo(const std::string& root, const std::strin
   std::string dir = KataVolumeDir(root, target_path);
   std::string file = dir + "/" + kKataMountInfoFile;
   RETURN_IF_ERROR(WriteDescriptorFile(file, KataMountInfoJson(info), 0600));
-  if (chmod(dir.c_str(), 0700) != 0) return Status::FromErrno(errno, "kata direct volume: chmod " + dir);
+  if (chmod(dir.c_str(), 0700) != 0)
+    return Status::FromErrno(errno, "kata direct volume: chmod " + dir);
   return file;
 }
 

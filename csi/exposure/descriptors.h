@@ -60,17 +60,18 @@ struct FirecrackerDrive {
 Result<std::string> FirecrackerDriveJson(const FirecrackerDrive& drive);
 
 struct CloudHypervisorDisk {
-  std::string path{};          // exactly one of path and socket
+  std::string path{};  // exactly one of path and socket
   std::string socket{};
   bool readonly = false;
-  uint32_t num_queues = 0;   // 0 = leave to the VMM
-  std::string id{};            // optional device id
+  uint32_t num_queues = 0;  // 0 = leave to the VMM
+  std::string id{};         // optional device id
 };
 Result<std::string> CloudHypervisorDiskArg(const CloudHypervisorDisk& disk);
 
 // Writes `content` to `path` with `mode`, atomically; creates the parent directory
 // (mode 0700) if missing.
-Status WriteDescriptorFile(const std::string& path, const std::string& content, unsigned mode = 0600);
+Status WriteDescriptorFile(const std::string& path, const std::string& content,
+                           unsigned mode = 0600);
 // OK if absent.
 Status RemoveDescriptorFile(const std::string& path);
 

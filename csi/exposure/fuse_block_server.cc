@@ -24,12 +24,18 @@ constexpr double kAttrTimeout = 1.0;   // invalidated explicitly on resize and r
 
 int ErrnoFor(const Status& s) {
   switch (s.code()) {
-    case StatusCode::kOk: return 0;
-    case StatusCode::kFailedPrecondition: return EROFS;
-    case StatusCode::kOutOfRange: return ENOSPC;
-    case StatusCode::kInvalidArgument: return EINVAL;
-    case StatusCode::kNotFound: return ENODEV;  // the volume was deleted under us
-    default: return EIO;
+    case StatusCode::kOk:
+      return 0;
+    case StatusCode::kFailedPrecondition:
+      return EROFS;
+    case StatusCode::kOutOfRange:
+      return ENOSPC;
+    case StatusCode::kInvalidArgument:
+      return EINVAL;
+    case StatusCode::kNotFound:
+      return ENODEV;  // the volume was deleted under us
+    default:
+      return EIO;
   }
 }
 
@@ -178,7 +184,7 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     fuse_reply_err(req, EPERM);
     return;
   }
-  fi->direct_io = 1;   // no page cache: every read and write reaches the BlockIo
+  fi->direct_io = 1;  // no page cache: every read and write reaches the BlockIo
   fi->keep_cache = 0;
   fi->nonseekable = 0;
   fi->fh = reinterpret_cast<uint64_t>(new Handle{e});
@@ -263,8 +269,7 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
   fuse_reply_open(req, fi);
 }
 
-void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-               struct fuse_file_info* fi) {
+void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) {
   State* st = StateOf(req);
   if (ino != kRootIno) {
     fuse_reply_err(req, ENOTDIR);

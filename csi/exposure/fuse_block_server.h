@@ -38,9 +38,9 @@ struct fuse_session;
 namespace stellarium::exposure {
 
 struct FuseBlockServerOptions {
-  std::string mountpoint{};      // created if missing; a dead FUSE mount there is removed
-  unsigned max_threads = 8;      // FUSE worker threads at most
-  bool allow_other = true;       // let other users (a VMM running unprivileged) open files
+  std::string mountpoint{};  // created if missing; a dead FUSE mount there is removed
+  unsigned max_threads = 8;  // FUSE worker threads at most
+  bool allow_other = true;   // let other users (a VMM running unprivileged) open files
 };
 
 class FuseBlockServer {

@@ -28,8 +28,8 @@
 namespace stellarium::exposure {
 
 struct FuseLoopProviderOptions {
-  std::string state_dir{};   // the FUSE mount is <state_dir>/fuse
-  bool direct_io = true;     // loop devices with direct I/O (measured: docs/EXPOSURE.md)
+  std::string state_dir{};  // the FUSE mount is <state_dir>/fuse
+  bool direct_io = true;    // loop devices with direct I/O (measured: docs/EXPOSURE.md)
 };
 
 class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {

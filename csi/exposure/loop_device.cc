@@ -120,8 +120,8 @@ Result<LoopDevice> AttachLoop(const std::string& file, const LoopAttachOptions& 
     memset(&cfg, 0, sizeof(cfg));
     cfg.fd = static_cast<uint32_t>(file_fd.get());
     cfg.block_size = bs;
-    cfg.info.lo_flags = (options.read_only ? LO_FLAGS_READ_ONLY : 0) |
-                        (options.direct_io ? LO_FLAGS_DIRECT_IO : 0);
+    cfg.info.lo_flags =
+        (options.read_only ? LO_FLAGS_READ_ONLY : 0) | (options.direct_io ? LO_FLAGS_DIRECT_IO : 0);
     strncpy(reinterpret_cast<char*>(cfg.info.lo_file_name), file.c_str(), LO_NAME_SIZE - 1);
     if (ioctl(loop.get(), LOOP_CONFIGURE, &cfg) != 0) {
       if (errno == EBUSY) continue;
@@ -136,9 +136,10 @@ Status DetachLoop(const std::string& device, bool lazy) {
   if (LoopIndex(device) < 0) {
     return Status::InvalidArgument("loop device '" + device + "': not /dev/loopN");
   }
-  // Since Linux 5.x, LOOP_CLR_FD on a device still in use does not fail: it marks the
-  // device for automatic detach on last close and returns 0. So "in use" is checked
-  // first: an exclusive open fails with EBUSY while a file system is mounted on it.
+  // On current kernels (seen on 6.18), LOOP_CLR_FD on a device still in use does not
+  // fail: it marks the device for automatic detach on last close and returns 0. So
+  // "in use" is checked first: an exclusive open fails with EBUSY while a file system
+  // is mounted on it.
   int excl = open(device.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
   if (excl < 0 && (errno == ENOENT || errno == ENXIO)) return Status::Ok();
   if (excl < 0 && errno == EBUSY && !lazy) {
@@ -179,7 +180,8 @@ Result<std::vector<LoopDevice>> ListLoops() {
     if (!d.ok()) continue;  // not attached
     const std::string deleted = " (deleted)";
     std::string& b = d->backing_file;
-    if (b.size() > deleted.size() && b.compare(b.size() - deleted.size(), deleted.size(), deleted) == 0) {
+    if (b.size() > deleted.size() &&
+        b.compare(b.size() - deleted.size(), deleted.size(), deleted) == 0) {
       b.resize(b.size() - deleted.size());
     }
     out.push_back(*d);

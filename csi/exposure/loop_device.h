@@ -25,10 +25,10 @@ struct LoopAttachOptions {
 };
 
 struct LoopDevice {
-  std::string path;         // "/dev/loop3"
-  int index = -1;           // 3
-  std::string backing_file; // as the kernel reports it
-  bool direct_io = false;   // what the kernel actually uses
+  std::string path;          // "/dev/loop3"
+  int index = -1;            // 3
+  std::string backing_file;  // as the kernel reports it
+  bool direct_io = false;    // what the kernel actually uses
   bool read_only = false;
   uint64_t size_bytes = 0;
 };

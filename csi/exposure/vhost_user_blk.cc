@@ -48,8 +48,7 @@ VhostUserBlkSession::~VhostUserBlkSession() { UnmapAll(); }
 uint64_t VhostUserBlkSession::offered_features() const {
   uint64_t f = (1ull << kVirtioFVersion1) | (1ull << kVhostUserFProtocolFeatures) |
                (1ull << kVirtioBlkFSizeMax) | (1ull << kVirtioBlkFSegMax) |
-               (1ull << kVirtioBlkFBlkSize) | (1ull << kVirtioBlkFFlush) |
-               (1ull << kVirtioBlkFMq);
+               (1ull << kVirtioBlkFBlkSize) | (1ull << kVirtioBlkFFlush) | (1ull << kVirtioBlkFMq);
   if (info_.read_only) f |= 1ull << kVirtioBlkFRo;
   return f;
 }
@@ -100,20 +99,22 @@ Status VhostUserBlkSession::SetMemTable(const VhostUserMessage& msg, std::vector
     const MemRegionDesc& d = descs[i];
     uint64_t len = d.mmap_offset + d.size;  // no overflow: checked by the parser
     struct stat st;
-    if (fstat(fds[i].get(), &st) != 0 || (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < len)) {
+    if (fstat(fds[i].get(), &st) != 0 ||
+        (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < len)) {
       undo();
       return Status::InvalidArgument("vhost-user memory region " + std::to_string(i) +
                                      ": fd is smaller than mmap offset + size");
     }
-    void* addr = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-                      fds[i].get(), 0);
+    void* addr =
+        mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fds[i].get(), 0);
     if (addr == MAP_FAILED) {
       int err = errno;
       undo();
       return Status::FromErrno(err, "vhost-user memory region " + std::to_string(i) + ": mmap");
     }
     maps.push_back({addr, len});
-    regions.push_back({d.guest_addr, d.size, d.user_addr, static_cast<uint8_t*>(addr) + d.mmap_offset});
+    regions.push_back(
+        {d.guest_addr, d.size, d.user_addr, static_cast<uint8_t*>(addr) + d.mmap_offset});
   }
   UnmapAll();
   mappings_ = std::move(maps);
@@ -231,7 +232,8 @@ Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vect
     }
     case kVhostUserSetVringAddr: {
       ASSIGN_OR_RETURN(VringAddr a, ParseVringAddr(msg.payload, nq));
-      queues_[a.index].addrs = VringAddresses{a.desc_user_addr, a.avail_user_addr, a.used_user_addr};
+      queues_[a.index].addrs =
+          VringAddresses{a.desc_user_addr, a.avail_user_addr, a.used_user_addr};
       RETURN_IF_ERROR(StartQueueIfReady(a.index));
       break;
     }

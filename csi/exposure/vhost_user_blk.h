@@ -65,9 +65,9 @@ class UniqueFd {
 };
 
 struct VhostUserBlkOptions {
-  uint32_t num_queues = 4;   // the most a front-end may use (GET_QUEUE_NUM)
-  bool read_only = false;    // also forced on when the BlockIo is read-only
-  std::string serial{};      // GET_ID answer (at most 20 bytes used)
+  uint32_t num_queues = 4;  // the most a front-end may use (GET_QUEUE_NUM)
+  bool read_only = false;   // also forced on when the BlockIo is read-only
+  std::string serial{};     // GET_ID answer (at most 20 bytes used)
 };
 
 // The state of one front-end connection. Pure protocol logic plus the mappings and

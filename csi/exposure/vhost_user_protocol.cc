@@ -31,10 +31,9 @@ Status ParseVhostUserHeader(const uint8_t* data, size_t len, VhostUserHeader* ou
   out->flags = Load<uint32_t>(data + 4);
   out->size = Load<uint32_t>(data + 8);
   if ((out->flags & kVhostUserVersionMask) != kVhostUserVersion) {
-    return Status::InvalidArgument("vhost-user message " + std::to_string(out->request) +
-                                   ": protocol version " +
-                                   std::to_string(out->flags & kVhostUserVersionMask) +
-                                   " is not 1");
+    return Status::InvalidArgument(
+        "vhost-user message " + std::to_string(out->request) + ": protocol version " +
+        std::to_string(out->flags & kVhostUserVersionMask) + " is not 1");
   }
   if (out->flags & kVhostUserReplyFlag) {
     return Status::InvalidArgument("vhost-user message " + std::to_string(out->request) +
@@ -42,8 +41,8 @@ Status ParseVhostUserHeader(const uint8_t* data, size_t len, VhostUserHeader* ou
   }
   if (out->size > kVhostUserMaxPayload) {
     return Status::InvalidArgument("vhost-user message " + std::to_string(out->request) +
-                                   ": payload of " + std::to_string(out->size) +
-                                   " bytes exceeds " + std::to_string(kVhostUserMaxPayload));
+                                   ": payload of " + std::to_string(out->size) + " bytes exceeds " +
+                                   std::to_string(kVhostUserMaxPayload));
   }
   return Status::Ok();
 }
@@ -57,8 +56,8 @@ Result<VringState> ParseVringState(const std::vector<uint8_t>& payload, uint32_t
   if (payload.size() != 8) return WrongSize("vring state", payload.size(), 8);
   VringState s{Load<uint32_t>(payload.data()), Load<uint32_t>(payload.data() + 4)};
   if (s.index >= num_queues) {
-    return Status::InvalidArgument("vhost-user vring " + std::to_string(s.index) +
-                                   ": only " + std::to_string(num_queues) + " queues");
+    return Status::InvalidArgument("vhost-user vring " + std::to_string(s.index) + ": only " +
+                                   std::to_string(num_queues) + " queues");
   }
   return s;
 }
@@ -74,8 +73,8 @@ Result<VringAddr> ParseVringAddr(const std::vector<uint8_t>& payload, uint32_t n
   a.avail_user_addr = Load<uint64_t>(p + 24);
   a.log_guest_addr = Load<uint64_t>(p + 32);
   if (a.index >= num_queues) {
-    return Status::InvalidArgument("vhost-user vring " + std::to_string(a.index) +
-                                   ": only " + std::to_string(num_queues) + " queues");
+    return Status::InvalidArgument("vhost-user vring " + std::to_string(a.index) + ": only " +
+                                   std::to_string(num_queues) + " queues");
   }
   return a;
 }
@@ -125,8 +124,8 @@ Result<ConfigAccess> ParseConfigAccess(const std::vector<uint8_t>& payload) {
     return WrongSize("config", payload.size(), 12 + static_cast<size_t>(c.size));
   }
   if (c.offset > kVirtioBlkConfigSize || c.size > kVirtioBlkConfigSize - c.offset) {
-    return Status::InvalidArgument("vhost-user config access [" + std::to_string(c.offset) +
-                                   ", +" + std::to_string(c.size) + ") outside the " +
+    return Status::InvalidArgument("vhost-user config access [" + std::to_string(c.offset) + ", +" +
+                                   std::to_string(c.size) + ") outside the " +
                                    std::to_string(kVirtioBlkConfigSize) + "-byte config space");
   }
   return c;

@@ -64,7 +64,8 @@ inline constexpr size_t kVhostUserHeaderSize = 12;
 inline constexpr size_t kVhostUserMaxPayload = 4096;
 inline constexpr uint32_t kVhostUserMaxRegions = 8;
 inline constexpr uint32_t kVhostUserMaxFds = 8;
-inline constexpr uint32_t kVirtioBlkConfigSize = 256;  // config space we serve (zeros past the fields)
+inline constexpr uint32_t kVirtioBlkConfigSize =
+    256;  // config space we serve (zeros past the fields)
 
 struct VhostUserHeader {
   uint32_t request = 0;

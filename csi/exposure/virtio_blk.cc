@@ -10,11 +10,11 @@ namespace stellarium::exposure {
 namespace {
 
 // Layouts from virtio 1.2, 2.7 (little-endian; this backend runs on x86-64 hosts).
-constexpr size_t kDescSize = 16;           // le64 addr, le32 len, le16 flags, le16 next
-constexpr size_t kAvailHeader = 4;         // le16 flags, le16 idx
-constexpr size_t kUsedHeader = 4;          // le16 flags, le16 idx
-constexpr size_t kUsedElemSize = 8;        // le32 id, le32 len
-constexpr size_t kBlkHeaderSize = 16;      // le32 type, le32 reserved, le64 sector
+constexpr size_t kDescSize = 16;       // le64 addr, le32 len, le16 flags, le16 next
+constexpr size_t kAvailHeader = 4;     // le16 flags, le16 idx
+constexpr size_t kUsedHeader = 4;      // le16 flags, le16 idx
+constexpr size_t kUsedElemSize = 8;    // le32 id, le32 len
+constexpr size_t kBlkHeaderSize = 16;  // le32 type, le32 reserved, le64 sector
 
 struct Desc {
   uint64_t addr;
@@ -250,8 +250,9 @@ Result<uint32_t> SplitQueue::Process(const GuestMemory& mem, BlockIo& io,
     if (static_cast<uint16_t>(avail_idx - last_avail_idx_) > size_) {
       broken_ = true;
       StoreU16Release(used_ + 2, used_idx_);
-      return Status::FailedPrecondition("virtqueue: available index jumped by more than the "
-                                        "queue size");
+      return Status::FailedPrecondition(
+          "virtqueue: available index jumped by more than the "
+          "queue size");
     }
     while (last_avail_idx_ != avail_idx && done < size_) {
       uint16_t head;

@@ -43,8 +43,8 @@ inline constexpr uint16_t kVirtqDescFIndirect = 4;
 inline constexpr uint32_t kMaxQueueSize = 32768;
 
 // Limits we advertise (VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX) and enforce.
-inline constexpr uint32_t kBlkSizeMax = 1 << 20;      // bytes in one data descriptor
-inline constexpr uint32_t kBlkSegMax = 128;            // data descriptors in one request
+inline constexpr uint32_t kBlkSizeMax = 1 << 20;             // bytes in one data descriptor
+inline constexpr uint32_t kBlkSegMax = 128;                  // data descriptors in one request
 inline constexpr uint64_t kBlkMaxRequestBytes = 8ull << 20;  // data bytes in one request
 
 // One mapped region of guest memory.
@@ -96,9 +96,9 @@ Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, ui
 struct BlkRequest {
   uint32_t type = 0;
   uint64_t sector = 0;
-  std::vector<Segment> data;     // the bytes between the header and the status byte
+  std::vector<Segment> data;  // the bytes between the header and the status byte
   uint64_t data_len = 0;
-  uint8_t* status = nullptr;     // the last byte of the chain (device-writable)
+  uint8_t* status = nullptr;  // the last byte of the chain (device-writable)
 };
 
 // Splits a chain into header (16 readable bytes, possibly spread over descriptors),
@@ -110,7 +110,7 @@ Status ParseBlkRequest(const std::vector<Segment>& chain, BlkRequest* out);
 struct BlkDeviceInfo {
   uint64_t capacity_sectors = 0;
   bool read_only = false;
-  std::string serial;            // GET_ID answer, at most 20 bytes used
+  std::string serial;  // GET_ID answer, at most 20 bytes used
 };
 
 // Validates and executes one request against the volume. Returns the status byte to

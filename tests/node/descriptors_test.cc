@@ -45,7 +45,9 @@ TEST(DescriptorsTest, KataMountInfoHasPathModesKeysAndIsRemoved) {
   info.options = {"rw", "noatime"};
   auto file = WriteKataMountInfo(root, kTarget, info);
   ASSERT_TRUE(file.ok()) << file.status().ToString();
-  std::string dir = root + "/L3Zhci9saWIva3ViZWxldC9wb2RzL2FiYy92b2x1bWVzL2t1YmVybmV0ZXMuaW9-Y3NpL3B2Yy0xL21vdW50";
+  std::string dir =
+      root +
+      "/L3Zhci9saWIva3ViZWxldC9wb2RzL2FiYy92b2x1bWVzL2t1YmVybmV0ZXMuaW9-Y3NpL3B2Yy0xL21vdW50";
   EXPECT_EQ(*file, dir + "/mountInfo.json");
 
   struct stat st;
@@ -74,7 +76,7 @@ TEST(DescriptorsTest, KataMountInfoHasPathModesKeysAndIsRemoved) {
   EXPECT_NE(stat(file->c_str(), &st), 0);
   EXPECT_NE(stat(dir.c_str(), &st), 0);
   EXPECT_TRUE(RemoveKataMountInfo(root, kTarget).ok());  // idempotent
-  EXPECT_EQ(stat(root.c_str(), &st), 0);                // the shared root stays
+  EXPECT_EQ(stat(root.c_str(), &st), 0);                 // the shared root stays
 }
 
 TEST(DescriptorsTest, KataBadInputWritesNothing) {
@@ -92,8 +94,8 @@ TEST(DescriptorsTest, KataBadInputWritesNothing) {
 }
 
 TEST(DescriptorsTest, FirecrackerDriveForBlockDeviceAndVhostUser) {
-  auto block = FirecrackerDriveJson({.drive_id = "pvc_1", .path_on_host = "/dev/loop3",
-                                     .is_read_only = true});
+  auto block = FirecrackerDriveJson(
+      {.drive_id = "pvc_1", .path_on_host = "/dev/loop3", .is_read_only = true});
   ASSERT_TRUE(block.ok()) << block.status().ToString();
   YAML::Node j = YAML::Load(*block);
   EXPECT_EQ(j["drive_id"].as<std::string>(), "pvc_1");
@@ -102,8 +104,8 @@ TEST(DescriptorsTest, FirecrackerDriveForBlockDeviceAndVhostUser) {
   EXPECT_TRUE(j["is_read_only"].as<bool>());
   EXPECT_FALSE(j["is_root_device"].as<bool>());
 
-  auto vu = FirecrackerDriveJson({.drive_id = "rootfs", .socket = "/run/stellarium/v.sock",
-                                  .is_root_device = true});
+  auto vu = FirecrackerDriveJson(
+      {.drive_id = "rootfs", .socket = "/run/stellarium/v.sock", .is_root_device = true});
   ASSERT_TRUE(vu.ok());
   j = YAML::Load(*vu);
   EXPECT_EQ(j["socket"].as<std::string>(), "/run/stellarium/v.sock");
@@ -111,7 +113,8 @@ TEST(DescriptorsTest, FirecrackerDriveForBlockDeviceAndVhostUser) {
   EXPECT_TRUE(j["is_root_device"].as<bool>());
 
   EXPECT_FALSE(FirecrackerDriveJson({.drive_id = "bad-id", .path_on_host = "/dev/loop3"}).ok());
-  EXPECT_FALSE(FirecrackerDriveJson({.drive_id = "both", .path_on_host = "/a", .socket = "/b"}).ok());
+  EXPECT_FALSE(
+      FirecrackerDriveJson({.drive_id = "both", .path_on_host = "/a", .socket = "/b"}).ok());
   EXPECT_FALSE(FirecrackerDriveJson({.drive_id = "none"}).ok());
 }
 

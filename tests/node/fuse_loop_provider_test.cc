@@ -33,7 +33,8 @@ class FuseLoopProviderTest : public ::testing::Test {
     volume_id_ = v->id;
   }
   std::unique_ptr<FuseLoopBlockDeviceProvider> NewProvider() {
-    auto p = FuseLoopBlockDeviceProvider::Create(store_.get(), {.state_dir = tmp_.path() + "/state"});
+    auto p =
+        FuseLoopBlockDeviceProvider::Create(store_.get(), {.state_dir = tmp_.path() + "/state"});
     EXPECT_TRUE(p.ok()) << p.status().ToString();
     return p.ok() ? std::move(*p) : nullptr;
   }

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <regex>
 
@@ -59,7 +60,9 @@ std::string GuestScript(const std::string& marker) {
   return "set -e\n"
          "mount -t ext4 /dev/vda /mnt\n"
          "echo \"GUEST-SHA256 $(sha256sum /mnt/known.bin | cut -d' ' -f1)\"\n"
-         "echo '" + marker + "' > /mnt/from-guest.txt\n"
+         "echo '" +
+         marker +
+         "' > /mnt/from-guest.txt\n"
          "sync\n"
          "umount /mnt\n"
          "echo GUEST-DONE\n";
@@ -71,8 +74,8 @@ class GuestTest : public ::testing::Test {
     if (!HaveProgram("qemu-system-x86_64")) return;
     const char* env = getenv("STELLARIUM_GUEST_DIR");
     guest_dir_ = env ? env : "/var/tmp/stellarium-guest";
-    build_ = RunCommand({"bash", std::string(STELLARIUM_SOURCE_DIR) + "/scripts/build-guest.sh",
-                         guest_dir_});
+    build_ = RunCommand(
+        {"bash", std::string(STELLARIUM_SOURCE_DIR) + "/scripts/build-guest.sh", guest_dir_});
   }
   void SetUp() override {
     if (!HaveProgram("qemu-system-x86_64")) {
@@ -92,15 +95,34 @@ class GuestTest : public ::testing::Test {
   // Boots the guest with `disk_args` and the script; returns the console output.
   CommandResult Boot(const std::vector<std::string>& disk_args, const std::string& script) {
     std::vector<std::string> argv = {
-        "timeout", "600", "qemu-system-x86_64",
-        "-M", "microvm,accel=tcg,pit=on,memory-backend=mem",
-        "-object", "memory-backend-memfd,id=mem,size=512M,share=on",
-        "-cpu", "max", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config",
-        "-display", "none", "-serial", "stdio", "-no-reboot",
-        "-global", "virtio-mmio.force-legacy=false",
-        "-kernel", guest_dir_ + "/vmlinux", "-initrd", guest_dir_ + "/initrd.cpio.gz",
-        "-append", "console=ttyS0 quiet panic=-1 tsc_early_khz=2600000 stellarium_cmd=" +
-                       Base64(script)};
+        "timeout",
+        "600",
+        "qemu-system-x86_64",
+        "-M",
+        "microvm,accel=tcg,pit=on,memory-backend=mem",
+        "-object",
+        "memory-backend-memfd,id=mem,size=512M,share=on",
+        "-cpu",
+        "max",
+        "-m",
+        "512",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-kernel",
+        guest_dir_ + "/vmlinux",
+        "-initrd",
+        guest_dir_ + "/initrd.cpio.gz",
+        "-append",
+        "console=ttyS0 quiet panic=-1 tsc_early_khz=2600000 stellarium_cmd=" + Base64(script)};
     argv.insert(argv.end(), disk_args.begin(), disk_args.end());
     return RunCommand(argv);
   }
@@ -124,15 +146,18 @@ class GuestTest : public ::testing::Test {
     mkdir(mnt.c_str(), 0755);
     std::string content;
     if (mount(loop->path.c_str(), mnt.c_str(), "ext4", MS_RDONLY, "noload") == 0) {
-      std::ifstream in(mnt + "/" + name);
-      content.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      umount2(mnt.c_str(), 0);
+      {
+        std::ifstream in(mnt + "/" + name);
+        content.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      }  // closed before unmounting
+      EXPECT_EQ(umount2(mnt.c_str(), 0), 0) << "umount " << mnt << ": " << strerror(errno);
     } else {
       ADD_FAILURE() << "mount " << loop->path << ": " << strerror(errno);
     }
     auto fsck = RunCommand({"e2fsck", "-fn", loop->path});
     EXPECT_EQ(fsck.exit_code, 0) << fsck.output;
-    EXPECT_TRUE(DetachLoop(loop->path).ok());
+    Status det = DetachLoop(loop->path);
+    EXPECT_TRUE(det.ok()) << det.ToString();
     return content;
   }
 
@@ -177,14 +202,15 @@ TEST_F(GuestTest, ReadOnlyVolumeIsReadOnlyInTheGuest) {
   std::string sock = tmp_.path() + "/ro.sock";
   auto server = VhostUserBlkServer::Start(sock, *ro, {.num_queues = 1});
   ASSERT_TRUE(server.ok()) << server.status().ToString();
-  CommandResult r = Boot(
-      {"-chardev", "socket,id=c0,path=" + sock, "-device", "vhost-user-blk,chardev=c0,num-queues=1"},
-      "echo \"GUEST-RO $(cat /sys/block/vda/ro)\"\n"
-      "mount -t ext4 -o ro,noload /dev/vda /mnt\n"
-      "echo \"GUEST-SHA256 $(sha256sum /mnt/known.bin | cut -d' ' -f1)\"\n"
-      "umount /mnt\n"
-      "if dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct 2>/dev/null; then "
-      "echo GUEST-WRITE-OK; else echo GUEST-WRITE-REFUSED; fi\n");
+  CommandResult r =
+      Boot({"-chardev", "socket,id=c0,path=" + sock, "-device",
+            "vhost-user-blk,chardev=c0,num-queues=1"},
+           "echo \"GUEST-RO $(cat /sys/block/vda/ro)\"\n"
+           "mount -t ext4 -o ro,noload /dev/vda /mnt\n"
+           "echo \"GUEST-SHA256 $(sha256sum /mnt/known.bin | cut -d' ' -f1)\"\n"
+           "umount /mnt\n"
+           "if dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct 2>/dev/null; then "
+           "echo GUEST-WRITE-OK; else echo GUEST-WRITE-REFUSED; fi\n");
   EXPECT_NE(r.output.find("GUEST-RO 1"), std::string::npos) << r.output;
   EXPECT_EQ(GuestHash(r.output), img_.known_sha256) << r.output;
   EXPECT_NE(r.output.find("GUEST-WRITE-REFUSED"), std::string::npos) << r.output;

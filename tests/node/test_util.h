@@ -14,8 +14,8 @@
 namespace stellarium::testing {
 
 struct CommandResult {
-  int exit_code = -1;   // -1 if it could not run or was killed
-  std::string output;   // stdout and stderr, interleaved
+  int exit_code = -1;  // -1 if it could not run or was killed
+  std::string output;  // stdout and stderr, interleaved
 };
 
 // Runs argv[0] (looked up in PATH) with argv, no shell. Output is captured.

@@ -2,6 +2,8 @@
 // hostile ones), the message parsers, and the server over a real unix socket with a
 // front-end written here (memfd guest memory, eventfds, SCM_RIGHTS). guest_test.cc
 // does the same with a real QEMU guest.
+#include "csi/exposure/vhost_user_blk.h"
+
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -12,7 +14,6 @@
 
 #include <cstring>
 
-#include "csi/exposure/vhost_user_blk.h"
 #include "tests/node/test_util.h"
 
 namespace stellarium::exposure {
@@ -25,7 +26,7 @@ using stellarium::testing::TempDir;
 constexpr uint64_t kGuestBase = 0x100000;          // guest physical address of memory
 constexpr uint64_t kUserBase = 0x7f0000000000ull;  // the "VMM's" address of it
 constexpr uint64_t kMemSize = 4 << 20;
-constexpr uint32_t kQ = 16;                         // queue size
+constexpr uint32_t kQ = 16;  // queue size
 constexpr uint64_t kDescOff = 0x0, kAvailOff = 0x1000, kUsedOff = 0x2000, kBufOff = 0x10000;
 
 // A guest driver's view of one split virtqueue in a memory block.
@@ -50,7 +51,9 @@ class FakeDriver {
     __atomic_store_n(reinterpret_cast<uint16_t*>(mem_ + kAvailOff + 2), idx, __ATOMIC_RELEASE);
   }
   void SetAvailIdx(uint16_t idx) { memcpy(mem_ + kAvailOff + 2, &idx, 2); }
-  uint16_t UsedIdx() { return __atomic_load_n(reinterpret_cast<uint16_t*>(mem_ + kUsedOff + 2), __ATOMIC_ACQUIRE); }
+  uint16_t UsedIdx() {
+    return __atomic_load_n(reinterpret_cast<uint16_t*>(mem_ + kUsedOff + 2), __ATOMIC_ACQUIRE);
+  }
   std::pair<uint32_t, uint32_t> Used(uint16_t slot) {
     uint32_t id, len;
     memcpy(&id, mem_ + kUsedOff + 4 + 8 * (slot % kQ), 4);
@@ -86,8 +89,9 @@ class VirtqueueTest : public ::testing::Test {
   void SetUp() override {
     buf_.assign(kMemSize, 0);
     mem_ = GuestMemory({{kGuestBase, kMemSize, kUserBase, buf_.data()}});
-    ASSERT_TRUE(queue_.Configure(mem_, kQ,
-                                 {kUserBase + kDescOff, kUserBase + kAvailOff, kUserBase + kUsedOff})
+    ASSERT_TRUE(queue_
+                    .Configure(mem_, kQ,
+                               {kUserBase + kDescOff, kUserBase + kAvailOff, kUserBase + kUsedOff})
                     .ok());
     info_.capacity_sectors = io_->size() / 512;
     info_.serial = "vol-0123456789abcdef-extra";
@@ -111,12 +115,12 @@ TEST(GuestMemoryTest, TranslatesOnlyWhollyContainedRanges) {
   GuestMemory mem({{0x1000, 4096, 0x9000, buf.data()}});
   EXPECT_EQ(mem.TranslateGuest(0x1000, 4096), buf.data());
   EXPECT_EQ(mem.TranslateGuest(0x1fff, 1), buf.data() + 4095);
-  EXPECT_EQ(mem.TranslateGuest(0x1fff, 2), nullptr);        // straddles the end
-  EXPECT_EQ(mem.TranslateGuest(0xfff, 1), nullptr);         // before the start
+  EXPECT_EQ(mem.TranslateGuest(0x1fff, 2), nullptr);  // straddles the end
+  EXPECT_EQ(mem.TranslateGuest(0xfff, 1), nullptr);   // before the start
   EXPECT_EQ(mem.TranslateGuest(0x1000, UINT64_MAX), nullptr);
-  EXPECT_EQ(mem.TranslateGuest(UINT64_MAX, 2), nullptr);    // wraps around
+  EXPECT_EQ(mem.TranslateGuest(UINT64_MAX, 2), nullptr);  // wraps around
   EXPECT_EQ(mem.TranslateUser(0x9000 + 100, 8), buf.data() + 100);
-  EXPECT_EQ(mem.TranslateUser(0x1000, 8), nullptr);         // a guest address, not a user one
+  EXPECT_EQ(mem.TranslateUser(0x1000, 8), nullptr);  // a guest address, not a user one
 }
 
 TEST_F(VirtqueueTest, WriteThenReadRoundTripsThroughTheVolume) {
@@ -163,7 +167,7 @@ TEST_F(VirtqueueTest, MisalignedLengthUnknownTypeAndReadOnly) {
   FakeDriver drv(buf_.data());
   uint64_t d = drv.Request(0, kVirtioBlkTOut, 0, 100);  // not a multiple of 512
   drv.Publish(0);
-  uint64_t u = drv.Request(3, 77, 0, 512, 0x40000);     // unknown request type
+  uint64_t u = drv.Request(3, 77, 0, 512, 0x40000);  // unknown request type
   drv.Publish(3);
   EXPECT_EQ(Run(), 2u);
   EXPECT_EQ(drv.StatusAfter(d, 100), kVirtioBlkSIoErr);
@@ -247,9 +251,11 @@ TEST_F(VirtqueueTest, CorruptAvailableRingStopsTheQueue) {
 
 TEST_F(VirtqueueTest, RingOutsideMemoryIsRefusedAtConfiguration) {
   SplitQueue q;
-  EXPECT_FALSE(q.Configure(mem_, kQ, {kUserBase + kMemSize - 8, kUserBase + kAvailOff,
-                                      kUserBase + kUsedOff}).ok());
-  EXPECT_FALSE(q.Configure(mem_, 24, {kUserBase, kUserBase + kAvailOff, kUserBase + kUsedOff}).ok());
+  EXPECT_FALSE(
+      q.Configure(mem_, kQ, {kUserBase + kMemSize - 8, kUserBase + kAvailOff, kUserBase + kUsedOff})
+          .ok());
+  EXPECT_FALSE(
+      q.Configure(mem_, 24, {kUserBase, kUserBase + kAvailOff, kUserBase + kUsedOff}).ok());
   EXPECT_FALSE(q.configured());
 }
 
@@ -418,15 +424,16 @@ TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
         mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0));
     ASSERT_NE(mem, MAP_FAILED);
     uint64_t table[1 + 4] = {1, kGuestBase, kMemSize, kUserBase, 0};
-    ASSERT_TRUE(fe.Send(kVhostUserSetMemTable, table, 8 + 32, {memfd},
-                        1 | kVhostUserNeedReplyFlag));
+    ASSERT_TRUE(
+        fe.Send(kVhostUserSetMemTable, table, 8 + 32, {memfd}, 1 | kVhostUserNeedReplyFlag));
     EXPECT_EQ(fe.ReplyU64(), 0u);  // REPLY_ACK: success
     close(memfd);
     uint32_t num[2] = {0, kQ}, base[2] = {0, 0};
     ASSERT_TRUE(fe.Send(kVhostUserSetVringNum, num, 8));
     ASSERT_TRUE(fe.Send(kVhostUserSetVringBase, base, 8));
     uint8_t addr[40] = {};
-    uint64_t desc = kUserBase + kDescOff, used = kUserBase + kUsedOff, avail = kUserBase + kAvailOff;
+    uint64_t desc = kUserBase + kDescOff, used = kUserBase + kUsedOff,
+             avail = kUserBase + kAvailOff;
     memcpy(addr + 8, &desc, 8);
     memcpy(addr + 16, &used, 8);
     memcpy(addr + 24, &avail, 8);
@@ -486,7 +493,7 @@ TEST(VhostUserBlkServerTest, ProtocolViolationsCloseTheConnectionButNotTheServer
     Frontend fe(sock);
     ASSERT_TRUE(fe.Send(kVhostUserGetFeatures, nullptr, 0));
     EXPECT_TRUE(fe.ReplyU64() & (1ull << kVirtioBlkFRo));  // read-only volume advertised
-    uint64_t bogus = 1ull << 63;  // a feature never offered
+    uint64_t bogus = 1ull << 63;                           // a feature never offered
     ASSERT_TRUE(fe.Send(kVhostUserSetFeatures, &bogus, 8));
     EXPECT_TRUE(fe.ClosedByPeer());
   }
