@@ -119,14 +119,9 @@ Status VhostUserBlkSession::SetMemTable(const VhostUserMessage& msg, std::vector
   UnmapAll();
   mappings_ = std::move(maps);
   memory_ = GuestMemory(std::move(regions));
-  // Rings that were started keep going over the new table.
-  for (uint32_t i = 0; i < queues_.size(); ++i) {
-    if (queues_[i].ring.configured()) {
-      uint16_t last = queues_[i].ring.last_avail_idx();
-      RETURN_IF_ERROR(queues_[i].ring.Configure(memory_, queues_[i].size, *queues_[i].addrs));
-      queues_[i].ring.set_last_avail_idx(last);
-    }
-  }
+  // Rings move to the new table; a ring whose kick fd and addresses came before any
+  // table starts now.
+  for (uint32_t i = 0; i < queues_.size(); ++i) RETURN_IF_ERROR(StartQueueIfReady(i));
   return Status::Ok();
 }
 
