@@ -1,0 +1,171 @@
+// http_import_bench: importing an image over HTTP from 127.0.0.1, side by side in one run
+// with what a user would otherwise do with the same URL: `curl -o` it, and (for qcow2)
+// `qemu-img convert` it to raw.
+//
+// Two images are served by tests/sources/http_server.py (sendfile):
+//   - a ~1 GiB qcow2 (made from a raw image by `qemu-img convert -O qcow2`): our path is
+//     download -> scratch file -> qemu-img convert -> import (format.h), so it is compared
+//     with `curl -o` alone (the floor: >= 0.8) and with `curl -o` + `qemu-img
+//     convert`, which gives the user a raw file but no volume.
+//   - the same raw image: the streaming path (download, hash and store at once).
+// The raw image is disk-like: random (incompressible) blocks, runs of zeros, repeats.
+//
+// usage: http_import_bench [--size-mib N] [--work DIR]   (default 1024 MiB, /var/tmp)
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "core/process.h"
+#include "core/sources/open.h"
+#include "core/store.h"
+#include "tests/sources/local_http_server.h"
+
+using namespace stellarium;
+namespace fs = std::filesystem;
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void Must(const Status& s, const char* what) {
+  if (!s.ok()) {
+    fprintf(stderr, "http_import_bench: %s: %s\n", what, s.ToString().c_str());
+    exit(1);
+  }
+}
+
+void MakeRaw(const std::string& path, uint64_t bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  auto next = [&] {  // splitmix64
+    uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  std::string block(4096, '\0'), zeros(4096, '\0'), repeated(4096, 'r');
+  for (uint64_t off = 0; off < bytes; off += 4096) {
+    uint64_t pick = next() % 10;
+    if (pick < 3) {
+      f.write(zeros.data(), 4096);
+    } else if (pick < 4) {
+      f.write(repeated.data(), 4096);
+    } else {
+      for (size_t i = 0; i < 4096; i += 8) {
+        uint64_t v = next();
+        std::memcpy(block.data() + i, &v, 8);
+      }
+      f.write(block.data(), 4096);
+    }
+  }
+}
+
+double TimeProgram(const std::vector<std::string>& argv) {
+  double t = Now();
+  std::string out;
+  Must(RunProgramOk(argv, {}, &out), argv[0].c_str());
+  return Now() - t;
+}
+
+struct Ours {
+  double seconds = 0;
+  ImportSummary summary;
+};
+
+Ours Import(const std::string& url, const std::string& work, const std::string& name) {
+  std::string store_dir = work + "/store-" + name;
+  fs::remove_all(store_dir);
+  StoreOptions so;
+  so.path = store_dir;
+  auto store = Store::Open(so);
+  Must(store.status(), "open store");
+  double t = Now();
+  ImageSourceSpec spec;
+  spec.url = url;
+  spec.scratch_dir = work;
+  auto opened = OpenImageSource(spec);
+  Must(opened.status(), "open source");
+  ImportOptions io;
+  io.volume.name = name;
+  auto r = (*store)->ImportImage(*opened->source, io);
+  Must(r.status(), "import");
+  Must((*store)->Sync(), "sync");
+  Ours o;
+  o.seconds = Now() - t;
+  o.summary = r->summary;
+  store->reset();
+  fs::remove_all(store_dir);
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t mib = 1024;
+  std::string work_parent = "/var/tmp";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--size-mib")) mib = std::stoull(argv[i + 1]);
+    else if (!strcmp(argv[i], "--work")) work_parent = argv[i + 1];
+    else {
+      fprintf(stderr, "usage: http_import_bench [--size-mib N] [--work DIR]\n");
+      return 2;
+    }
+  }
+  std::string work = work_parent + "/http-import-bench-" + std::to_string(getpid());
+  fs::create_directories(work + "/www");
+  const std::string raw = work + "/www/disk.img", qcow = work + "/www/disk.qcow2";
+  const uint64_t bytes = mib << 20;
+  fprintf(stderr, "making a %llu MiB raw image and its qcow2 in %s ...\n", (unsigned long long)mib, work.c_str());
+  MakeRaw(raw, bytes);
+  Must(RunProgramOk({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, qcow}), "qemu-img");
+  const uint64_t qcow_bytes = fs::file_size(qcow);
+
+  testing::LocalHttpServer server(STELLARIUM_TEST_SERVER, work + "/www");
+  if (!server.port()) {
+    fprintf(stderr, "http_import_bench: %s\n", server.error().c_str());
+    return 1;
+  }
+  const std::string qurl = server.Url("/disk.qcow2"), rurl = server.Url("/disk.img");
+
+  // Warm the page cache so no row pays for the first read of the served file.
+  TimeProgram({"curl", "-sSf", "-o", "/dev/null", qurl});
+  TimeProgram({"curl", "-sSf", "-o", "/dev/null", rurl});
+
+  const std::string out = work + "/out";
+  double curl_q = TimeProgram({"curl", "-sSf", "-o", out + ".qcow2", qurl});
+  double conv = TimeProgram({"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", out + ".qcow2", out + ".raw"});
+  fs::remove(out + ".qcow2");
+  fs::remove(out + ".raw");
+  Ours ours_q = Import(qurl, work, "qcow2");
+
+  double curl_r = TimeProgram({"curl", "-sSf", "-o", out + ".img", rurl});
+  fs::remove(out + ".img");
+  Ours ours_r = Import(rurl, work, "raw");
+
+  auto mbs = [](uint64_t b, double s) { return b / 1e6 / s; };
+  printf("http_import_bench: %llu MiB raw image (qcow2 %.0f MiB), served from 127.0.0.1, %u cores\n",
+         (unsigned long long)mib, qcow_bytes / 1048576.0, std::thread::hardware_concurrency());
+  printf("%-44s %9s %12s\n", "", "seconds", "raw MB/s");
+  printf("%-44s %9.2f %12.0f\n", "curl -o disk.qcow2", curl_q, mbs(bytes, curl_q));
+  printf("%-44s %9.2f %12.0f\n", "qemu-img convert qcow2 -> raw (local)", conv, mbs(bytes, conv));
+  printf("%-44s %9.2f %12.0f\n", "curl -o + qemu-img convert", curl_q + conv, mbs(bytes, curl_q + conv));
+  printf("%-44s %9.2f %12.0f\n", "ours: qcow2 URL -> volume", ours_q.seconds, mbs(bytes, ours_q.seconds));
+  printf("%-44s %9.2f %12.0f\n", "curl -o disk.img", curl_r, mbs(bytes, curl_r));
+  printf("%-44s %9.2f %12.0f\n", "ours: raw URL -> volume (streamed)", ours_r.seconds, mbs(bytes, ours_r.seconds));
+  printf("stored: %llu new chunks, %.0f MiB (of %llu MiB raw; zero blocks %llu)\n",
+         (unsigned long long)ours_q.summary.new_chunks, ours_q.summary.bytes_added / 1048576.0,
+         (unsigned long long)mib, (unsigned long long)ours_q.summary.zero_blocks);
+  double r1 = curl_q / ours_q.seconds, r2 = (curl_q + conv) / ours_q.seconds, r3 = curl_r / ours_r.seconds;
+  printf("ratio qcow2: ours vs curl -o                 %.2f  (floor 0.80: %s)\n", r1, r1 >= 0.8 ? "met" : "NOT met");
+  printf("ratio qcow2: ours vs curl -o + qemu-img       %.2f\n", r2);
+  printf("ratio raw:   ours vs curl -o                 %.2f  (floor 0.80: %s)\n", r3, r3 >= 0.8 ? "met" : "NOT met");
+  fs::remove_all(work);
+  return 0;
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""A small HTTP/1.1 file server for the image-source tests and the benchmark.
+
+Serves the files of ROOT on 127.0.0.1 (never another address), prints its port on the
+first line of stdout, and adds what Python's http.server lacks for these tests:
+  - it counts GET/HEAD requests per path:      GET /__count?path=/x.img -> "N"
+  - it can drop a connection midway:           GET /__drop?path=/x.img&after=N&times=K
+    makes the next K requests for /x.img send the full Content-Length, then only N
+    bytes of the body, then close the socket
+  - ETag (size and mtime) and Last-Modified on every file response
+  - paths under /private/ need the request header "X-Token: let-me-in" (else 401)
+Control paths (/__...) are not counted. It stops when stdin closes (its parent died)
+or on SIGTERM.
+"""
+import email.utils
+import http.server
+import os
+import socketserver
+import sys
+import threading
+import urllib.parse
+
+ROOT = sys.argv[1]
+counts = {}
+drops = {}
+lock = threading.Lock()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def reply(self, code, body=b"", headers=()):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def control(self, url):
+        q = urllib.parse.parse_qs(url.query)
+        path = q.get("path", [""])[0]
+        with lock:
+            if url.path == "/__count":
+                return self.reply(200, str(counts.get(path, 0)).encode())
+            if url.path == "/__drop":
+                drops[path] = [int(q["after"][0]), int(q.get("times", ["1"])[0])]
+                return self.reply(200, b"ok")
+        return self.reply(404, b"no such control")
+
+    def serve(self):
+        url = urllib.parse.urlsplit(self.path)
+        if url.path.startswith("/__"):
+            return self.control(url)
+        with lock:
+            counts[url.path] = counts.get(url.path, 0) + 1
+            drop = drops.get(url.path)
+            drop_after = None
+            if drop and drop[1] > 0:
+                drop[1] -= 1
+                drop_after = drop[0]
+        if url.path.startswith("/private/") and self.headers.get("X-Token") != "let-me-in":
+            return self.reply(401, b"token required\n")
+        rel = urllib.parse.unquote(url.path).lstrip("/")
+        full = os.path.realpath(os.path.join(ROOT, rel))
+        if not full.startswith(os.path.realpath(ROOT) + os.sep) or not os.path.isfile(full):
+            return self.reply(404, b"not found\n")
+        st = os.stat(full)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(st.st_size))
+        self.send_header("ETag", '"%x-%x"' % (st.st_size, st.st_mtime_ns))
+        self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
+        if drop_after is not None:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        self.wfile.flush()
+        with open(full, "rb") as f:
+            if drop_after is None:
+                self.connection.sendfile(f)
+            else:
+                self.wfile.write(f.read(drop_after))
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+
+    do_GET = serve
+    do_HEAD = serve
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        # A client that stops reading (a refused image, a cancelled import) is expected.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
+def main():
+    server = Server(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sys.stdin.read()  # returns when the parent closes our stdin or exits
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

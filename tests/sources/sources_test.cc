@@ -1,0 +1,397 @@
+// Image sources end to end: a real HTTP server on 127.0.0.1 (http_server.py), real
+// images made by qemu-img, gzip, xz and zstd, real stores (RocksDB on disk), and the
+// volumes exported back (ExportVolume) and compared byte for byte with the raw image.
+#include <sys/stat.h>
+
+#include <fstream>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "core/export.h"
+#include "core/process.h"
+#include "core/sha256.h"
+#include "core/sources/open.h"
+#include "tests/core/test_util.h"
+#include "tests/sources/local_http_server.h"
+
+namespace stellarium {
+namespace {
+
+using testing::LocalHttpServer;
+using testing::RandomBytes;
+using testing::TempDir;
+using testing::Unwrap;
+
+constexpr uint64_t kImageBytes = 8u << 20;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+std::string Sha256Hex(const std::string& bytes) { return ToHex(Sha256(bytes.data(), bytes.size())); }
+
+// A disk-like image: random blocks, runs of zero blocks and repeated blocks.
+std::string MakeImage(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string img;
+  std::string repeated = RandomBytes(rng, 4096);
+  while (img.size() < kImageBytes) {
+    switch (rng() % 4) {
+      case 0: img += std::string(4096 * (1 + rng() % 8), '\0'); break;
+      case 1: img += repeated; break;
+      default: img += RandomBytes(rng, 4096 * (1 + rng() % 4)); break;
+    }
+  }
+  img.resize(kImageBytes);
+  return img;
+}
+
+void MustRun(const std::vector<std::string>& argv) {
+  std::string out;
+  Status s = RunProgramOk(argv, {}, &out);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+}
+
+class SourcesTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    www_ = new TempDir();
+    raw_ = MakeImage(1);
+    const std::string raw = *www_ / "disk.img";
+    WriteFile(raw, raw_);
+    MustRun({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, *www_ / "disk.qcow2"});
+    MustRun({"gzip", "-k", "-6", raw});
+    MustRun({"xz", "-k", "-T1", "-1", raw});
+    MustRun({"zstd", "-q", "-k", raw, "-o", *www_ / "disk.img.zst"});
+    MustRun({"zstd", "-q", "-k", *www_ / "disk.qcow2", "-o", *www_ / "disk.qcow2.zst"});
+    mkdir((*www_ / "private").c_str(), 0755);
+    WriteFile(*www_ / "private/disk.img", raw_);
+    server_ = new LocalHttpServer(STELLARIUM_TEST_SERVER, www_->path());
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete www_;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(server_->port(), 0) << server_->error();
+    StoreOptions o;
+    o.path = dir_ / "store";
+    store_ = Unwrap(Store::Open(o));
+    ASSERT_TRUE(store_);
+  }
+
+  Result<ImportResult> Import(const std::string& name, ImageSourceSpec spec, ImageFormat* format = nullptr) {
+    if (spec.scratch_dir.empty()) spec.scratch_dir = dir_.path();
+    ASSIGN_OR_RETURN(OpenedImageSource opened, OpenImageSource(spec));
+    if (format) *format = opened.format;
+    ImportOptions io;
+    io.volume.name = name;
+    return store_->ImportImage(*opened.source, io);
+  }
+  static ImageSourceSpec Url(const std::string& path) {
+    ImageSourceSpec s;
+    s.url = server_->Url(path);
+    return s;
+  }
+  std::string Exported(const VolumeInfo& v) {
+    auto vol = Unwrap(store_->OpenVolume(v.id, true));
+    std::string out = dir_ / ("export-" + v.name);
+    EXPECT_TRUE(ExportVolume(*vol, out).ok());
+    std::string bytes = ReadFile(out);
+    unlink(out.c_str());
+    return bytes;
+  }
+  uint64_t Chunks() { return Unwrap(store_->GetStats()).chunks; }
+  // Files left in the scratch directory besides the store.
+  int ScratchFiles() {
+    int n = 0;
+    for (auto& e : std::filesystem::directory_iterator(dir_.path())) n += e.path().filename() != "store";
+    return n;
+  }
+  void ExpectNothingLeft(const std::string& name, uint64_t chunks_before) {
+    EXPECT_TRUE(store_->FindVolumeByName(name).status().IsNotFound()) << name;
+    auto gc = Unwrap(store_->Gc());
+    (void)gc;
+    EXPECT_EQ(Chunks(), chunks_before) << "a failed import left chunks after gc";
+    auto fsck = Unwrap(store_->Fsck());
+    EXPECT_TRUE(fsck.ok()) << (fsck.errors.empty() ? "" : fsck.errors[0]);
+    EXPECT_EQ(ScratchFiles(), 0);
+  }
+
+  static TempDir* www_;
+  static std::string raw_;
+  static LocalHttpServer* server_;
+  TempDir dir_;
+  std::unique_ptr<Store> store_;
+};
+TempDir* SourcesTest::www_ = nullptr;
+std::string SourcesTest::raw_;
+LocalHttpServer* SourcesTest::server_ = nullptr;
+
+struct FormatCase {
+  const char* file;
+  ImageFormat format;
+};
+
+class SourcesFormatTest : public SourcesTest, public ::testing::WithParamInterface<FormatCase> {};
+
+TEST_P(SourcesFormatTest, ImportOverHttpExportsTheRawImageWithOneRequest) {
+  const std::string path = std::string("/") + GetParam().file;
+  const int before = server_->Requests(path);
+  ImageSourceSpec spec = Url(path);
+  spec.expected_sha256 = "sha256:" + Sha256Hex(ReadFile(*www_ / GetParam().file));
+  ImageFormat format;
+  auto r = Unwrap(Import("vol", spec, &format));
+  EXPECT_EQ(format, GetParam().format);
+  EXPECT_EQ(r.volume.size_bytes, kImageBytes);
+  EXPECT_TRUE(Exported(r.volume) == raw_) << "volume differs from the raw image";
+  EXPECT_EQ(server_->Requests(path), before + 1);
+  EXPECT_EQ(ScratchFiles(), 0) << "scratch files left behind";
+  // The same bytes from the local file are the same image: a clone, nothing new stored.
+  uint64_t chunks = Chunks();
+  ImageSourceSpec local;
+  local.path = *www_ / GetParam().file;
+  auto again = Unwrap(Import("vol-local", local));
+  EXPECT_TRUE(again.summary.reused_image);
+  EXPECT_EQ(again.summary.image_digest, r.summary.image_digest);
+  EXPECT_EQ(Chunks(), chunks);
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, SourcesFormatTest,
+                         ::testing::Values(FormatCase{"disk.img", ImageFormat::kRaw},
+                                           FormatCase{"disk.qcow2", ImageFormat::kQcow2},
+                                           FormatCase{"disk.img.gz", ImageFormat::kGzip},
+                                           FormatCase{"disk.img.xz", ImageFormat::kXz},
+                                           FormatCase{"disk.img.zst", ImageFormat::kZstd},
+                                           FormatCase{"disk.qcow2.zst", ImageFormat::kZstd}),
+                         [](const auto& info) {
+                           std::string n = info.param.file;
+                           for (char& c : n) if (c == '.') c = '_';
+                           return n;
+                         });
+
+TEST_F(SourcesTest, ExposesSizeEtagAndLastModified) {
+  HttpSourceOptions o;
+  o.url = server_->Url("/disk.img");
+  auto src = Unwrap(HttpImageSource::Open(o));
+  EXPECT_EQ(src->Size(), kImageBytes);
+  EXPECT_FALSE(src->etag().empty());
+  EXPECT_NE(src->last_modified().find("GMT"), std::string::npos) << src->last_modified();
+  std::string all, buf(1u << 20, '\0');
+  for (;;) {
+    bool hole = false;
+    size_t n = Unwrap(src->Next(buf.data(), buf.size(), &hole));
+    if (n == 0) break;
+    all.append(buf.data(), n);
+  }
+  EXPECT_EQ(all.size(), kImageBytes);
+  EXPECT_TRUE(all == raw_);
+  EXPECT_EQ(src->sha256(), "sha256:" + Sha256Hex(raw_));
+}
+
+TEST_F(SourcesTest, WrongDigestFailsAndLeavesNothingBehind) {
+  // Bytes this store has never seen, so an import that kept anything would show.
+  WriteFile(*www_ / "other.img.zst.src", MakeImage(7));
+  MustRun({"zstd", "-q", "-f", *www_ / "other.img.zst.src", "-o", *www_ / "other.img.zst"});
+  const uint64_t before = Chunks();
+  ImageSourceSpec spec = Url("/other.img.zst");
+  spec.expected_sha256 = "sha256:" + std::string(64, 'a');
+  auto r = Import("bad", spec);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+  EXPECT_NE(r.status().message().find(server_->Url("/other.img.zst")), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("expected sha256:aaaa"), std::string::npos) << r.status().ToString();
+  ExpectNothingLeft("bad", before);
+  // The right digest imports.
+  spec.expected_sha256 = "sha256:" + Sha256Hex(ReadFile(*www_ / "other.img.zst"));
+  auto ok = Unwrap(Import("good", spec));
+  EXPECT_TRUE(Exported(ok.volume) == MakeImage(7));
+}
+
+TEST_F(SourcesTest, WrongDigestOfQcow2FailsBeforeConversion) {
+  const uint64_t before = Chunks();
+  ImageSourceSpec spec = Url("/disk.qcow2");
+  spec.expected_sha256 = std::string(64, '0');
+  auto r = Import("bad", spec);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+  ExpectNothingLeft("bad", before);
+}
+
+TEST_F(SourcesTest, MalformedDigestIsInvalidArgument) {
+  ImageSourceSpec spec = Url("/disk.img");
+  spec.expected_sha256 = "sha256:xyz";
+  auto r = OpenImageSource(spec);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("sha256:xyz"), std::string::npos) << r.status().ToString();
+}
+
+class DroppedConnectionTest : public SourcesTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(DroppedConnectionTest, FailsCleanlyAndTheRetrySucceeds) {
+  const std::string path = std::string("/") + GetParam();
+  const int before_requests = server_->Requests(path);
+  ASSERT_TRUE(server_->DropAfter(path, 1u << 20));
+  const uint64_t before = Chunks();
+  auto r = Import("vol", Url(path));
+  ASSERT_FALSE(r.ok()) << "a dropped download was imported as complete";
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("connection dropped"), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find(server_->Url(path)), std::string::npos) << r.status().ToString();
+  ExpectNothingLeft("vol", before);
+  auto ok = Unwrap(Import("vol", Url(path)));
+  EXPECT_TRUE(Exported(ok.volume) == raw_);
+  EXPECT_EQ(server_->Requests(path), before_requests + 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, DroppedConnectionTest,
+                         ::testing::Values("disk.img", "disk.img.zst", "disk.qcow2"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n) if (c == '.') c = '_';
+                           return n;
+                         });
+
+TEST_F(SourcesTest, HttpErrorsNameTheUrl) {
+  auto missing = OpenImageSource(Url("/nope.img"));
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status().ToString();
+  EXPECT_NE(missing.status().message().find("HTTP 404"), std::string::npos);
+  EXPECT_NE(missing.status().message().find(server_->Url("/nope.img")), std::string::npos);
+
+  auto denied = OpenImageSource(Url("/private/disk.img"));
+  EXPECT_EQ(denied.status().code(), StatusCode::kPermissionDenied) << denied.status().ToString();
+
+  ImageSourceSpec with_token = Url("/private/disk.img");
+  with_token.headers = {"X-Token: let-me-in"};
+  auto ok = Unwrap(Import("private", with_token));
+  EXPECT_TRUE(Exported(ok.volume) == raw_);
+
+  ImageSourceSpec bad_header = Url("/disk.img");
+  bad_header.headers = {"no colon here"};
+  EXPECT_EQ(OpenImageSource(bad_header).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(SourcesTest, RefusedConnectionIsUnavailable) {
+  // A port nothing listens on: bind and close a socket to find one.
+  ImageSourceSpec spec;
+  spec.url = "http://127.0.0.1:1/disk.img";
+  auto r = OpenImageSource(spec);
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("http://127.0.0.1:1/disk.img"), std::string::npos);
+}
+
+TEST_F(SourcesTest, OnlyHttpAndHttpsUrls) {
+  for (const char* url : {"file:///etc/passwd", "ftp://127.0.0.1/x.img", "gopher://x", "/local/path"}) {
+    ImageSourceSpec spec;
+    spec.url = url;
+    auto r = OpenImageSource(spec);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << url << ": " << r.status().ToString();
+  }
+  ImageSourceSpec both = Url("/disk.img");
+  both.path = *www_ / "disk.img";
+  EXPECT_EQ(OpenImageSource(both).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(OpenImageSource(ImageSourceSpec{}).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(SourcesTest, UrlSecretsAreRedactedInErrors) {
+  ImageSourceSpec spec;
+  spec.url = server_->Url("/nope.img").insert(7, "user:hunter2@") + "?token=hunter2";
+  auto r = OpenImageSource(spec);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message().find("hunter2"), std::string::npos) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("?<redacted>"), std::string::npos) << r.status().ToString();
+}
+
+TEST_F(SourcesTest, UnsupportedAndMalformedFormatsAreInvalidArgument) {
+  std::string vmdk = "KDMV" + std::string(8188, '\1');
+  WriteFile(*www_ / "disk.vmdk", vmdk);
+  std::string gz = ReadFile(*www_ / "disk.img.gz");
+  gz[gz.size() / 2] ^= 0x5a;
+  gz[gz.size() / 2 + 1] ^= 0x5a;
+  WriteFile(*www_ / "corrupt.img.gz", gz);
+  std::string truncated = ReadFile(*www_ / "disk.img.xz");
+  WriteFile(*www_ / "truncated.img.xz", truncated.substr(0, truncated.size() / 2));
+  std::string qcow = ReadFile(*www_ / "disk.qcow2");
+  std::string backed = qcow;
+  backed[15] = 0x70;  // backing_file_offset != 0
+  WriteFile(*www_ / "backed.qcow2", backed);
+  std::string broken = qcow;
+  for (size_t i = 0x30; i < 0x40; ++i) broken[i] = '\xff';  // l1 table offset/refcount garbage
+  WriteFile(*www_ / "broken.qcow2", broken);
+
+  const uint64_t before = Chunks();
+  for (const char* f : {"disk.vmdk", "corrupt.img.gz", "truncated.img.xz", "backed.qcow2", "broken.qcow2"}) {
+    auto r = Import("bad", Url(std::string("/") + f));
+    ASSERT_FALSE(r.ok()) << f;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << f << ": " << r.status().ToString();
+    EXPECT_NE(r.status().message().find(server_->Url(std::string("/") + f)), std::string::npos)
+        << r.status().ToString();
+    ExpectNothingLeft("bad", before);
+  }
+}
+
+TEST_F(SourcesTest, MaxSizeIsOutOfRange) {
+  ImageSourceSpec spec = Url("/disk.img");
+  spec.max_size_bytes = kImageBytes - 4096;
+  EXPECT_EQ(OpenImageSource(spec).status().code(), StatusCode::kOutOfRange);
+  // A compressed image is checked on its decompressed size too.
+  const uint64_t before = Chunks();
+  spec = Url("/disk.img.zst");
+  spec.max_size_bytes = kImageBytes - 4096;
+  auto r = Import("big", spec);
+  EXPECT_EQ(r.status().code(), StatusCode::kOutOfRange) << r.status().ToString();
+  ExpectNothingLeft("big", before);
+  spec = Url("/disk.qcow2");
+  spec.max_size_bytes = kImageBytes - 4096;
+  EXPECT_EQ(OpenImageSource(spec).status().code(), StatusCode::kOutOfRange);
+}
+
+TEST_F(SourcesTest, LocalFilesGetFormatsAndDigestsToo) {
+  ImageSourceSpec spec;
+  spec.path = *www_ / "disk.img.xz";
+  spec.expected_sha256 = "sha256:" + Sha256Hex(ReadFile(spec.path));
+  auto ok = Unwrap(Import("local-xz", spec));
+  EXPECT_TRUE(Exported(ok.volume) == raw_);
+  const uint64_t before = Chunks();
+  WriteFile(dir_ / "fresh.img", MakeImage(9));
+  spec.path = dir_ / "fresh.img";
+  spec.expected_sha256 = std::string(64, 'b');
+  auto bad = Import("local-bad", spec);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument) << bad.status().ToString();
+  EXPECT_TRUE(store_->FindVolumeByName("local-bad").status().IsNotFound());
+  Unwrap(store_->Gc());
+  EXPECT_EQ(Chunks(), before);
+}
+
+TEST_F(SourcesTest, CliBuildFromUrl) {
+  const std::string store = dir_ / "cli-store";
+  const std::string digest = "sha256:" + Sha256Hex(ReadFile(*www_ / "disk.qcow2"));
+  auto r = Unwrap(RunProgram({STELLARIUM_CLI_PATH, "build", "--store", store, "--name", "web",
+                              "--from-url", server_->Url("/disk.qcow2"), "--sha256", digest}));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto e = Unwrap(RunProgram({STELLARIUM_CLI_PATH, "export", "--store", store, "--volume", "web", "-o",
+                              dir_ / "web.raw"}));
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_TRUE(ReadFile(dir_ / "web.raw") == raw_);
+  unlink((dir_ / "web.raw").c_str());
+
+  auto bad = Unwrap(RunProgram({STELLARIUM_CLI_PATH, "build", "--store", store, "--name", "web2",
+                                "--from-url", server_->Url("/disk.img"), "--sha256", std::string(64, 'c')}));
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("expected sha256:cccc"), std::string::npos) << bad.output;
+  auto headers = Unwrap(RunProgram({STELLARIUM_CLI_PATH, "build", "--store", store, "--name", "priv",
+                                    "--from-url", server_->Url("/private/disk.img"), "--header",
+                                    "X-Token: let-me-in"}));
+  EXPECT_EQ(headers.exit_code, 0) << headers.output;
+  auto both = Unwrap(RunProgram({STELLARIUM_CLI_PATH, "build", "--store", store, "--name", "x", "--from-url",
+                                 server_->Url("/disk.img"), "--from-image", *www_ / "disk.img"}));
+  EXPECT_NE(both.exit_code, 0);
+}
+
+}  // namespace
+}  // namespace stellarium
