@@ -95,6 +95,7 @@ class HttpImageSource::Impl {
     if (!opts_.expected_sha256.empty()) {
       ASSIGN_OR_RETURN(expected_hex_, ParseSha256Digest(opts_.expected_sha256, what_));
     }
+    hashing_ = !expected_hex_.empty() || opts_.compute_sha256;
     for (const std::string& h : opts_.headers) {
       size_t colon = h.find(':');
       if (colon == 0 || colon == std::string::npos || h.find_first_of("\r\n") != std::string::npos) {
@@ -204,7 +205,7 @@ class HttpImageSource::Impl {
     const size_t len = size * n;
     // Only this thread touches hash_ until Run() finishes it: hash outside the lock so
     // Next() keeps draining meanwhile.
-    self->hash_.Update(data, len);
+    if (self->hashing_) self->hash_.Update(data, len);
     std::unique_lock lock(self->mu_);
     if (!self->body_started_) {
       self->body_started_ = true;
@@ -255,7 +256,7 @@ class HttpImageSource::Impl {
     curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &http);
     std::lock_guard lock(mu_);
     final_ = Verdict(rc, http);
-    if (final_.ok()) {
+    if (final_.ok() && hashing_) {
       ChunkId d = hash_.Finish();
       digest_hex_ = ToHex(d);
       if (!expected_hex_.empty() && digest_hex_ != expected_hex_) {
@@ -312,6 +313,7 @@ class HttpImageSource::Impl {
   const HttpSourceOptions opts_;
   const std::string what_;
   std::string expected_hex_;
+  bool hashing_ = false;             // set before the curl thread starts
   CURL* curl_ = nullptr;
   curl_slist* headers_ = nullptr;
   char errbuf_[CURL_ERROR_SIZE] = {0};

@@ -38,6 +38,9 @@ struct HttpSourceOptions {
   std::string ca_bundle;             // PEM file of trusted CAs; "" = the system's
   std::vector<std::string> headers;  // extra request headers, each "Name: value"
   std::string expected_sha256;       // "sha256:<64 hex>" or "<64 hex>"; "" = unchecked
+  // Hash the body even without an expected digest (for sha256()). Off by default: the
+  // hash costs a core-second per ~1.5 GB that the importer's own hashing could use.
+  bool compute_sha256 = false;
   uint64_t max_bytes = 0;            // refuse bodies larger than this; 0 = no limit
   size_t buffer_bytes = 16u << 20;   // the bounded buffer between curl and Next()
   long connect_timeout_seconds = 30;
@@ -64,7 +67,8 @@ class HttpImageSource : public ImageSource {
   // The final URL after redirects (redacted) and the number of body bytes received.
   std::string effective_url() const;
   uint64_t bytes_received() const;
-  // "sha256:<hex>" of the whole body; empty until Next() returned end-of-stream.
+  // "sha256:<hex>" of the whole body; empty until Next() returned end-of-stream, and
+  // empty unless a digest was expected or compute_sha256 was set.
   std::string sha256() const;
 
   class Impl;

@@ -9,13 +9,14 @@ first line of stdout, and adds what Python's http.server lacks for these tests:
     bytes of the body, then close the socket
   - ETag (size and mtime) and Last-Modified on every file response
   - paths under /private/ need the request header "X-Token: let-me-in" (else 401)
-Control paths (/__...) are not counted. It stops when stdin closes (its parent died)
+With --tls CERT KEY it speaks https instead. Control paths (/__...) are not counted. It stops when stdin closes (its parent died)
 or on SIGTERM.
 """
 import email.utils
 import http.server
 import os
 import socketserver
+import ssl
 import sys
 import threading
 import urllib.parse
@@ -100,12 +101,16 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def handle_error(self, request, client_address):
         # A client that stops reading (a refused image, a cancelled import) is expected.
-        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
 def main():
     server = Server(("127.0.0.1", 0), Handler)
+    if len(sys.argv) == 5 and sys.argv[2] == "--tls":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(server.server_address[1], flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sys.stdin.read()  # returns when the parent closes our stdin or exits

@@ -26,8 +26,10 @@ namespace stellarium::testing {
 class LocalHttpServer {
  public:
   // Starts the server over `root` and waits for its port. port() == 0 on failure, with
-  // error() saying why.
-  LocalHttpServer(const std::string& script, const std::string& root) {
+  // error() saying why. With a certificate and key (PEM) it serves https.
+  LocalHttpServer(const std::string& script, const std::string& root, const std::string& tls_cert = "",
+                  const std::string& tls_key = "")
+      : scheme_(tls_cert.empty() ? "http" : "https") {
     int in[2], out[2];
     if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
       error_ = "pipe failed";
@@ -38,6 +40,7 @@ class LocalHttpServer {
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     std::vector<std::string> args = {"/usr/bin/python3", script, root};
+    if (!tls_cert.empty()) args.insert(args.end(), {"--tls", tls_cert, tls_key});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -72,7 +75,7 @@ class LocalHttpServer {
   int port() const { return port_; }
   const std::string& error() const { return error_; }
   std::string Url(const std::string& path) const {
-    return "http://127.0.0.1:" + std::to_string(port_) + path;
+    return scheme_ + "://127.0.0.1:" + std::to_string(port_) + path;
   }
 
   // GET of a control path; the body, or "" on failure.
@@ -103,6 +106,7 @@ class LocalHttpServer {
   }
 
  private:
+  std::string scheme_;
   pid_t pid_ = -1;
   int stdin_ = -1;
   int port_ = 0;

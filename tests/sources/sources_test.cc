@@ -179,6 +179,7 @@ INSTANTIATE_TEST_SUITE_P(Formats, SourcesFormatTest,
 TEST_F(SourcesTest, ExposesSizeEtagAndLastModified) {
   HttpSourceOptions o;
   o.url = server_->Url("/disk.img");
+  o.compute_sha256 = true;
   auto src = Unwrap(HttpImageSource::Open(o));
   EXPECT_EQ(src->Size(), kImageBytes);
   EXPECT_FALSE(src->etag().empty());
@@ -276,8 +277,31 @@ TEST_F(SourcesTest, HttpErrorsNameTheUrl) {
   EXPECT_EQ(OpenImageSource(bad_header).status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST_F(SourcesTest, HttpsVerifiesTheServerAndTrustsTheGivenCaBundle) {
+  const std::string cert = dir_ / "cert.pem", key = dir_ / "key.pem";
+  MustRun({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"});
+  {
+    LocalHttpServer tls(STELLARIUM_TEST_SERVER, www_->path(), cert, key);
+    ASSERT_NE(tls.port(), 0) << tls.error();
+    ImageSourceSpec spec;
+    spec.url = tls.Url("/disk.img.zst");
+    auto untrusted = OpenImageSource(spec);
+    EXPECT_EQ(untrusted.status().code(), StatusCode::kFailedPrecondition) << untrusted.status().ToString();
+    EXPECT_NE(untrusted.status().message().find(spec.url), std::string::npos) << untrusted.status().ToString();
+    spec.ca_bundle = cert;
+    spec.scratch_dir = dir_.path();
+    auto ok = Unwrap(Import("tls", spec));
+    EXPECT_TRUE(Exported(ok.volume) == raw_);
+    spec.ca_bundle = dir_ / "missing.pem";
+    EXPECT_FALSE(OpenImageSource(spec).ok());
+  }
+  unlink(cert.c_str());
+  unlink(key.c_str());
+}
+
 TEST_F(SourcesTest, RefusedConnectionIsUnavailable) {
-  // A port nothing listens on: bind and close a socket to find one.
+  // Port 1 (tcpmux): nothing listens there on a test machine.
   ImageSourceSpec spec;
   spec.url = "http://127.0.0.1:1/disk.img";
   auto r = OpenImageSource(spec);
