@@ -21,20 +21,13 @@
 #include <vector>
 
 #include "csi.grpc.pb.h"
+#include "csi/status_map.h"
 
 namespace {
 
 using namespace ::csi::v1;
+using stellarium::csi::GrpcCodeName;
 
-const char* CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {
-      "OK",       "CANCELLED",          "UNKNOWN",      "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  int i = static_cast<int>(code);
-  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN_CODE";
-}
 
 // "64K", "1G", "4096" -> bytes (binary units).
 int64_t ParseBytes(const std::string& text) {
@@ -86,7 +79,7 @@ void PrintSnapshot(const Snapshot& s) {
 }
 
 int Fail(const grpc::Status& st) {
-  std::cerr << "error=" << CodeName(st.error_code()) << ": " << st.error_message() << "\n";
+  std::cerr << "error=" << GrpcCodeName(st.error_code()) << ": " << st.error_message() << "\n";
   return 1;
 }
 

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <memory>
 
+#include "csi/status_map.h"
+
 namespace stellarium::csi {
 namespace {
 
@@ -64,15 +66,6 @@ bool IsServerError(grpc::StatusCode code) {
          code == grpc::StatusCode::DATA_LOSS || code == grpc::StatusCode::UNAVAILABLE;
 }
 
-const char* CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {
-      "OK",       "CANCELLED",          "UNKNOWN",      "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  int i = static_cast<int>(code);
-  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN_CODE";
-}
 
 }  // namespace
 
@@ -124,7 +117,7 @@ void LogRpc(const char* method, const google::protobuf::Message& request,
                 subject.empty() ? "" : " ", ms);
   } else {
     spdlog::log(level, "rpc={} {}{}code={} latency_ms={:.3f} error=\"{}\"", method, subject,
-                subject.empty() ? "" : " ", CodeName(code), ms, status.error_message());
+                subject.empty() ? "" : " ", GrpcCodeName(code), ms, status.error_message());
   }
 }
 

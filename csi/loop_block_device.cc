@@ -381,7 +381,15 @@ Status LoopBlockDeviceProvider::Sync(const std::string& volume_id) {
 Status LoopBlockDeviceProvider::Detach(const std::string& volume_id) {
   auto a = Get(volume_id);
   if (!a) {
-    RemoveFiles(volume_id);  // leftovers of an attach that failed half-way
+    // A complete attachment that Recover() could not adopt may hold writes the store
+    // does not have: never delete it here.
+    if (fs::exists(PathFor(volume_id, ".meta"))) {
+      return Status::FailedPrecondition(
+          "volume " + volume_id + " has a device image in " + dir_ +
+          " from an earlier run that could not be recovered (see the start-up log); it may "
+          "hold writes the store lacks");
+    }
+    RemoveFiles(volume_id);  // leftovers of an attach that died before completing
     return Status::Ok();
   }
   RETURN_IF_ERROR(WriteBack(*a).Annotate("detach " + volume_id));

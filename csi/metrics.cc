@@ -9,18 +9,11 @@
 
 #include <exception>
 
+#include "csi/status_map.h"
+
 namespace stellarium::csi {
 namespace {
 
-const char* CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {
-      "OK",       "CANCELLED",          "UNKNOWN",      "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  int i = static_cast<int>(code);
-  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN_CODE";
-}
 
 prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
   prometheus::MetricFamily family;
@@ -116,7 +109,7 @@ Metrics::~Metrics() = default;
 void Metrics::OnRpc(const char* method, grpc::StatusCode code, double seconds) {
   static const prometheus::Histogram::BucketBoundaries kBuckets = {
       0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
-  const prometheus::Labels labels = {{"method", method}, {"code", CodeName(code)}};
+  const prometheus::Labels labels = {{"method", method}, {"code", GrpcCodeName(code)}};
   impl_->rpcs->Add(labels).Increment();
   impl_->latency->Add(labels, kBuckets).Observe(seconds);
 }

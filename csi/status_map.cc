@@ -17,6 +17,17 @@ grpc::Status ToGrpcStatus(const Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(code), message);
 }
 
+const char* GrpcCodeName(grpc::StatusCode code) {
+  static const char* const kNames[] = {
+      "OK",           "CANCELLED",          "UNKNOWN",        "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND",     "ALREADY_EXISTS", "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL",          "UNAVAILABLE",    "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  int i = static_cast<int>(code);
+  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN_CODE";
+}
+
 grpc::Status InvalidArgument(const std::string& m) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m);
 }

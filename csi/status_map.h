@@ -25,6 +25,9 @@ namespace stellarium::csi {
 
 grpc::Status ToGrpcStatus(const Status& status);
 
+// "NOT_FOUND", "OK", ... (for logs and metric labels).
+const char* GrpcCodeName(grpc::StatusCode code);
+
 // Shorthands for errors the csi layer finds itself (request validation).
 grpc::Status InvalidArgument(const std::string& message);
 grpc::Status NotFound(const std::string& message);
