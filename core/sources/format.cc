@@ -351,9 +351,10 @@ std::string ScratchDir(const std::string& configured) {
 // as they are no longer needed (the raw one right after it is opened).
 class Qcow2Source : public ImageSource {
  public:
-  Qcow2Source(std::unique_ptr<ImageSource> inner, Qcow2Header header, std::string scratch_dir)
+  Qcow2Source(std::unique_ptr<ImageSource> inner, Qcow2Header header, std::string scratch_dir,
+              std::string local_path)
       : inner_(std::move(inner)), header_(header), scratch_dir_(std::move(scratch_dir)),
-        what_("image " + inner_->Describe()) {}
+        local_path_(std::move(local_path)), what_("image " + inner_->Describe()) {}
   ~Qcow2Source() override {
     if (!spool_path_.empty()) ::unlink(spool_path_.c_str());
     if (!raw_path_.empty()) ::unlink(raw_path_.c_str());
@@ -412,13 +413,14 @@ class Qcow2Source : public ImageSource {
   }
 
   Status Convert() {
-    RETURN_IF_ERROR(Spool());
+    if (local_path_.empty()) RETURN_IF_ERROR(Spool());
     int fd = -1;
     RETURN_IF_ERROR(MakeScratch("raw", &raw_path_, &fd));
     ::close(fd);
     // -f qcow2: never probe the format; the output is sparse (zeros become holes).
-    auto run = RunProgram({"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", spool_path_, raw_path_});
-    ::unlink(spool_path_.c_str());
+    auto run = RunProgram({"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw",
+                           local_path_.empty() ? spool_path_ : local_path_, raw_path_});
+    if (!spool_path_.empty()) ::unlink(spool_path_.c_str());
     spool_path_.clear();
     if (!run.ok()) {
       if (run.status().IsNotFound()) {
@@ -446,6 +448,7 @@ class Qcow2Source : public ImageSource {
   std::unique_ptr<ImageSource> inner_;
   Qcow2Header header_;
   std::string scratch_dir_;
+  std::string local_path_;  // convert from here instead of spooling, when set
   std::string what_;
   std::string spool_path_, raw_path_;
   std::unique_ptr<ImageSource> raw_;
@@ -482,7 +485,8 @@ Result<std::unique_ptr<ImageSource>> Wrap(std::unique_ptr<ImageSource> src, cons
         return Status::OutOfRange(what + ": qcow2 virtual size " + std::to_string(h.size) +
                                   " is larger than the maximum image size " + std::to_string(opts.max_raw_bytes));
       }
-      return std::unique_ptr<ImageSource>(new Qcow2Source(std::move(peeked), h, ScratchDir(opts.scratch_dir)));
+      return std::unique_ptr<ImageSource>(new Qcow2Source(std::move(peeked), h, ScratchDir(opts.scratch_dir),
+                                                          depth == 0 ? opts.local_path : ""));
     }
   }
   return Status::Internal(what + ": unhandled format");

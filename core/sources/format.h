@@ -37,6 +37,9 @@ struct FormatOptions {
   std::string scratch_dir;
   // Refuse images whose raw (decompressed / converted) size exceeds this; 0 = no limit.
   uint64_t max_raw_bytes = 0;
+  // The source is this local file, read as is (no digest to check on the way): a qcow2
+  // is then converted from it directly, without a spool copy.
+  std::string local_path;
 };
 
 // Looks at `head` (the first bytes of a stream, at least 8 for a verdict; 512 are read by

@@ -390,6 +390,14 @@ TEST_F(SourcesTest, LocalFilesGetFormatsAndDigestsToo) {
   EXPECT_TRUE(store_->FindVolumeByName("local-bad").status().IsNotFound());
   Unwrap(store_->Gc());
   EXPECT_EQ(Chunks(), before);
+  // A local qcow2 with a digest goes through the check (and the spool) like a download.
+  spec.path = *www_ / "disk.qcow2";
+  spec.expected_sha256 = std::string(64, 'c');
+  EXPECT_EQ(Import("local-qcow2-bad", spec).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ScratchFiles(), 1) << "only fresh.img should be in the scratch directory";
+  spec.expected_sha256 = Sha256Hex(ReadFile(spec.path));
+  auto q = Unwrap(Import("local-qcow2", spec));
+  EXPECT_TRUE(Exported(q.volume) == raw_);
 }
 
 TEST_F(SourcesTest, CliBuildFromUrl) {
