@@ -30,6 +30,31 @@ class RocksChunkStore : public ChunkStore {
     return Status::Ok();
   }
 
+  Status ReadMany(const std::vector<ChunkId>& ids, const std::string& context,
+                  const std::function<Status(size_t, std::string_view)>& fn) override {
+    const size_t n = ids.size();
+    std::vector<rocksdb::Slice> keys(n);
+    std::vector<rocksdb::PinnableSlice> values(n);
+    std::vector<rocksdb::Status> statuses(n);
+    for (size_t i = 0; i < n; ++i) {
+      keys[i] = rocksdb::Slice(reinterpret_cast<const char*>(ids[i].data()), ids[i].size());
+    }
+    db_->raw()->MultiGet(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), n, keys.data(), values.data(),
+                         statuses.data());
+    for (size_t i = 0; i < n; ++i) {
+      if (statuses[i].IsNotFound()) {
+        return Status::Corruption(context + ": chunk " + ToHex(ids[i]) + " is missing from the store");
+      }
+      if (!statuses[i].ok()) return FromRocks(statuses[i], context + ": chunk " + ToHex(ids[i]));
+      if (Sha256(values[i].data(), values[i].size()) != ids[i]) {
+        return Status::Corruption(context + ": chunk " + ToHex(ids[i]) +
+                                  " does not match its SHA-256 (corrupted on disk); run fsck");
+      }
+      RETURN_IF_ERROR(fn(i, std::string_view(values[i].data(), values[i].size())));
+    }
+    return Status::Ok();
+  }
+
   Result<bool> Contains(const ChunkId& id) override {
     rocksdb::PinnableSlice v;
     rocksdb::Slice key(reinterpret_cast<const char*>(id.data()), id.size());

@@ -24,6 +24,7 @@
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/sha256.h"
 #include "core/status.h"
@@ -46,6 +47,10 @@ class ChunkStore {
   // on a mismatch or unreadable data. `context` names the reader in errors
   // ("volume vol-1 block 7").
   virtual Status Read(const ChunkId& id, std::string* out, const std::string& context) = 0;
+  // Reads many chunks at once (one batched lookup) and calls fn(i, bytes) for ids[i],
+  // each verified as Read() does. Stops at the first error.
+  virtual Status ReadMany(const std::vector<ChunkId>& ids, const std::string& context,
+                          const std::function<Status(size_t, std::string_view)>& fn) = 0;
   // True when the chunk is stored (whatever its count).
   virtual Result<bool> Contains(const ChunkId& id) = 0;
   // Stages one more reference to `id` in txn; also stages the bytes when `data` is not
