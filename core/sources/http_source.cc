@@ -130,6 +130,10 @@ class HttpImageSource::Impl {
     curl_easy_setopt(curl_, CURLOPT_WRITEDATA, this);
     curl_easy_setopt(curl_, CURLOPT_HEADERFUNCTION, &Impl::HeaderCb);
     curl_easy_setopt(curl_, CURLOPT_HEADERDATA, this);
+    // Lets the destructor stop a transfer that is still connecting or waiting for data.
+    curl_easy_setopt(curl_, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl_, CURLOPT_XFERINFOFUNCTION, &Impl::ProgressCb);
+    curl_easy_setopt(curl_, CURLOPT_XFERINFODATA, this);
 
     thread_ = std::thread([this] { Run(); });
     std::unique_lock lock(mu_);
@@ -198,6 +202,16 @@ class HttpImageSource::Impl {
       self->last_modified_ = Trim(line.substr(14));
     }
     return size * n;
+  }
+
+  static int ProgressCb(void* self_ptr, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    auto* self = static_cast<Impl*>(self_ptr);
+    std::lock_guard lock(self->mu_);
+    if (!self->cancelled_) return 0;
+    if (self->own_error_.ok()) {
+      self->own_error_ = Status(StatusCode::kCancelled, self->what_ + ": download cancelled");
+    }
+    return 1;
   }
 
   static size_t WriteCb(char* data, size_t size, size_t n, void* self_ptr) {
