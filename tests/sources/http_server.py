@@ -9,6 +9,7 @@ first line of stdout, and adds what Python's http.server lacks for these tests:
     bytes of the body, then close the socket
   - ETag (size and mtime) and Last-Modified on every file response
   - paths under /private/ need the request header "X-Token: let-me-in" (else 401)
+  - /redirect/REST answers 302 to /REST; /redirect-file/ANY answers 302 to file:///etc/passwd
 With --tls CERT KEY it speaks https instead. Control paths (/__...) are not counted. It stops when stdin closes (its parent died)
 or on SIGTERM.
 """
@@ -64,6 +65,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if drop and drop[1] > 0:
                 drop[1] -= 1
                 drop_after = drop[0]
+        if url.path.startswith("/redirect/"):
+            return self.reply(302, b"", [("Location", url.path[len("/redirect"):])])
+        if url.path.startswith("/redirect-file/"):
+            return self.reply(302, b"", [("Location", "file:///etc/passwd")])
         if url.path.startswith("/private/") and self.headers.get("X-Token") != "let-me-in":
             return self.reply(401, b"token required\n")
         rel = urllib.parse.unquote(url.path).lstrip("/")

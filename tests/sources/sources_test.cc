@@ -300,6 +300,34 @@ TEST_F(SourcesTest, HttpsVerifiesTheServerAndTrustsTheGivenCaBundle) {
   unlink(key.c_str());
 }
 
+TEST_F(SourcesTest, RedirectsAreFollowedOnlyToHttp) {
+  const int before = server_->Requests("/disk.img.gz");
+  auto ok = Unwrap(Import("redirected", Url("/redirect/disk.img.gz")));
+  EXPECT_TRUE(Exported(ok.volume) == raw_);
+  EXPECT_EQ(server_->Requests("/disk.img.gz"), before + 1);
+  auto file = OpenImageSource(Url("/redirect-file/x"));
+  EXPECT_EQ(file.status().code(), StatusCode::kInvalidArgument) << file.status().ToString();
+}
+
+TEST_F(SourcesTest, ConcatenatedGzipMembersAreOneImage) {
+  // What pigz and `cat a.gz b.gz` produce.
+  WriteFile(dir_ / "a", raw_.substr(0, kImageBytes / 2));
+  WriteFile(dir_ / "b", raw_.substr(kImageBytes / 2));
+  MustRun({"gzip", "-q", "-1", dir_ / "a", dir_ / "b"});
+  WriteFile(*www_ / "two-members.img.gz", ReadFile(dir_ / "a.gz") + ReadFile(dir_ / "b.gz"));
+  unlink((dir_ / "a.gz").c_str());
+  unlink((dir_ / "b.gz").c_str());
+  auto ok = Unwrap(Import("members", Url("/two-members.img.gz")));
+  EXPECT_TRUE(Exported(ok.volume) == raw_);
+  // Anything else after the last member is refused rather than ignored.
+  WriteFile(*www_ / "trailing.img.gz", ReadFile(*www_ / "two-members.img.gz") + "garbage");
+  const uint64_t before = Chunks();
+  auto bad = Import("trailing", Url("/trailing.img.gz"));
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument) << bad.status().ToString();
+  EXPECT_NE(bad.status().message().find("trailing data"), std::string::npos) << bad.status().ToString();
+  ExpectNothingLeft("trailing", before);
+}
+
 TEST_F(SourcesTest, RefusedConnectionIsUnavailable) {
   // Port 1 (tcpmux): nothing listens there on a test machine.
   ImageSourceSpec spec;
