@@ -8,25 +8,19 @@
 namespace stellarium {
 namespace {
 
+// Chunk records: i64 LE reference count, then the bytes (format.h, docs/FORMAT.md).
 class RocksChunkStore : public ChunkStore {
  public:
   explicit RocksChunkStore(Db* db) : db_(db) {}
 
   Status Read(const ChunkId& id, std::string* out, const std::string& context) override {
     rocksdb::PinnableSlice v;
-    rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kChunks),
-                                        rocksdb::Slice(reinterpret_cast<const char*>(id.data()),
-                                                       id.size()),
-                                        &v);
-    if (s.IsNotFound()) {
-      return Status::Corruption(context + ": chunk " + ToHex(id) + " is missing from the store");
-    }
-    if (!s.ok()) return FromRocks(s, context + ": chunk " + ToHex(id));
-    if (Sha256(v.data(), v.size()) != id) {
-      return Status::Corruption(context + ": chunk " + ToHex(id) +
-                                " does not match its SHA-256 (corrupted on disk); run fsck");
-    }
-    out->assign(v.data(), v.size());
+    rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), Key(id), &v);
+    if (!s.ok() && !s.IsNotFound()) return FromRocks(s, context + ": chunk " + ToHex(id));
+    std::string_view data;
+    RETURN_IF_ERROR(Verify(id, s.ok() ? std::string_view(v.data(), v.size()) : std::string_view(),
+                           !s.ok(), context, &data));
+    out->assign(data);
     return Status::Ok();
   }
 
@@ -36,104 +30,99 @@ class RocksChunkStore : public ChunkStore {
     std::vector<rocksdb::Slice> keys(n);
     std::vector<rocksdb::PinnableSlice> values(n);
     std::vector<rocksdb::Status> statuses(n);
-    for (size_t i = 0; i < n; ++i) {
-      keys[i] = rocksdb::Slice(reinterpret_cast<const char*>(ids[i].data()), ids[i].size());
-    }
+    for (size_t i = 0; i < n; ++i) keys[i] = Key(ids[i]);
     db_->raw()->MultiGet(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), n, keys.data(), values.data(),
                          statuses.data());
     for (size_t i = 0; i < n; ++i) {
-      if (statuses[i].IsNotFound()) {
-        return Status::Corruption(context + ": chunk " + ToHex(ids[i]) + " is missing from the store");
+      if (!statuses[i].ok() && !statuses[i].IsNotFound()) {
+        return FromRocks(statuses[i], context + ": chunk " + ToHex(ids[i]));
       }
-      if (!statuses[i].ok()) return FromRocks(statuses[i], context + ": chunk " + ToHex(ids[i]));
-      if (Sha256(values[i].data(), values[i].size()) != ids[i]) {
-        return Status::Corruption(context + ": chunk " + ToHex(ids[i]) +
-                                  " does not match its SHA-256 (corrupted on disk); run fsck");
-      }
-      RETURN_IF_ERROR(fn(i, std::string_view(values[i].data(), values[i].size())));
+      std::string_view data;
+      RETURN_IF_ERROR(Verify(ids[i], std::string_view(values[i].data(), values[i].size()),
+                             statuses[i].IsNotFound(), context, &data));
+      RETURN_IF_ERROR(fn(i, data));
     }
     return Status::Ok();
   }
 
   Result<bool> Contains(const ChunkId& id) override {
     rocksdb::PinnableSlice v;
-    rocksdb::Slice key(reinterpret_cast<const char*>(id.data()), id.size());
-    rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kRefs), key, &v);
+    rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), Key(id), &v);
     if (s.IsNotFound()) return false;
     if (!s.ok()) return FromRocks(s, "chunk " + ToHex(id));
-    return true;
+    return v.size() > format::kChunkCountSize;  // a count without bytes stores nothing
+  }
+
+  Result<int64_t> RefCount(const ChunkId& id) override {
+    rocksdb::PinnableSlice v;
+    rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), Key(id), &v);
+    if (s.IsNotFound()) return int64_t{0};
+    if (!s.ok()) return FromRocks(s, "chunk " + ToHex(id));
+    return v.size() >= 8 ? format::DecodeI64(std::string_view(v.data(), 8)) : 0;
   }
 
   void AddRef(Txn* txn, const ChunkId& id, std::string_view data) override {
-    rocksdb::Slice key(reinterpret_cast<const char*>(id.data()), id.size());
-    if (!data.empty()) txn->Put(db_->cf(Cf::kChunks), key, rocksdb::Slice(data.data(), data.size()));
-    txn->Merge(db_->cf(Cf::kRefs), key, kPlusOne);
+    std::string op = kPlusOne;
+    op.append(data);
+    txn->Merge(db_->cf(Cf::kChunks), Key(id), op);
   }
 
   void DropRef(Txn* txn, const ChunkId& id) override {
-    rocksdb::Slice key(reinterpret_cast<const char*>(id.data()), id.size());
-    txn->Merge(db_->cf(Cf::kRefs), key, kMinusOne);
+    txn->Merge(db_->cf(Cf::kChunks), Key(id), kMinusOne);
   }
 
   Result<SweepResult> Sweep() override {
     std::unique_lock lock(sweep_lock());
     SweepResult r;
-    auto it = db_->NewIterator(Cf::kRefs, /*fill_cache=*/false);
+    auto it = db_->NewIterator(Cf::kChunks, /*fill_cache=*/false);
     rocksdb::WriteBatch batch;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      if (format::DecodeI64(std::string_view(it->value().data(), it->value().size())) > 0) continue;
-      std::string v;
-      rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), it->key(), &v);
-      if (s.ok()) r.bytes_freed += v.size();
+      std::string_view v = it->value().ToStringView();
+      if (v.size() >= 8 && format::DecodeI64(v.substr(0, 8)) > 0) continue;
+      r.bytes_freed += v.size() > 8 ? v.size() - 8 : 0;
       batch.Delete(db_->cf(Cf::kChunks), it->key());
-      batch.Delete(db_->cf(Cf::kRefs), it->key());
       ++r.chunks_deleted;
       if (batch.Count() >= 8192) {
         RETURN_IF_ERROR(db_->Write(&batch, WriteMode::kNoSync, "gc: delete chunks"));
         batch.Clear();
       }
     }
-    RETURN_IF_ERROR(FromRocks(it->status(), "gc: scan reference counts"));
+    RETURN_IF_ERROR(FromRocks(it->status(), "gc: scan chunks"));
     RETURN_IF_ERROR(db_->Write(&batch, WriteMode::kSync, "gc: delete chunks"));
     return r;
   }
 
   Status ForEach(
       const std::function<Status(const ChunkId&, std::string_view, int64_t)>& fn) override {
-    auto chunks = db_->NewIterator(Cf::kChunks, false);
-    auto refs = db_->NewIterator(Cf::kRefs, false);
-    chunks->SeekToFirst();
-    refs->SeekToFirst();
-    // Merge-walk the two column families in key order; a count without a chunk is
-    // reported with empty bytes, a chunk without a count with count 0.
-    while (chunks->Valid() || refs->Valid()) {
-      int cmp;
-      if (!chunks->Valid()) cmp = 1;
-      else if (!refs->Valid()) cmp = -1;
-      else cmp = chunks->key().compare(refs->key());
-      if (cmp <= 0) {
-        ChunkId id = ChunkIdFromBytes(std::string_view(chunks->key().data(), chunks->key().size()));
-        int64_t count = 0;
-        if (cmp == 0) {
-          count = format::DecodeI64(std::string_view(refs->value().data(), refs->value().size()));
-          refs->Next();
-        }
-        RETURN_IF_ERROR(fn(id, std::string_view(chunks->value().data(), chunks->value().size()),
-                           count));
-        chunks->Next();
-      } else {
-        ChunkId id = ChunkIdFromBytes(std::string_view(refs->key().data(), refs->key().size()));
-        int64_t count =
-            format::DecodeI64(std::string_view(refs->value().data(), refs->value().size()));
-        RETURN_IF_ERROR(fn(id, std::string_view(), count));
-        refs->Next();
-      }
+    auto it = db_->NewIterator(Cf::kChunks, false);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      std::string_view v = it->value().ToStringView();
+      ChunkId id = ChunkIdFromBytes(it->key().ToStringView());
+      int64_t count = v.size() >= 8 ? format::DecodeI64(v.substr(0, 8)) : 0;
+      RETURN_IF_ERROR(fn(id, v.size() > 8 ? v.substr(8) : std::string_view(), count));
     }
-    RETURN_IF_ERROR(FromRocks(chunks->status(), "scan chunks"));
-    return FromRocks(refs->status(), "scan reference counts");
+    return FromRocks(it->status(), "scan chunks");
   }
 
  private:
+  static rocksdb::Slice Key(const ChunkId& id) {
+    return rocksdb::Slice(reinterpret_cast<const char*>(id.data()), id.size());
+  }
+
+  // Checks a fetched record: present, with bytes, matching its id.
+  static Status Verify(const ChunkId& id, std::string_view record, bool missing,
+                       const std::string& context, std::string_view* data) {
+    if (missing || record.size() <= format::kChunkCountSize) {
+      return Status::Corruption(context + ": chunk " + ToHex(id) + " is missing from the store");
+    }
+    *data = record.substr(format::kChunkCountSize);
+    if (Sha256(data->data(), data->size()) != id) {
+      return Status::Corruption(context + ": chunk " + ToHex(id) +
+                                " does not match its SHA-256 (corrupted on disk); run fsck");
+    }
+    return Status::Ok();
+  }
+
   const std::string kPlusOne = format::EncodeI64(1);
   const std::string kMinusOne = format::EncodeI64(-1);
   Db* db_;

@@ -7,7 +7,8 @@
 // until Sweep() removes them. Read() checks the hash: a mismatch is DATA_LOSS, never
 // wrong data.
 //
-// Backends: RocksChunkStore (chunks and counts in the store's RocksDB). The interface
+// Backends: RocksChunkStore (one record per chunk in the store's RocksDB: its count and
+// its bytes, counts changed with merge operands). The interface
 // is deliberately small (read, contains, add/drop a reference inside a transaction,
 // sweep, visit) so that a distributed object store (chunks as objects named by digest,
 // put-if-absent, counts in omap) can implement it later with its own Txn.
@@ -53,14 +54,17 @@ class ChunkStore {
                           const std::function<Status(size_t, std::string_view)>& fn) = 0;
   // True when the chunk is stored (whatever its count).
   virtual Result<bool> Contains(const ChunkId& id) = 0;
+  // The chunk's reference count (0 when absent).
+  virtual Result<int64_t> RefCount(const ChunkId& id) = 0;
   // Stages one more reference to `id` in txn; also stages the bytes when `data` is not
   // empty (a blind write is harmless: same id, same bytes).
   virtual void AddRef(Txn* txn, const ChunkId& id, std::string_view data) = 0;
   virtual void DropRef(Txn* txn, const ChunkId& id) = 0;
   // Deletes every chunk whose count is zero or below. Excludes writers while it runs.
   virtual Result<SweepResult> Sweep() = 0;
-  // Calls fn(id, bytes, count) for every stored chunk, in id order, with the hash check
-  // left to the caller. Stops at the first error fn returns or the backend reports.
+  // Calls fn(id, bytes, count) for every stored chunk record, in id order, with the
+  // hash check left to the caller (bytes are empty for a count without data). Stops at
+  // the first error fn returns or the backend reports.
   virtual Status ForEach(
       const std::function<Status(const ChunkId&, std::string_view, int64_t)>& fn) = 0;
 

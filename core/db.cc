@@ -16,28 +16,40 @@
 namespace stellarium {
 namespace {
 
-// Adds signed 64-bit little-endian counts: the refs column family's merge operator.
-// Persisted by name in the OPTIONS file; never rename.
-class AddI64Operator : public rocksdb::AssociativeMergeOperator {
+// The chunks column family's merge operator. A chunk record is an i64 LE reference
+// count followed by the block's bytes; an operand has the same shape (a count delta,
+// then the bytes or nothing). Merging adds the counts and keeps the first bytes seen
+// (all bytes under one key are equal: the key is their SHA-256). Associative, so
+// RocksDB may combine operands in any grouping. Persisted by name in the OPTIONS file;
+// never rename. See docs/FORMAT.md "chunks".
+class ChunkMergeOperator : public rocksdb::AssociativeMergeOperator {
  public:
   bool Merge(const rocksdb::Slice& key, const rocksdb::Slice* existing,
              const rocksdb::Slice& value, std::string* new_value,
              rocksdb::Logger* logger) const override {
-    int64_t base = 0;
-    if (existing != nullptr && existing->size() == 8) {
-      base = format::DecodeI64(std::string_view(existing->data(), 8));
+    int64_t count = 0;
+    std::string_view data;
+    if (existing != nullptr && existing->size() >= 8) {
+      count = format::DecodeI64(std::string_view(existing->data(), 8));
+      data = std::string_view(existing->data() + 8, existing->size() - 8);
     }
-    int64_t delta = value.size() == 8 ? format::DecodeI64(std::string_view(value.data(), 8)) : 0;
-    *new_value = format::EncodeI64(base + delta);
+    if (value.size() >= 8) {
+      count += format::DecodeI64(std::string_view(value.data(), 8));
+      if (data.empty()) data = std::string_view(value.data() + 8, value.size() - 8);
+    }
+    new_value->clear();
+    new_value->reserve(8 + data.size());
+    *new_value = format::EncodeI64(count);
+    new_value->append(data);
     return true;
   }
-  const char* Name() const override { return "stellarium.add_i64"; }
+  const char* Name() const override { return "stellarium.chunk_v1"; }
 };
 
 const char* CfName(int i) {
-  static const char* kNames[] = {format::kCfMeta,   format::kCfChunks,  format::kCfRefs,
-                                 format::kCfMaps,   format::kCfLayers,  format::kCfVolumes,
-                                 format::kCfSnapshots, format::kCfImages, format::kCfNames};
+  static const char* kNames[] = {format::kCfMeta,      format::kCfChunks, format::kCfMaps,
+                                 format::kCfLayers,    format::kCfVolumes, format::kCfSnapshots,
+                                 format::kCfImages,    format::kCfNames};
   return kNames[i];
 }
 
@@ -57,18 +69,15 @@ rocksdb::ColumnFamilyOptions CfOptions(int i, const std::shared_ptr<rocksdb::Cac
       o.write_buffer_size = 64 << 20;
       o.max_write_buffer_number = 3;
       o.target_file_size_base = 256 << 20;
+      o.merge_operator = std::make_shared<ChunkMergeOperator>();
+      // "Is this chunk stored?" is asked for every imported block: a memtable bloom
+      // filter answers most "no"s without walking the skiplist.
+      o.memtable_prefix_bloom_size_ratio = 0.05;
+      o.memtable_whole_key_filtering = true;
       o.level0_file_num_compaction_trigger = 8;
       o.level0_slowdown_writes_trigger = 24;
       o.level0_stop_writes_trigger = 40;
       o.max_bytes_for_level_base = 2ull << 30;
-      break;
-    case Cf::kRefs:
-      o.merge_operator = std::make_shared<AddI64Operator>();
-      o.write_buffer_size = 32 << 20;
-      // "Is this chunk stored?" is asked for every imported block: a memtable bloom
-      // filter answers most "no"s without walking the skiplist.
-      o.memtable_prefix_bloom_size_ratio = 0.1;
-      o.memtable_whole_key_filtering = true;
       break;
     case Cf::kMaps:
       o.write_buffer_size = 32 << 20;

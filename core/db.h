@@ -24,8 +24,7 @@
 
 namespace stellarium {
 
-enum class Cf { kMeta = 0, kChunks, kRefs, kMaps, kLayers, kVolumes, kSnapshots, kImages, kNames,
-                kCount };
+enum class Cf { kMeta = 0, kChunks, kMaps, kLayers, kVolumes, kSnapshots, kImages, kNames, kCount };
 
 enum class WriteMode { kSync, kNoSync, kNoWal };
 

@@ -23,13 +23,16 @@ inline constexpr uint32_t kFormatVersion = 1;
 // Column family names. Persisted on disk.
 inline constexpr const char* kCfMeta = "default";
 inline constexpr const char* kCfChunks = "chunks";
-inline constexpr const char* kCfRefs = "refs";
 inline constexpr const char* kCfMaps = "maps";
 inline constexpr const char* kCfLayers = "layers";
 inline constexpr const char* kCfVolumes = "volumes";
 inline constexpr const char* kCfSnapshots = "snapshots";
 inline constexpr const char* kCfImages = "images";
 inline constexpr const char* kCfNames = "names";
+
+// A chunk record (and a merge operand on it): i64 LE reference count (a delta, in an
+// operand), then the block's bytes (possibly none, in an operand).
+inline constexpr size_t kChunkCountSize = 8;
 
 // Meta keys.
 inline constexpr std::string_view kMetaFormat = "format";          // u32 LE

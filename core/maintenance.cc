@@ -55,7 +55,6 @@ Result<GcReport> Store::Gc() {
   if (report.map_entries_dropped > 0 || report.chunks_deleted > 0) {
     // Let compaction drop the tombstones so the space really comes back.
     s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kChunks), nullptr, nullptr);
-    s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kRefs), nullptr, nullptr);
     s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kMaps), nullptr, nullptr);
   }
   return report;
@@ -257,12 +256,11 @@ Result<StoreStats> Store::GetStats() {
     RETURN_IF_ERROR(FromRocks(it->status(), "stats"));
   }
   {
-    auto it = s.db->NewIterator(Cf::kChunks, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    RETURN_IF_ERROR(s.chunks->ForEach([&](const ChunkId&, std::string_view bytes, int64_t) {
       ++st.chunks;
-      st.chunk_bytes += it->value().size();
-    }
-    RETURN_IF_ERROR(FromRocks(it->status(), "stats"));
+      st.chunk_bytes += bytes.size();
+      return Status::Ok();
+    }));
   }
   st.disk_bytes = s.db->DiskBytes();
   return st;

@@ -295,8 +295,8 @@ Result<VolumeStats> Store::GetVolumeStats(const std::string& volume_id) {
     if (l.refs != 1) break;
     RETURN_IF_ERROR(s.ResolveRange({layer}, 0, UINT64_MAX, [&](uint64_t, std::string_view v) -> Status {
       if (format::IsZeroMarker(v)) return Status::Ok();
-      ASSIGN_OR_RETURN(auto count, s.db->Get(Cf::kRefs, v, "volume " + volume_id + ": stats"));
-      if (count && format::DecodeI64(*count) == 1) st.unique_bytes += l.block_size;
+      ASSIGN_OR_RETURN(int64_t count, s.chunks->RefCount(ChunkIdFromBytes(v)));
+      if (count == 1) st.unique_bytes += l.block_size;
       return Status::Ok();
     }));
   }

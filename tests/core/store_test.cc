@@ -328,8 +328,9 @@ TEST_F(StoreTest, ChunkWithWrongContentIsDetected) {
     rocksdb::DB* raw;
     ASSERT_TRUE(rocksdb::DB::Open(dbo, dir_ / "store/db", cfs, &handles, &raw).ok());
     size_t chunks_cf = std::find(names.begin(), names.end(), "chunks") - names.begin();
-    std::string bad = good;
-    bad[17] ^= 1;
+    // A chunk record: i64 LE reference count, then the bytes (docs/FORMAT.md).
+    std::string bad = std::string("\x01\0\0\0\0\0\0\0", 8) + good;
+    bad[8 + 17] ^= 1;
     ASSERT_TRUE(raw->Put(rocksdb::WriteOptions(), handles[chunks_cf],
                          rocksdb::Slice(reinterpret_cast<const char*>(id.data()), 32), bad)
                     .ok());
