@@ -236,8 +236,11 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   });
 
   // Shared by the workers: chunks this import is writing right now, so that two
-  // segments holding the same new block store it once and count it once. An id leaves
-  // the set when its batch is written; Contains() sees it from then on.
+  // segments holding the same new block store it once. An id leaves the set when its
+  // batch is written; Contains() sees it from then on. (A worker that checked Contains()
+  // just before another's batch landed and the set just after may store the block a
+  // second time: harmless, the same bytes under the same key, but counted twice in the
+  // summary's new_chunks.)
   std::mutex inflight_mu;
   std::unordered_set<std::string> inflight;
   std::mutex status_mu;
