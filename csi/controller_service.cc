@@ -496,6 +496,10 @@ grpc::Status ControllerService::ControllerGetCapabilities(
                       ControllerServiceCapability::RPC::VOLUME_CONDITION,
                       ControllerServiceCapability::RPC::SINGLE_NODE_MULTI_WRITER,
                       ControllerServiceCapability::RPC::GET_SNAPSHOT}) {
+      if (type == ControllerServiceCapability::RPC::EXPAND_VOLUME &&
+          !driver_->options.controller_expansion) {
+        continue;  // distributed deployment: NodeExpandVolume grows the volume
+      }
       resp->add_capabilities()->mutable_rpc()->set_type(type);
     }
     return grpc::Status::OK;

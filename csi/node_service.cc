@@ -363,12 +363,21 @@ grpc::Status NodeService::Expand(const NodeExpandVolumeRequest& req,
   const int64_t required = req.capacity_range().required_bytes();
   const int64_t limit = req.capacity_range().limit_bytes();
   if (required < 0 || limit < 0) return InvalidArgument("capacity_range must not be negative");
-  if (required > 0 && static_cast<uint64_t>(required) > info.size_bytes) {
-    return OutOfRange("volume " + id + " is " + std::to_string(info.size_bytes) +
-                      " bytes; grow it with ControllerExpandVolume before NodeExpandVolume");
+  if (limit > 0 && required > limit) {
+    return InvalidArgument("capacity_range: required_bytes exceeds limit_bytes");
   }
-  if (limit > 0 && info.size_bytes > static_cast<uint64_t>(limit)) {
-    return OutOfRange("volume " + id + " is " + std::to_string(info.size_bytes) +
+  VolumeInfo current = info;
+  if (required > 0 && static_cast<uint64_t>(required) > info.size_bytes) {
+    if (driver_->options.controller_expansion) {
+      return OutOfRange("volume " + id + " is " + std::to_string(info.size_bytes) +
+                        " bytes; grow it with ControllerExpandVolume before NodeExpandVolume");
+    }
+    // Distributed deployment (no controller expansion): the volume lives in this node's
+    // store, so its metadata grows here, then the device and the file system.
+    CSI_ASSIGN_OR_RETURN(current, driver_->store->ResizeVolume(id, static_cast<uint64_t>(required)));
+  }
+  if (limit > 0 && current.size_bytes > static_cast<uint64_t>(limit)) {
+    return OutOfRange("volume " + id + " is " + std::to_string(current.size_bytes) +
                       " bytes, more than limit_bytes " + std::to_string(limit));
   }
   CSI_ASSIGN_OR_RETURN(const uint64_t size, driver_->devices->Resize(id));

@@ -21,7 +21,7 @@ const std::set<std::string> kLogFormats = {"text", "json"};
 const std::vector<std::string> kKeys = {
     "endpoint",   "node_id",      "store",     "state_dir",  "driver_name",
     "kubelet_dir", "import_root", "max_volumes_per_node", "log_level", "log_format",
-    "metrics_address"};
+    "metrics_address", "controller_expansion"};
 
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
@@ -92,6 +92,7 @@ Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options
       else if (key == "log_level") o->log_level = v.as<std::string>();
       else if (key == "log_format") o->log_format = v.as<std::string>();
       else if (key == "metrics_address") o->metrics_address = v.IsNull() ? "" : v.as<std::string>();
+      else if (key == "controller_expansion") o->controller_expansion = v.as<bool>();
       else {
         std::string known;
         for (const auto& k : kKeys) known += (known.empty() ? "" : ", ") + k;
@@ -121,6 +122,7 @@ std::string DumpYaml(const Options& o) {
   out << YAML::Key << "log_format" << YAML::Value << o.log_format;
   out << YAML::Key << "metrics_address" << YAML::Value << YAML::DoubleQuoted
       << o.metrics_address;
+  out << YAML::Key << "controller_expansion" << YAML::Value << o.controller_expansion;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
@@ -224,6 +226,10 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
   app.add_option("--metrics-address", flags.metrics_address,
                  "serve Prometheus metrics on host:port (e.g. :9810); empty = off")
       ->default_str("");
+  app.add_option("--controller-expansion", flags.controller_expansion,
+                 "advertise ControllerExpandVolume (false in distributed deployments: "
+                 "NodeExpandVolume then grows the volume)")
+      ->default_str("true");
   app.add_flag("--dump-config", dump_config,
                "print the effective configuration as YAML (every key) and exit");
 
@@ -270,6 +276,7 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
   if (given("--log-level")) o.log_level = flags.log_level;
   if (given("--log-format")) o.log_format = flags.log_format;
   if (given("--metrics-address")) o.metrics_address = flags.metrics_address;
+  if (given("--controller-expansion")) o.controller_expansion = flags.controller_expansion;
 
   Status st = Validate(&o);
   if (!st.ok()) {

@@ -48,6 +48,12 @@ struct Options {
   std::string log_format = "text";  // text|json
   // Prometheus exposition address "host:port" (e.g. ":9810"); "" = off.
   std::string metrics_address;
+  // Advertise the controller's EXPAND_VOLUME capability. A distributed deployment turns
+  // it off: the one elected csi-resizer can reach only its own node's driver, so it
+  // must not call ControllerExpandVolume; without the capability it records the new
+  // size and kubelet calls NodeExpandVolume on the volume's node, which grows the
+  // volume in the local store, then its device and file system.
+  bool controller_expansion = true;
 };
 
 // What the command line asked for.

@@ -62,6 +62,7 @@ Options CsiDriverTest::MakeOptions() const {
   o.max_volumes_per_node = 64;
   o.log_level = "warn";
   o.metrics_address = metrics_address_;
+  o.controller_expansion = controller_expansion_;
   Status st = Validate(&o);
   EXPECT_TRUE(st.ok()) << st.ToString();
   return o;

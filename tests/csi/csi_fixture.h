@@ -79,6 +79,7 @@ class CsiDriverTest : public ::testing::Test {
   std::string images_;    // root_/images (the import root)
   std::string endpoint_;  // unix://root_/csi.sock
   std::string metrics_address_;  // set before SetUp() to serve metrics
+  bool controller_expansion_ = true;  // Options::controller_expansion
   std::unique_ptr<Server> server_;
   std::unique_ptr<v1::Identity::Stub> identity_;
   std::unique_ptr<v1::Controller::Stub> controller_;

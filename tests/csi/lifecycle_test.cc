@@ -305,6 +305,47 @@ TEST_F(LifecycleTest, ExpansionGrowsAnAttachedBlockDevice) {
   EXPECT_EQ(back, block);
 }
 
+// Distributed deployment: the controller does not advertise expansion (the elected
+// resizer can reach only its own node), so NodeExpandVolume on the volume's node grows
+// the volume in the store, then the device.
+TEST_F(LifecycleTest, NodeExpansionGrowsTheVolumeWhenControllerExpansionIsOff) {
+  StopServer();
+  controller_expansion_ = false;
+  StartServer();
+  v1::ControllerGetCapabilitiesResponse caps;
+  v1::ControllerGetCapabilitiesRequest caps_req;
+  ASSERT_TRUE(controller_->ControllerGetCapabilities(Ctx().get(), caps_req, &caps).ok());
+  for (const auto& c : caps.capabilities()) {
+    EXPECT_NE(c.rpc().type(), v1::ControllerServiceCapability::RPC::EXPAND_VOLUME);
+  }
+  std::string id = MustCreateVolume("grow-node", 16 << 20);
+  std::string staging = StagingPath("grow-node");
+  std::string target = TargetPath("grow-node");
+  ASSERT_TRUE(Stage(id, staging, BlockCap()).ok());
+  ASSERT_TRUE(Publish(id, staging, target, BlockCap()).ok());
+  v1::NodeExpandVolumeRequest nreq;
+  nreq.set_volume_id(id);
+  nreq.set_volume_path(target);
+  nreq.mutable_capacity_range()->set_required_bytes(40 << 20);
+  nreq.mutable_capacity_range()->set_limit_bytes(30 << 20);
+  *nreq.mutable_volume_capability() = BlockCap();
+  v1::NodeExpandVolumeResponse nresp;
+  EXPECT_EQ(node_->NodeExpandVolume(Ctx().get(), nreq, &nresp).error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(driver().store->GetVolume(id)->size_bytes, 16u << 20) << "a refused call changes nothing";
+  nreq.mutable_capacity_range()->clear_limit_bytes();
+  for (int i = 0; i < 3; ++i) {  // idempotent
+    ASSERT_TRUE(node_->NodeExpandVolume(Ctx().get(), nreq, &nresp).ok());
+    EXPECT_EQ(nresp.capacity_bytes(), 40 << 20);
+  }
+  EXPECT_EQ(driver().store->GetVolume(id)->size_bytes, 40u << 20);
+  int fd = ::open(target.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::lseek(fd, 0, SEEK_END), 40 << 20);
+  ::close(fd);
+  ASSERT_TRUE(Unpublish(id, target).ok());
+  ASSERT_TRUE(Unstage(id, staging).ok());
+}
+
 TEST_F(LifecycleTest, OnlineExpansionGrowsTheMountedFilesystem) {
   if (!HasCapSysResource()) {
     GTEST_SKIP() << "online ext4 resize needs CAP_SYS_RESOURCE, which this process lacks "

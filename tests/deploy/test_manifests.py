@@ -244,6 +244,8 @@ class DriverAcceptsDaemonSetArgsTest(unittest.TestCase):
             got = config[key]
             if isinstance(got, list):
                 self.assertIn(value, got, key)
+            elif isinstance(got, bool):
+                self.assertEqual(got, value == "true", key)
             else:
                 self.assertEqual(str(got), value, key)
 
