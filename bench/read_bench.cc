@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   io.volume.name = "img";
   auto imp = (*store)->ImportImage(**src, io);
   Must(imp.status());
+  Must((*store)->WaitIdle());  // read a settled store, not one compacting beside the reads
   auto vol = (*store)->OpenVolume(imp->volume.id, true);
   Must(vol.status());
   const uint64_t size = (*vol)->size();

@@ -1,5 +1,7 @@
 #include "core/chunk_store.h"
 
+#include <algorithm>
+#include <atomic>
 #include <mutex>
 
 #include "core/db.h"
@@ -8,63 +10,98 @@
 namespace stellarium {
 namespace {
 
-// Chunk records: i64 LE reference count, then the bytes (format.h, docs/FORMAT.md).
+// The index ("chunks": id -> count, locator) and the bytes ("data": locator -> bytes);
+// format.h and docs/FORMAT.md.
 class RocksChunkStore : public ChunkStore {
  public:
-  explicit RocksChunkStore(Db* db) : db_(db) {}
+  RocksChunkStore(Db* db, uint64_t next_locator) : db_(db), next_locator_(next_locator) {}
 
   Status Read(const ChunkId& id, std::string* out, const std::string& context) override {
-    rocksdb::PinnableSlice v;
-    rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), Key(id), &v);
-    if (!s.ok() && !s.IsNotFound()) return FromRocks(s, context + ": chunk " + ToHex(id));
-    std::string_view data;
-    RETURN_IF_ERROR(Verify(id, s.ok() ? std::string_view(v.data(), v.size()) : std::string_view(),
-                           !s.ok(), context, &data));
-    out->assign(data);
-    return Status::Ok();
+    return ReadMany({ChunkRef{id, 0}}, context, [&](size_t, std::string_view data) {
+      out->assign(data);
+      return Status::Ok();
+    });
   }
 
-  Status ReadMany(const std::vector<ChunkId>& ids, const std::string& context,
+  Status ReadMany(const std::vector<ChunkRef>& refs, const std::string& context,
                   const std::function<Status(size_t, std::string_view)>& fn) override {
-    const size_t n = ids.size();
-    std::vector<rocksdb::Slice> keys(n);
-    std::vector<rocksdb::PinnableSlice> values(n);
-    std::vector<rocksdb::Status> statuses(n);
-    for (size_t i = 0; i < n; ++i) keys[i] = Key(ids[i]);
-    db_->raw()->MultiGet(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), n, keys.data(), values.data(),
-                         statuses.data());
-    for (size_t i = 0; i < n; ++i) {
-      if (!statuses[i].ok() && !statuses[i].IsNotFound()) {
-        return FromRocks(statuses[i], context + ": chunk " + ToHex(ids[i]));
+    const size_t n = refs.size();
+    auto check = [&](size_t i, std::string_view data) -> Status {
+      if (Sha256(data.data(), data.size()) != refs[i].id) {
+        return Status::Corruption(context + ": chunk " + ToHex(refs[i].id) +
+                                  " does not match its SHA-256 (corrupted on disk); run fsck");
       }
-      std::string_view data;
-      RETURN_IF_ERROR(Verify(ids[i], std::string_view(values[i].data(), values[i].size()),
-                             statuses[i].IsNotFound(), context, &data));
-      RETURN_IF_ERROR(fn(i, data));
+      return fn(i, data);
+    };
+    // 1. Straight to the hinted places, in locator order: chunks written together are
+    //    read together. A miss or another chunk's bytes there sends the ref to step 2.
+    std::vector<std::pair<uint64_t, size_t>> order;  // (locator, i)
+    std::vector<size_t> unplaced;
+    for (size_t i = 0; i < n; ++i) {
+      if (refs[i].hint != 0) order.emplace_back(refs[i].hint, i);
+      else unplaced.push_back(i);
     }
-    return Status::Ok();
+    RETURN_IF_ERROR(Fetch(&order, context, refs, [&](size_t i, std::optional<std::string_view> data) {
+      if (data && !data->empty() && Sha256(data->data(), data->size()) == refs[i].id) return fn(i, *data);
+      unplaced.push_back(i);
+      return Status::Ok();
+    }));
+    if (unplaced.empty()) return Status::Ok();
+    // 2. Where the index says the others are.
+    const size_t m = unplaced.size();
+    std::vector<rocksdb::Slice> keys(m);
+    std::vector<rocksdb::PinnableSlice> records(m);
+    std::vector<rocksdb::Status> statuses(m);
+    for (size_t k = 0; k < m; ++k) keys[k] = Key(refs[unplaced[k]].id);
+    db_->raw()->MultiGet(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), m, keys.data(),
+                         records.data(), statuses.data());
+    order.clear();
+    for (size_t k = 0; k < m; ++k) {
+      const size_t i = unplaced[k];
+      if (!statuses[k].ok() && !statuses[k].IsNotFound()) {
+        return FromRocks(statuses[k], context + ": chunk " + ToHex(refs[i].id));
+      }
+      format::ChunkRecord r;
+      if (statuses[k].IsNotFound() || !format::DecodeChunkRecord(records[k].ToStringView(), &r) ||
+          r.locator == 0) {
+        return Missing(refs[i].id, context);
+      }
+      order.emplace_back(r.locator, i);
+    }
+    return Fetch(&order, context, refs, [&](size_t i, std::optional<std::string_view> data) {
+      if (!data || data->empty()) return Missing(refs[i].id, context);
+      return check(i, *data);
+    });
   }
 
-  Result<bool> Contains(const ChunkId& id) override {
-    rocksdb::PinnableSlice v;
-    rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), Key(id), &v);
-    if (s.IsNotFound()) return false;
-    if (!s.ok()) return FromRocks(s, "chunk " + ToHex(id));
-    return v.size() > format::kChunkCountSize;  // a count without bytes stores nothing
+  Result<uint64_t> Locate(const ChunkId& id) override {
+    ASSIGN_OR_RETURN(auto r, Record(id));
+    return r ? r->locator : 0;  // a count without bytes stores nothing
   }
 
   Result<int64_t> RefCount(const ChunkId& id) override {
-    rocksdb::PinnableSlice v;
-    rocksdb::Status s = db_->raw()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), Key(id), &v);
-    if (s.IsNotFound()) return int64_t{0};
-    if (!s.ok()) return FromRocks(s, "chunk " + ToHex(id));
-    return v.size() >= 8 ? format::DecodeI64(std::string_view(v.data(), 8)) : 0;
+    ASSIGN_OR_RETURN(auto r, Record(id));
+    return r ? r->count : 0;
   }
 
-  void AddRef(Txn* txn, const ChunkId& id, std::string_view data) override {
-    std::string op = kPlusOne;
-    op.append(data);
-    txn->Merge(db_->cf(Cf::kChunks), Key(id), op);
+  uint64_t AddRef(Txn* txn, const ChunkId& id, std::string_view data, Placement* placement) override {
+    if (data.empty()) {
+      txn->Merge(db_->cf(Cf::kChunks), Key(id), kPlusOne);
+      return 0;
+    }
+    uint64_t loc = placement != nullptr && placement->next < placement->end
+                       ? placement->next++
+                       : next_locator_.fetch_add(1);
+    txn->Put(db_->cf(Cf::kData), format::DataKey(loc), rocksdb::Slice(data.data(), data.size()));
+    txn->Merge(db_->cf(Cf::kChunks), Key(id), format::EncodeChunkRecord({1, loc}));
+    return loc;
+  }
+
+  Placement Reserve(size_t n) override {
+    Placement p;
+    p.next = next_locator_.fetch_add(n);
+    p.end = p.next + n;
+    return p;
   }
 
   void DropRef(Txn* txn, const ChunkId& id) override {
@@ -74,34 +111,75 @@ class RocksChunkStore : public ChunkStore {
   Result<SweepResult> Sweep() override {
     std::unique_lock lock(sweep_lock());
     SweepResult r;
-    auto it = db_->NewIterator(Cf::kChunks, /*fill_cache=*/false);
-    rocksdb::WriteBatch batch;
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      std::string_view v = it->value().ToStringView();
-      if (v.size() >= 8 && format::DecodeI64(v.substr(0, 8)) > 0) continue;
-      r.bytes_freed += v.size() > 8 ? v.size() - 8 : 0;
-      batch.Delete(db_->cf(Cf::kChunks), it->key());
-      ++r.chunks_deleted;
-      if (batch.Count() >= 8192) {
-        RETURN_IF_ERROR(db_->Write(&batch, WriteMode::kNoSync, "gc: delete chunks"));
-        batch.Clear();
+    // 1. Index records whose count is zero or below go; the others' locators are live.
+    std::vector<bool> live(next_locator_.load());
+    {
+      auto it = db_->NewIterator(Cf::kChunks, /*fill_cache=*/false);
+      rocksdb::WriteBatch batch;
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        format::ChunkRecord rec;
+        if (!format::DecodeChunkRecord(it->value().ToStringView(), &rec)) {
+          return Status::Corruption("gc: chunk " + ToHex(ChunkIdFromBytes(it->key().ToStringView())) +
+                                    ": undecodable index record; run fsck");
+        }
+        if (rec.count > 0) {
+          if (rec.locator < live.size()) live[rec.locator] = true;
+          continue;
+        }
+        batch.Delete(db_->cf(Cf::kChunks), it->key());
+        ++r.chunks_deleted;
+        RETURN_IF_ERROR(WriteFull(&batch, "gc: delete chunks"));
       }
+      RETURN_IF_ERROR(FromRocks(it->status(), "gc: scan chunks"));
+      RETURN_IF_ERROR(db_->Write(&batch, WriteMode::kSync, "gc: delete chunks"));
     }
-    RETURN_IF_ERROR(FromRocks(it->status(), "gc: scan chunks"));
-    RETURN_IF_ERROR(db_->Write(&batch, WriteMode::kSync, "gc: delete chunks"));
+    // 2. Bytes no index record refers to: the deleted chunks' and racing writers' copies.
+    {
+      auto it = db_->NewIterator(Cf::kData, false);
+      rocksdb::WriteBatch batch;
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        uint64_t loc = format::DecodeDataKey(it->key().ToStringView());
+        if (loc >= live.size() || live[loc]) continue;
+        r.bytes_freed += it->value().size();
+        batch.Delete(db_->cf(Cf::kData), it->key());
+        RETURN_IF_ERROR(WriteFull(&batch, "gc: delete chunk data"));
+      }
+      RETURN_IF_ERROR(FromRocks(it->status(), "gc: scan chunk data"));
+      RETURN_IF_ERROR(db_->Write(&batch, WriteMode::kSync, "gc: delete chunk data"));
+    }
     return r;
   }
 
   Status ForEach(
       const std::function<Status(const ChunkId&, std::string_view, int64_t)>& fn) override {
     auto it = db_->NewIterator(Cf::kChunks, false);
+    rocksdb::ReadOptions ro;
+    ro.fill_cache = false;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      std::string_view v = it->value().ToStringView();
       ChunkId id = ChunkIdFromBytes(it->key().ToStringView());
-      int64_t count = v.size() >= 8 ? format::DecodeI64(v.substr(0, 8)) : 0;
-      RETURN_IF_ERROR(fn(id, v.size() > 8 ? v.substr(8) : std::string_view(), count));
+      format::ChunkRecord rec;
+      if (!format::DecodeChunkRecord(it->value().ToStringView(), &rec)) {
+        return Status::Corruption("chunk " + ToHex(id) + ": undecodable index record");
+      }
+      rocksdb::PinnableSlice data;
+      if (rec.locator != 0) {
+        rocksdb::Status s = db_->raw()->Get(ro, db_->cf(Cf::kData), format::DataKey(rec.locator), &data);
+        if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "chunk " + ToHex(id));
+      }
+      RETURN_IF_ERROR(fn(id, std::string_view(data.data(), data.size()), rec.count));
     }
     return FromRocks(it->status(), "scan chunks");
+  }
+
+  Result<ChunkTotals> Totals() override {
+    ChunkTotals t;
+    auto it = db_->NewIterator(Cf::kChunks, false);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) ++t.chunks;
+    RETURN_IF_ERROR(FromRocks(it->status(), "scan chunks"));
+    it = db_->NewIterator(Cf::kData, false);
+    for (it->SeekToFirst(); it->Valid(); it->Next()) t.bytes += it->value().size();
+    RETURN_IF_ERROR(FromRocks(it->status(), "scan chunk data"));
+    return t;
   }
 
  private:
@@ -109,29 +187,76 @@ class RocksChunkStore : public ChunkStore {
     return rocksdb::Slice(reinterpret_cast<const char*>(id.data()), id.size());
   }
 
-  // Checks a fetched record: present, with bytes, matching its id.
-  static Status Verify(const ChunkId& id, std::string_view record, bool missing,
-                       const std::string& context, std::string_view* data) {
-    if (missing || record.size() <= format::kChunkCountSize) {
-      return Status::Corruption(context + ": chunk " + ToHex(id) + " is missing from the store");
-    }
-    *data = record.substr(format::kChunkCountSize);
-    if (Sha256(data->data(), data->size()) != id) {
-      return Status::Corruption(context + ": chunk " + ToHex(id) +
-                                " does not match its SHA-256 (corrupted on disk); run fsck");
+  // Visits the bytes stored at each (locator, i) of *order (sorted here) with one
+  // iterator that steps over near neighbours and seeks past gaps; fn(i, bytes) gets
+  // nullopt for a locator with nothing stored.
+  Status Fetch(std::vector<std::pair<uint64_t, size_t>>* order, const std::string& context,
+               const std::vector<ChunkRef>& refs,
+               const std::function<Status(size_t, std::optional<std::string_view>)>& fn) {
+    if (order->empty()) return Status::Ok();
+    std::sort(order->begin(), order->end());
+    rocksdb::ReadOptions ro;
+    ro.adaptive_readahead = true;
+    std::unique_ptr<rocksdb::Iterator> it(db_->raw()->NewIterator(ro, db_->cf(Cf::kData)));
+    constexpr uint64_t kMaxStep = 16;  // farther than this, seek rather than step
+    for (const auto& [want, i] : *order) {
+      bool valid = it->Valid();
+      uint64_t at = valid ? format::DecodeDataKey(it->key().ToStringView()) : 0;
+      if (!valid || at > want || want - at > kMaxStep) {
+        it->Seek(format::DataKey(want));
+      } else {
+        while (at < want && it->Valid()) {
+          it->Next();
+          if (it->Valid()) at = format::DecodeDataKey(it->key().ToStringView());
+        }
+      }
+      if (!it->status().ok()) return FromRocks(it->status(), context + ": chunk " + ToHex(refs[i].id));
+      if (it->Valid() && format::DecodeDataKey(it->key().ToStringView()) == want) {
+        RETURN_IF_ERROR(fn(i, it->value().ToStringView()));
+      } else {
+        RETURN_IF_ERROR(fn(i, std::nullopt));
+      }
     }
     return Status::Ok();
   }
 
-  const std::string kPlusOne = format::EncodeI64(1);
-  const std::string kMinusOne = format::EncodeI64(-1);
+  static Status Missing(const ChunkId& id, const std::string& context) {
+    return Status::Corruption(context + ": chunk " + ToHex(id) + " is missing from the store");
+  }
+
+  Result<std::optional<format::ChunkRecord>> Record(const ChunkId& id) {
+    ASSIGN_OR_RETURN(auto v, db_->Get(Cf::kChunks, Key(id), "chunk " + ToHex(id)));
+    if (!v) return std::optional<format::ChunkRecord>();
+    format::ChunkRecord r;
+    if (!format::DecodeChunkRecord(*v, &r)) {
+      return Status::Corruption("chunk " + ToHex(id) + ": undecodable index record; run fsck");
+    }
+    return std::optional<format::ChunkRecord>(r);
+  }
+
+  // Writes a batch that has grown large and starts a new one.
+  Status WriteFull(rocksdb::WriteBatch* batch, const std::string& what) {
+    if (batch->Count() < 8192) return Status::Ok();
+    RETURN_IF_ERROR(db_->Write(batch, WriteMode::kNoSync, what));
+    batch->Clear();
+    return Status::Ok();
+  }
+
+  const std::string kPlusOne = format::EncodeChunkRecord({1, 0});
+  const std::string kMinusOne = format::EncodeChunkRecord({-1, 0});
   Db* db_;
+  std::atomic<uint64_t> next_locator_;
 };
 
 }  // namespace
 
-std::unique_ptr<ChunkStore> NewRocksChunkStore(Db* db) {
-  return std::make_unique<RocksChunkStore>(db);
+Result<std::unique_ptr<ChunkStore>> NewRocksChunkStore(Db* db) {
+  // Locators continue after the highest one stored (1 in an empty store).
+  auto it = db->NewIterator(Cf::kData, false);
+  it->SeekToLast();
+  RETURN_IF_ERROR(FromRocks(it->status(), "store " + db->dir() + ": find the last chunk"));
+  uint64_t next = it->Valid() ? format::DecodeDataKey(it->key().ToStringView()) + 1 : 1;
+  return std::unique_ptr<ChunkStore>(std::make_unique<RocksChunkStore>(db, next));
 }
 
 }  // namespace stellarium

@@ -7,11 +7,13 @@
 // until Sweep() removes them. Read() checks the hash: a mismatch is DATA_LOSS, never
 // wrong data.
 //
-// Backends: RocksChunkStore (one record per chunk in the store's RocksDB: its count and
-// its bytes, counts changed with merge operands). The interface
-// is deliberately small (read, contains, add/drop a reference inside a transaction,
-// sweep, visit) so that a distributed object store (chunks as objects named by digest,
-// put-if-absent, counts in omap) can implement it later with its own Txn.
+// Backends: RocksChunkStore. An index record per chunk (id -> count, locator) and the
+// bytes under their locator in a family of their own, locators handed out in write
+// order so that blocks written together are read together (docs/FORMAT.md). The
+// interface is deliberately small (read, contains, add/drop a reference inside a
+// transaction, sweep, visit) so that a distributed object store (chunks as objects
+// named by digest, put-if-absent, counts in omap) can implement it later with its own
+// Txn.
 //
 // Thread-safety: all methods are safe to call concurrently. Writers that add references
 // hold a shared SweepGuard while staging and committing so a concurrent Sweep() cannot
@@ -37,7 +39,26 @@ using Txn = rocksdb::WriteBatch;
 
 struct SweepResult {
   uint64_t chunks_deleted = 0;
-  uint64_t bytes_freed = 0;
+  uint64_t bytes_freed = 0;  // includes unreferenced bytes (a racing writer's copy)
+};
+
+// A chunk to read: its id and where its bytes probably are (0: unknown).
+struct ChunkRef {
+  ChunkId id;
+  uint64_t hint = 0;
+};
+
+struct ChunkTotals {
+  uint64_t chunks = 0;  // index records
+  uint64_t bytes = 0;   // stored bytes, uncompressed, including unreferenced copies
+};
+
+// Places the bytes of new chunks next to each other: a writer that is about to store
+// up to n new chunks reserves n places at once (Reserve) and passes the placement to
+// each AddRef. Unused places are simply never written.
+struct Placement {
+  uint64_t next = 0;
+  uint64_t end = 0;
 };
 
 class ChunkStore {
@@ -48,25 +69,40 @@ class ChunkStore {
   // on a mismatch or unreadable data. `context` names the reader in errors
   // ("volume vol-1 block 7").
   virtual Status Read(const ChunkId& id, std::string* out, const std::string& context) = 0;
-  // Reads many chunks at once (one batched lookup) and calls fn(i, bytes) for ids[i],
-  // each verified as Read() does. Stops at the first error.
-  virtual Status ReadMany(const std::vector<ChunkId>& ids, const std::string& context,
+  // Reads many chunks at once and calls fn(i, bytes) for refs[i] (in no particular
+  // order), each verified as Read() does. A ref's hint (a locator from a map entry, 0
+  // for none) saves the index lookup when it is still right. Stops at the first error.
+  virtual Status ReadMany(const std::vector<ChunkRef>& refs, const std::string& context,
                           const std::function<Status(size_t, std::string_view)>& fn) = 0;
-  // True when the chunk is stored (whatever its count).
-  virtual Result<bool> Contains(const ChunkId& id) = 0;
+  // The chunk's locator when it is stored (whatever its count), else 0.
+  virtual Result<uint64_t> Locate(const ChunkId& id) = 0;
+  Result<bool> Contains(const ChunkId& id) {
+    ASSIGN_OR_RETURN(uint64_t loc, Locate(id));
+    return loc != 0;
+  }
   // The chunk's reference count (0 when absent).
   virtual Result<int64_t> RefCount(const ChunkId& id) = 0;
   // Stages one more reference to `id` in txn; also stages the bytes when `data` is not
-  // empty (a blind write is harmless: same id, same bytes).
-  virtual void AddRef(Txn* txn, const ChunkId& id, std::string_view data) = 0;
+  // empty, at the next place of *placement when given. Storing bytes of a chunk that is
+  // already stored is harmless: the first copy stays the chunk's, the other is
+  // unreferenced until gc. Without bytes, the chunk must be stored durably already.
+  // Returns the locator the bytes were staged at (0 when `data` is empty): a hint for
+  // the map entry, right unless another writer stored the same chunk first.
+  virtual uint64_t AddRef(Txn* txn, const ChunkId& id, std::string_view data,
+                          Placement* placement = nullptr) = 0;
+  // Reserves places for up to n new chunks, next to each other.
+  virtual Placement Reserve(size_t n) = 0;
   virtual void DropRef(Txn* txn, const ChunkId& id) = 0;
-  // Deletes every chunk whose count is zero or below. Excludes writers while it runs.
+  // Deletes every chunk whose count is zero or below, and stored bytes no chunk refers
+  // to. Excludes writers while it runs.
   virtual Result<SweepResult> Sweep() = 0;
   // Calls fn(id, bytes, count) for every stored chunk record, in id order, with the
   // hash check left to the caller (bytes are empty for a count without data). Stops at
   // the first error fn returns or the backend reports.
   virtual Status ForEach(
       const std::function<Status(const ChunkId&, std::string_view, int64_t)>& fn) = 0;
+  // How many chunks and stored bytes there are (one scan, no hash checks).
+  virtual Result<ChunkTotals> Totals() = 0;
 
   // Held shared by writers that stage AddRef and commit; held exclusively by Sweep().
   std::shared_mutex& sweep_lock() { return sweep_lock_; }
@@ -75,6 +111,6 @@ class ChunkStore {
   std::shared_mutex sweep_lock_;
 };
 
-std::unique_ptr<ChunkStore> NewRocksChunkStore(Db* db);
+Result<std::unique_ptr<ChunkStore>> NewRocksChunkStore(Db* db);
 
 }  // namespace stellarium

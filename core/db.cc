@@ -9,47 +9,42 @@
 #include <rocksdb/table.h>
 
 #include <cstring>
+#include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include "core/format.h"
 
 namespace stellarium {
 namespace {
 
-// The chunks column family's merge operator. A chunk record is an i64 LE reference
-// count followed by the block's bytes; an operand has the same shape (a count delta,
-// then the bytes or nothing). Merging adds the counts and keeps the first bytes seen
-// (all bytes under one key are equal: the key is their SHA-256). Associative, so
-// RocksDB may combine operands in any grouping. Persisted by name in the OPTIONS file;
-// never rename. See docs/FORMAT.md "chunks".
+// The chunk index's merge operator. A record and an operand have the same shape
+// (format::ChunkRecord: a reference count or count delta, and a locator or 0).
+// Merging adds the counts and keeps the first non-zero locator: the earliest write of
+// a chunk's bytes wins, and bytes a racing writer stored under another locator become
+// unreferenced data that gc reclaims. Associative, so RocksDB may combine operands in
+// any grouping (their order is kept). Persisted by name in the OPTIONS file; never
+// rename. See docs/FORMAT.md "chunks".
 class ChunkMergeOperator : public rocksdb::AssociativeMergeOperator {
  public:
   bool Merge(const rocksdb::Slice& key, const rocksdb::Slice* existing,
              const rocksdb::Slice& value, std::string* new_value,
              rocksdb::Logger* logger) const override {
-    int64_t count = 0;
-    std::string_view data;
-    if (existing != nullptr && existing->size() >= 8) {
-      count = format::DecodeI64(std::string_view(existing->data(), 8));
-      data = std::string_view(existing->data() + 8, existing->size() - 8);
-    }
-    if (value.size() >= 8) {
-      count += format::DecodeI64(std::string_view(value.data(), 8));
-      if (data.empty()) data = std::string_view(value.data() + 8, value.size() - 8);
-    }
-    new_value->clear();
-    new_value->reserve(8 + data.size());
-    *new_value = format::EncodeI64(count);
-    new_value->append(data);
+    format::ChunkRecord a, b;
+    if (existing != nullptr && !format::DecodeChunkRecord(existing->ToStringView(), &a)) return false;
+    if (!format::DecodeChunkRecord(value.ToStringView(), &b)) return false;
+    a.count += b.count;
+    if (a.locator == 0) a.locator = b.locator;
+    *new_value = format::EncodeChunkRecord(a);
     return true;
   }
-  const char* Name() const override { return "stellarium.chunk_v1"; }
+  const char* Name() const override { return "stellarium.chunk_v2"; }
 };
 
 const char* CfName(int i) {
   static const char* kNames[] = {format::kCfMeta,      format::kCfChunks, format::kCfMaps,
                                  format::kCfLayers,    format::kCfVolumes, format::kCfSnapshots,
-                                 format::kCfImages,    format::kCfNames};
+                                 format::kCfImages,    format::kCfNames,   format::kCfData};
   return kNames[i];
 }
 
@@ -61,23 +56,36 @@ rocksdb::ColumnFamilyOptions CfOptions(int i, const std::shared_ptr<rocksdb::Cac
   o.compression = rocksdb::kLZ4Compression;
   switch (static_cast<Cf>(i)) {
     case Cf::kChunks:
-      // Chunk values are blocks of 4 KiB..1 MiB. lz4 per SST block; see
-      // docs/BENCHMARKS.md for the codec measurements behind this choice.
-      t.block_size = 16 * 1024;
-      // Keys are random hashes, so every compaction rewrites whole levels: fewer,
-      // larger compactions keep an import's write amplification low.
-      o.write_buffer_size = 64 << 20;
-      o.max_write_buffer_number = 3;
-      o.target_file_size_base = 256 << 20;
+      // The index: random 32-byte keys with a few bytes each, asked "is this chunk
+      // stored?" for every imported block and "where is it?" for every read. Small
+      // blocks and no compression (hashes do not compress) keep a lookup cheap.
+      t.block_size = 4 * 1024;
+      o.compression = rocksdb::kNoCompression;
+      // A cache of its own: streaming chunk bytes through the shared cache must not
+      // evict the index (about 45 bytes per chunk: 64 MiB hold 1.4 million chunks).
+      t.block_cache = rocksdb::NewLRUCache(64 << 20);
+      t.cache_index_and_filter_blocks = false;
+      o.write_buffer_size = 32 << 20;
       o.merge_operator = std::make_shared<ChunkMergeOperator>();
-      // "Is this chunk stored?" is asked for every imported block: a memtable bloom
-      // filter answers most "no"s without walking the skiplist.
+      // A memtable bloom filter answers most "no"s without walking the skiplist.
       o.memtable_prefix_bloom_size_ratio = 0.05;
       o.memtable_whole_key_filtering = true;
+      break;
+    case Cf::kData:
+      // Chunk bytes keyed by locator, written in increasing key order: compactions
+      // mostly move files without rewriting them, and a sequential volume read reads
+      // neighbouring keys. lz4 per 32 KiB SST block; see docs/BENCHMARKS.md for the
+      // codec and block-size measurements behind this choice.
+      t.block_size = 32 * 1024;
+      o.write_buffer_size = 64 << 20;
+      o.max_write_buffer_number = 3;
+      o.target_file_size_base = 128 << 20;
       o.level0_file_num_compaction_trigger = 8;
       o.level0_slowdown_writes_trigger = 24;
       o.level0_stop_writes_trigger = 40;
       o.max_bytes_for_level_base = 2ull << 30;
+      // Only whole-key point reads of existing keys: a bloom filter would not help.
+      t.filter_policy.reset();
       break;
     case Cf::kMaps:
       o.write_buffer_size = 32 << 20;
@@ -169,7 +177,9 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
     if (v != format::kFormatVersion) {
       return Status::FailedPrecondition("store " + dir + ": format version " +
                                         std::to_string(v) + ", this build reads version " +
-                                        std::to_string(format::kFormatVersion));
+                                        std::to_string(format::kFormatVersion) +
+                                        " (docs/FORMAT.md \"Versions\": export the volumes "
+                                        "with the build that wrote them and re-import)");
     }
   }
   return db;
@@ -213,6 +223,21 @@ Status Db::FlushAll() {
   rocksdb::FlushOptions fo;
   fo.wait = true;
   return FromRocks(db_->Flush(fo, handles_), "store " + dir_ + ": flush");
+}
+
+Status Db::WaitIdle() {
+  for (;;) {
+    bool busy = false;
+    for (auto* h : handles_) {
+      uint64_t v = 0;
+      for (const char* p : {"rocksdb.compaction-pending", "rocksdb.num-running-compactions",
+                            "rocksdb.num-running-flushes", "rocksdb.mem-table-flush-pending"}) {
+        if (db_->GetIntProperty(h, p, &v) && v > 0) busy = true;
+      }
+    }
+    if (!busy) return Status::Ok();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
 }
 
 Status Db::SyncWal() { return FromRocks(db_->FlushWAL(true), "store " + dir_ + ": sync WAL"); }

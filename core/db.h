@@ -24,7 +24,7 @@
 
 namespace stellarium {
 
-enum class Cf { kMeta = 0, kChunks, kMaps, kLayers, kVolumes, kSnapshots, kImages, kNames, kCount };
+enum class Cf { kMeta = 0, kChunks, kMaps, kLayers, kVolumes, kSnapshots, kImages, kNames, kData, kCount };
 
 enum class WriteMode { kSync, kNoSync, kNoWal };
 
@@ -49,6 +49,8 @@ class Db {
   // Flushes every memtable of every column family to SST files (atomically).
   Status FlushAll();
   Status SyncWal();
+  // Waits until no flush or compaction is running or pending.
+  Status WaitIdle();
   // Sum of the sizes of the files under dir().
   uint64_t DiskBytes() const;
 

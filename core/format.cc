@@ -76,6 +76,9 @@ class Reader {
   bool ok_ = true;
 };
 
+uint64_t ZigZag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
+int64_t UnZigZag(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
+
 Status Bad(const std::string& what) {
   return Status::Corruption(what + ": undecodable record (docs/FORMAT.md)");
 }
@@ -251,5 +254,38 @@ Result<ImageRecord> DecodeImage(std::string_view digest_bytes, std::string_view 
   if (!rd.ok() || ver < 1) return Bad("image " + r.info.digest);
   return r;
 }
+
+std::string EncodeChunkRecord(const ChunkRecord& r) {
+  std::string s;
+  PutVarint(&s, ZigZag(r.count));
+  PutVarint(&s, r.locator);
+  return s;
+}
+
+bool DecodeChunkRecord(std::string_view v, ChunkRecord* r) {
+  Reader in(v);
+  r->count = UnZigZag(in.Varint());
+  r->locator = in.Varint();
+  return in.ok();
+}
+
+std::string EncodeMapValue(const ChunkId& id, uint64_t hint) {
+  std::string s(AsBytes(id));
+  if (hint != 0) PutVarint(&s, hint);
+  return s;
+}
+
+bool DecodeMapValue(std::string_view v, ChunkId* id, uint64_t* hint) {
+  *hint = 0;
+  if (v.size() < kChunkIdSize) return false;
+  *id = ChunkIdFromBytes(v.substr(0, kChunkIdSize));
+  if (v.size() == kChunkIdSize) return true;
+  Reader in(v.substr(kChunkIdSize));
+  *hint = in.Varint();
+  return in.ok();
+}
+
+std::string DataKey(uint64_t locator) { return LayerKey(locator); }
+uint64_t DecodeDataKey(std::string_view key) { return DecodeLayerKey(key); }
 
 }  // namespace stellarium::format

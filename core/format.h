@@ -18,7 +18,7 @@
 namespace stellarium::format {
 
 // Bumped when a change is not readable by older code. Stored under meta key "format".
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint32_t kFormatVersion = 2;
 
 // Column family names. Persisted on disk.
 inline constexpr const char* kCfMeta = "default";
@@ -29,10 +29,27 @@ inline constexpr const char* kCfVolumes = "volumes";
 inline constexpr const char* kCfSnapshots = "snapshots";
 inline constexpr const char* kCfImages = "images";
 inline constexpr const char* kCfNames = "names";
+inline constexpr const char* kCfData = "data";
 
-// A chunk record (and a merge operand on it): i64 LE reference count (a delta, in an
-// operand), then the block's bytes (possibly none, in an operand).
-inline constexpr size_t kChunkCountSize = 8;
+// The chunk index ("chunks" family), keyed by the 32-byte SHA-256: a record (and a
+// merge operand on it) is a zigzag varint reference count (a delta, in an operand),
+// then a varint locator: where the bytes are in the "data" family, 0 for none (a
+// count-only operand). Merging adds the counts and keeps the first non-zero locator.
+struct ChunkRecord {
+  int64_t count = 0;
+  uint64_t locator = 0;
+};
+std::string EncodeChunkRecord(const ChunkRecord& r);
+// False when the bytes are not a chunk record.
+bool DecodeChunkRecord(std::string_view v, ChunkRecord* r);
+
+// The chunk bytes ("data" family), keyed by locator (u64 BE). Locators are handed out
+// in increasing order as chunks are written, so the blocks of one import (or one
+// write) sit next to each other: a sequential read of a volume is a sequential read of
+// this family. Locator 0 is never used.
+std::string DataKey(uint64_t locator);
+uint64_t DecodeDataKey(std::string_view key);
+inline constexpr size_t kDataKeySize = 8;
 
 // Meta keys.
 inline constexpr std::string_view kMetaFormat = "format";          // u32 LE
@@ -80,8 +97,17 @@ inline constexpr size_t kMapKeySize = 16;
 std::string VolumeNameKey(std::string_view name);      // 'v' + name
 std::string SnapshotNameKey(std::string_view name);    // 's' + name
 
-// A map value is a 32-byte chunk id, or empty: "zero here, whatever the parents say".
+// A map value is empty: "zero here, whatever the parents say"; or a 32-byte chunk id
+// followed by a varint locator hint: where the chunk's bytes were when the entry was
+// written (absent or 0: unknown). Readers go straight to the hint and fall back to the
+// chunk index when the bytes there are gone or are another chunk's (the hash check
+// tells), so a stale hint costs a lookup, never a wrong read.
 inline bool IsZeroMarker(std::string_view map_value) { return map_value.empty(); }
+std::string EncodeMapValue(const ChunkId& id, uint64_t hint);
+// False when the value is neither empty nor an id with an optional hint.
+bool DecodeMapValue(std::string_view v, ChunkId* id, uint64_t* hint);
+// The id part of a non-empty map value, for comparisons.
+inline std::string_view MapValueId(std::string_view v) { return v.substr(0, kChunkIdSize); }
 
 // ---- values ----
 std::string EncodeU64(uint64_t v);   // LE, 8 bytes

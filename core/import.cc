@@ -156,7 +156,11 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     layer = s.NewLayer(&txn, base, LayerState::kImporting, bs, 0);
     RETURN_IF_ERROR(s.Commit(&txn, what + ": begin import"));
   }
+  // Until this import's unlogged writes are flushed, a logged write must not rely on
+  // a chunk it stored (StoreImpl::unflushed_imports).
+  UnflushedImport unflushed(&s);
   auto abandon = [&](Status st) -> Status {
+    if (s.db->FlushAll().ok()) unflushed.Flushed();
     std::lock_guard lock(s.catalog_mu);
     CatalogTxn txn;
     Status c = s.KillLayer(&txn, layer);
@@ -277,40 +281,55 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
                                      }));
     }
     std::shared_lock sweep(s.chunks->sweep_lock());
-    Txn batch;
+    // First decide which blocks bring new chunks, then place those next to each other.
+    enum Kind : uint8_t { kSkip, kZeroOverBase, kDup, kNew };
+    std::vector<uint8_t> kind(seg.nblocks, kSkip);
+    std::vector<uint64_t> hint(seg.nblocks, 0);  // where each chunk's bytes are
     std::vector<std::string> mine;  // ids this segment put in `inflight`
     for (size_t i = 0; i < seg.nblocks; ++i) {
-      const uint64_t block = seg.first_block + i;
-      auto in_base = base_view.find(block);
+      auto in_base = base_view.find(seg.first_block + i);
       bool base_has_data = in_base != base_view.end() && !format::IsZeroMarker(in_base->second);
       if (seg.zero[i]) {
-        if (base_has_data) batch.Put(s.db->cf(Cf::kMaps), format::MapKey(layer, block), "");
+        if (base_has_data) kind[i] = kZeroOverBase;
         continue;
       }
       const ChunkId& id = seg.ids[i];
-      if (base_has_data && in_base->second == AsBytes(id)) {
+      if (base_has_data && format::MapValueId(in_base->second) == AsBytes(id)) {
         ++seg.dup;  // the base image has this very block here: nothing to write
         continue;
       }
-      ASSIGN_OR_RETURN(bool stored, s.chunks->Contains(id));
-      bool is_new = false;
-      if (!stored) {
+      ASSIGN_OR_RETURN(hint[i], s.chunks->Locate(id));
+      kind[i] = kDup;
+      if (hint[i] == 0) {
         std::string key(AsBytes(id));
         std::lock_guard l(inflight_mu);
         if (inflight.insert(key).second) {
-          is_new = true;
+          kind[i] = kNew;
           mine.push_back(std::move(key));
         }
       }
-      if (is_new) {
-        seg.is_new[i] = 1;
-        s.chunks->AddRef(&batch, id, std::string_view(seg.buf.data() + i * bs, bs));
-      } else {
-        ++seg.dup;
-        s.chunks->AddRef(&batch, id, {});
+    }
+    Placement place = s.chunks->Reserve(mine.size());
+    Txn batch;
+    for (size_t i = 0; i < seg.nblocks; ++i) {
+      const std::string key = format::MapKey(layer, seg.first_block + i);
+      const ChunkId& id = seg.ids[i];
+      switch (kind[i]) {
+        case kSkip:
+          continue;
+        case kZeroOverBase:
+          batch.Put(s.db->cf(Cf::kMaps), key, "");
+          continue;
+        case kNew:
+          seg.is_new[i] = 1;
+          hint[i] = s.chunks->AddRef(&batch, id, std::string_view(seg.buf.data() + i * bs, bs), &place);
+          break;
+        case kDup:
+          ++seg.dup;
+          s.chunks->AddRef(&batch, id, {});
+          break;
       }
-      batch.Put(s.db->cf(Cf::kMaps), format::MapKey(layer, block),
-                rocksdb::Slice(AsBytes(id).data(), id.size()));
+      batch.Put(s.db->cf(Cf::kMaps), key, format::EncodeMapValue(id, hint[i]));
     }
     Status w = s.db->Write(&batch, WriteMode::kNoWal, what + ": write chunks");
     std::lock_guard l(inflight_mu);
@@ -403,6 +422,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   // Make the unlogged data durable before anything refers to it.
   Status fs = s.db->FlushAll();
   if (!fs.ok()) return abandon(fs);
+  unflushed.Flushed();
 
   ImportResult result;
   {

@@ -52,9 +52,10 @@ Result<GcReport> Store::Gc() {
   ASSIGN_OR_RETURN(SweepResult sw, s.chunks->Sweep());
   report.chunks_deleted = sw.chunks_deleted;
   report.bytes_freed = sw.bytes_freed;
-  if (report.map_entries_dropped > 0 || report.chunks_deleted > 0) {
+  if (report.map_entries_dropped > 0 || report.chunks_deleted > 0 || report.bytes_freed > 0) {
     // Let compaction drop the tombstones so the space really comes back.
     s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kChunks), nullptr, nullptr);
+    s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kData), nullptr, nullptr);
     s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kMaps), nullptr, nullptr);
   }
   return report;
@@ -180,11 +181,13 @@ Result<FsckReport> Store::Fsck() {
       if (!layers.count(layer)) err("map entry for unknown layer " + std::to_string(layer) + " block " + std::to_string(block));
       std::string_view v = it->value().ToStringView();
       if (format::IsZeroMarker(v)) continue;
-      if (v.size() != kChunkIdSize) {
-        err("layer " + std::to_string(layer) + " block " + std::to_string(block) + ": malformed chunk id");
+      ChunkId id;
+      uint64_t hint;
+      if (!format::DecodeMapValue(v, &id, &hint)) {
+        err("layer " + std::to_string(layer) + " block " + std::to_string(block) + ": malformed map entry");
         continue;
       }
-      refs.push_back(ChunkIdFromBytes(v));
+      refs.push_back(id);
     }
     if (!it->status().ok()) err("maps: " + it->status().ToString());
   }
@@ -221,6 +224,8 @@ Result<FsckReport> Store::Fsck() {
   return rep;
 }
 
+Status Store::WaitIdle() { return impl_->db->WaitIdle(); }
+
 Result<StoreStats> Store::GetStats() {
   StoreImpl& s = *impl_;
   StoreStats st;
@@ -255,13 +260,9 @@ Result<StoreStats> Store::GetStats() {
     }
     RETURN_IF_ERROR(FromRocks(it->status(), "stats"));
   }
-  {
-    RETURN_IF_ERROR(s.chunks->ForEach([&](const ChunkId&, std::string_view bytes, int64_t) {
-      ++st.chunks;
-      st.chunk_bytes += bytes.size();
-      return Status::Ok();
-    }));
-  }
+  ASSIGN_OR_RETURN(ChunkTotals totals, s.chunks->Totals());
+  st.chunks = totals.chunks;
+  st.chunk_bytes = totals.bytes;
   st.disk_bytes = s.db->DiskBytes();
   return st;
 }

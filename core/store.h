@@ -248,6 +248,9 @@ class Store {
   // Read-only. Errors are listed in the report, not returned as a Status.
   Result<FsckReport> Fsck();
   Result<StoreStats> GetStats();
+  // Waits until the database's background flushes and compactions are done (for
+  // benchmarks that measure a settled store).
+  Status WaitIdle();
   // Makes every completed write durable.
   Status Sync();
 

@@ -36,16 +36,20 @@ class VolumeHandle : public Volume {
     std::memset(out, 0, len);
     // Which chunk backs each mapped block of the range (unmapped blocks stay zero).
     std::vector<uint64_t> blocks;
-    std::vector<ChunkId> ids;
+    std::vector<ChunkRef> ids;
     RETURN_IF_ERROR(impl_->ResolveRange(st_->chain, b0, b1, [&](uint64_t block, std::string_view v) {
-      if (!format::IsZeroMarker(v)) {
-        blocks.push_back(block);
-        ids.push_back(ChunkIdFromBytes(v));
+      if (format::IsZeroMarker(v)) return Status::Ok();
+      ChunkRef ref;
+      if (!format::DecodeMapValue(v, &ref.id, &ref.hint)) {
+        return Status::Corruption("volume " + id_ + " block " + std::to_string(block) +
+                                  ": undecodable map entry; run fsck");
       }
+      blocks.push_back(block);
+      ids.push_back(ref);
       return Status::Ok();
     }));
     auto fetch = [&](size_t from, size_t to) -> Status {
-      std::vector<ChunkId> part(ids.begin() + from, ids.begin() + to);
+      std::vector<ChunkRef> part(ids.begin() + from, ids.begin() + to);
       return impl_->chunks->ReadMany(part, "volume " + id_, [&](size_t i, std::string_view chunk) -> Status {
         const uint64_t block = blocks[from + i];
         if (chunk.size() != bs) {
@@ -90,6 +94,7 @@ class VolumeHandle : public Volume {
 
     std::shared_lock sweep(impl_->chunks->sweep_lock());
     Txn batch;
+    Placement place;  // the write's new chunks sit next to each other
     std::string block(bs, '\0');
     for (uint64_t b = b0; b < b1; ++b) {
       uint64_t bstart = b * bs;
@@ -117,10 +122,16 @@ class VolumeHandle : public Volume {
         continue;
       }
       ChunkId id = Sha256(content, bs);
-      if (had_chunk && old->second == AsBytes(id)) continue;
-      impl_->chunks->AddRef(&batch, id, std::string_view(content, bs));
+      if (had_chunk && format::MapValueId(old->second) == AsBytes(id)) continue;
+      ASSIGN_OR_RETURN(uint64_t hint, impl_->chunks->Locate(id));
+      if (hint != 0 && impl_->unflushed_imports.load() == 0) {
+        impl_->chunks->AddRef(&batch, id, {});
+      } else {
+        if (place.next == place.end) place = impl_->chunks->Reserve(b1 - b);
+        hint = impl_->chunks->AddRef(&batch, id, std::string_view(content, bs), &place);
+      }
       if (had_chunk) impl_->chunks->DropRef(&batch, ChunkIdFromBytes(old->second));
-      batch.Put(impl_->db->cf(Cf::kMaps), key, rocksdb::Slice(AsBytes(id).data(), id.size()));
+      batch.Put(impl_->db->cf(Cf::kMaps), key, format::EncodeMapValue(id, hint));
     }
     if (batch.Count() == 0) return Status::Ok();
     return impl_->db->Write(&batch, WriteMode::kNoSync, "volume " + id_ + ": write");

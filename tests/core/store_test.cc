@@ -323,17 +323,24 @@ TEST_F(StoreTest, ChunkWithWrongContentIsDetected) {
     std::vector<std::string> names;
     ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(dbo, dir_ / "store/db", &names).ok());
     for (const auto& n : names) cfs.emplace_back(n, rocksdb::ColumnFamilyOptions());
-    // The refs family has a merge operator; opening read-only needs none for a Put.
+    // The chunks family has a merge operator; a Put to the data family needs none.
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* raw;
     ASSERT_TRUE(rocksdb::DB::Open(dbo, dir_ / "store/db", cfs, &handles, &raw).ok());
-    size_t chunks_cf = std::find(names.begin(), names.end(), "chunks") - names.begin();
-    // A chunk record: i64 LE reference count, then the bytes (docs/FORMAT.md).
-    std::string bad = std::string("\x01\0\0\0\0\0\0\0", 8) + good;
-    bad[8 + 17] ^= 1;
-    ASSERT_TRUE(raw->Put(rocksdb::WriteOptions(), handles[chunks_cf],
-                         rocksdb::Slice(reinterpret_cast<const char*>(id.data()), 32), bad)
-                    .ok());
+    // The chunk's bytes sit in the "data" family under their locator
+    // (docs/FORMAT.md); find them by content and change one bit.
+    size_t data_cf = std::find(names.begin(), names.end(), "data") - names.begin();
+    ASSERT_LT(data_cf, names.size());
+    std::unique_ptr<rocksdb::Iterator> it(raw->NewIterator(rocksdb::ReadOptions(), handles[data_cf]));
+    std::string key;
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      if (it->value() == rocksdb::Slice(good)) key = it->key().ToString();
+    }
+    it.reset();
+    ASSERT_FALSE(key.empty()) << "the chunk's bytes are stored";
+    std::string bad = good;
+    bad[17] ^= 1;
+    ASSERT_TRUE(raw->Put(rocksdb::WriteOptions(), handles[data_cf], key, bad).ok());
     for (auto* h : handles) raw->DestroyColumnFamilyHandle(h);
     delete raw;
   }
