@@ -7,6 +7,7 @@
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/merge_operator.h>
 #include <rocksdb/table.h>
+#include <rocksdb/table_properties.h>
 
 #include <cstring>
 #include <chrono>
@@ -241,6 +242,25 @@ Status Db::WaitIdle() {
 }
 
 Status Db::SyncWal() { return FromRocks(db_->FlushWAL(true), "store " + dir_ + ": sync WAL"); }
+
+Result<uint64_t> Db::EstimateKeys(Cf which) {
+  uint64_t n = 0;
+  if (!db_->GetIntProperty(cf(which), "rocksdb.estimate-num-keys", &n)) {
+    return Status::Internal("store " + dir_ + ": no key estimate for a column family");
+  }
+  return n;
+}
+
+Result<uint64_t> Db::EstimateValueBytes(Cf which) {
+  rocksdb::TablePropertiesCollection tables;
+  RETURN_IF_ERROR(FromRocks(db_->GetPropertiesOfAllTables(cf(which), &tables),
+                            "store " + dir_ + ": table properties"));
+  uint64_t bytes = 0;
+  for (const auto& [file, props] : tables) bytes += props->raw_value_size;
+  uint64_t mem = 0;
+  if (db_->GetIntProperty(cf(which), "rocksdb.cur-size-all-mem-tables", &mem)) bytes += mem;
+  return bytes;
+}
 
 uint64_t Db::DiskBytes() const {
   namespace fs = std::filesystem;

@@ -51,6 +51,10 @@ class Db {
   Status SyncWal();
   // Waits until no flush or compaction is running or pending.
   Status WaitIdle();
+  // RocksDB's estimate of the keys in a family (constant time).
+  Result<uint64_t> EstimateKeys(Cf which);
+  // Raw (uncompressed) value bytes of a family's SST files plus its memtables' size.
+  Result<uint64_t> EstimateValueBytes(Cf which);
   // Sum of the sizes of the files under dir().
   uint64_t DiskBytes() const;
 

@@ -226,7 +226,7 @@ Result<FsckReport> Store::Fsck() {
 
 Status Store::WaitIdle() { return impl_->db->WaitIdle(); }
 
-Result<StoreStats> Store::GetStats() {
+Result<StoreStats> Store::GetStats(StatsDetail detail) {
   StoreImpl& s = *impl_;
   StoreStats st;
   auto count = [&](Cf cf) -> Result<uint64_t> {
@@ -240,6 +240,14 @@ Result<StoreStats> Store::GetStats() {
   ASSIGN_OR_RETURN(st.snapshots, count(Cf::kSnapshots));
   ASSIGN_OR_RETURN(st.images, count(Cf::kImages));
   ASSIGN_OR_RETURN(st.layers, count(Cf::kLayers));
+  st.disk_bytes = s.db->DiskBytes();
+  if (detail == StatsDetail::kEstimate) {
+    ASSIGN_OR_RETURN(st.chunks, s.db->EstimateKeys(Cf::kChunks));
+    ASSIGN_OR_RETURN(st.chunk_bytes, s.db->EstimateValueBytes(Cf::kData));
+    ASSIGN_OR_RETURN(uint64_t entries, s.db->EstimateKeys(Cf::kMaps));
+    st.referenced_bytes = entries * s.options.default_block_size;
+    return st;
+  }
   std::map<uint64_t, uint32_t> block_size;
   {
     auto it = s.db->NewIterator(Cf::kLayers, false);
@@ -263,7 +271,6 @@ Result<StoreStats> Store::GetStats() {
   ASSIGN_OR_RETURN(ChunkTotals totals, s.chunks->Totals());
   st.chunks = totals.chunks;
   st.chunk_bytes = totals.bytes;
-  st.disk_bytes = s.db->DiskBytes();
   return st;
 }
 

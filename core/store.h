@@ -94,10 +94,15 @@ struct VolumeStats {
 };
 
 struct StoreStats {
-  uint64_t volumes = 0, snapshots = 0, images = 0, layers = 0;
+  uint64_t volumes = 0, snapshots = 0, images = 0, layers = 0;  // always exact
+  // Estimated by GetStats(kEstimate): RocksDB's key-count estimate, and the raw value
+  // bytes of the SST files plus the memtables (entries deleted but not yet compacted
+  // away still count).
   uint64_t chunks = 0;          // distinct stored chunks
   uint64_t chunk_bytes = 0;     // their uncompressed size
-  uint64_t referenced_bytes = 0;  // sum over map entries of the block size (logical data)
+  // Sum over map entries of the block size (logical data). Estimated as map entries
+  // (zero markers included) times the store's default block size.
+  uint64_t referenced_bytes = 0;
   uint64_t disk_bytes = 0;      // the store directory's size on disk
 };
 
@@ -247,7 +252,11 @@ class Store {
   // Checks every chunk's hash, every reference count and every link of the catalog.
   // Read-only. Errors are listed in the report, not returned as a Status.
   Result<FsckReport> Fsck();
-  Result<StoreStats> GetStats();
+  // kExact scans the block maps and every chunk (time grows with the data: for the
+  // CLI and tests); kEstimate answers from RocksDB's table statistics in constant
+  // time (for metrics scraped every few seconds); see StoreStats for which fields.
+  enum class StatsDetail { kExact, kEstimate };
+  Result<StoreStats> GetStats(StatsDetail detail = StatsDetail::kExact);
   // Waits until the database's background flushes and compactions are done (for
   // benchmarks that measure a settled store).
   Status WaitIdle();

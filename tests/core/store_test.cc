@@ -226,6 +226,21 @@ TEST_F(StoreTest, GcAfterDeletingEverythingLeavesNoChunks) {
   ExpectFsckClean();
 }
 
+// The constant-time statistics (for metrics) stay close to the exact ones.
+TEST_F(StoreTest, EstimatedStatsTrackTheExactOnes) {
+  auto v = Blank("a", 512 * 4096);
+  WriteAt(v.id, 0, RandomBytes(rng_, 400 * 4096));
+  Reopen();  // flushed to SST files, where the estimates come from
+  auto exact = Unwrap(store_->GetStats());
+  auto est = Unwrap(store_->GetStats(Store::StatsDetail::kEstimate));
+  ASSERT_EQ(exact.chunks, 400u);
+  EXPECT_EQ(est.volumes, exact.volumes);
+  EXPECT_EQ(est.layers, exact.layers);
+  EXPECT_NEAR(static_cast<double>(est.chunks), 400.0, 40.0);
+  EXPECT_NEAR(static_cast<double>(est.chunk_bytes), 400.0 * 4096, 40.0 * 4096);
+  EXPECT_NEAR(static_cast<double>(est.referenced_bytes), 400.0 * 4096, 40.0 * 4096);
+}
+
 TEST_F(StoreTest, GrowKeepsDataAndShrinkIsRefused) {
   auto v = Blank("a", 4 * 4096);
   std::string data = RandomBytes(rng_, 4 * 4096);
