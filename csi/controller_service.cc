@@ -4,11 +4,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <filesystem>
+#include <sstream>
 
 #include <unistd.h>
 
 #include "core/image_source.h"
+#include "core/sources/http_source.h"
 #include "core/tree_image.h"
 #include "csi/node_service.h"
 #include "csi/paths.h"
@@ -42,6 +45,74 @@ Result<size_t> PageStart(const std::string& token, const std::vector<std::string
                              sorted_ids.begin());
 }
 
+// The secrets a URL source reads from CreateVolume (StorageClass
+// csi.storage.k8s.io/provisioner-secret-name/-namespace). Values are never logged.
+constexpr char kSecretCaBundle[] = "caBundle";      // PEM text of trusted CAs
+constexpr char kSecretHeaders[] = "headers";        // "Name: value" lines
+constexpr char kSecretHeaderPrefix[] = "header.";   // header.<Name>: the value
+
+Status CheckHeaderName(const std::string& name, const std::string& what) {
+  if (name.empty()) return Status::InvalidArgument(what + ": empty header name");
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
+      return Status::InvalidArgument(what + ": header name '" + name +
+                                     "' may hold only letters, digits, '-' and '_'");
+    }
+  }
+  return Status::Ok();
+}
+
+Status CheckHeaderValue(const std::string& value, const std::string& what) {
+  if (value.find_first_of("\r\n") != std::string::npos) {
+    return Status::InvalidArgument(what + ": the value contains a line break");
+  }
+  return Status::Ok();
+}
+
+// The URL source of a CreateVolume: parameters url/sha256 plus the secrets.
+Result<UrlSource> UrlSourceOf(const CreateVolumeRequest& req, const VolumeParams& params,
+                              uint32_t block_size) {
+  UrlSource src;
+  src.url = params.url;
+  src.sha256 = params.sha256;
+  src.block_size = block_size;
+  for (const auto& [key, value] : req.secrets()) {
+    const std::string what = "secret key '" + key + "'";
+    if (key == kSecretCaBundle) {
+      if (value.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+        return Status::InvalidArgument(what + ": not a PEM certificate bundle");
+      }
+      src.ca_bundle_pem = value;
+    } else if (key == kSecretHeaders) {
+      std::istringstream lines(value);
+      std::string line;
+      while (std::getline(lines, line)) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.find_first_not_of(" \t") == std::string::npos) continue;
+        const size_t colon = line.find(':');
+        if (colon == std::string::npos) {
+          return Status::InvalidArgument(what + ": a line is not of the form 'Name: value'");
+        }
+        RETURN_IF_ERROR(CheckHeaderName(line.substr(0, colon), what));
+        src.headers.push_back(line);
+      }
+    } else if (key.rfind(kSecretHeaderPrefix, 0) == 0) {
+      const std::string name = key.substr(sizeof(kSecretHeaderPrefix) - 1);
+      RETURN_IF_ERROR(CheckHeaderName(name, what));
+      RETURN_IF_ERROR(CheckHeaderValue(value, what));
+      src.headers.push_back(name + ": " + value);
+    } else {
+      return Status::InvalidArgument(what + " is not used by url sources (known: caBundle, headers, "
+                                     "header.<Name>)");
+    }
+  }
+  if (!src.ca_bundle_pem.empty() && src.url.rfind("https://", 0) != 0 &&
+      src.url.rfind("HTTPS://", 0) != 0) {
+    return Status::InvalidArgument("secret key 'caBundle' applies to https:// URLs only");
+  }
+  return src;
+}
+
 std::string DescribeRange(const CapacityRange& r) {
   return "required_bytes " + std::to_string(r.required_bytes()) + ", limit_bytes " +
          std::to_string(r.limit_bytes());
@@ -62,6 +133,15 @@ VolumeCondition ControllerService::Condition(const std::string& volume_id) const
   return c;
 }
 
+ControllerService::ControllerService(Driver* driver, NodeService* node)
+    : driver_(driver), node_(node) {
+  ImporterOptions io;
+  io.state_dir = driver->options.state_dir;
+  io.max_image_size = driver->options.max_image_size;
+  io.max_concurrent_imports = driver->options.max_concurrent_imports;
+  importer_ = std::make_unique<ImageImporter>(driver->store.get(), io);
+}
+
 Volume ControllerService::ToCsi(const VolumeInfo& info) const {
   return ToCsiVolume(info, driver_->options.node_id, driver_->devices->Name());
 }
@@ -70,8 +150,9 @@ Volume ControllerService::ToCsi(const VolumeInfo& info) const {
 // CreateVolume
 // ---------------------------------------------------------------------------------------
 
-Result<VolumeInfo> ControllerService::CreateFromSource(const CreateVolumeRequest& req,
-                                                       const VolumeParams& params) {
+Result<VolumeInfo> ControllerService::CreateFromSource(
+    const CreateVolumeRequest& req, const VolumeParams& params,
+    const std::optional<ImportedImage>& url_image) {
   const uint64_t required = static_cast<uint64_t>(req.capacity_range().required_bytes());
   const uint64_t limit = static_cast<uint64_t>(req.capacity_range().limit_bytes());
   ::stellarium::CreateVolumeRequest creq;
@@ -117,6 +198,30 @@ Result<VolumeInfo> ControllerService::CreateFromSource(const CreateVolumeRequest
     auto source_lock = driver_->locks.Acquire(Driver::VolumeKey(vol_id));
     RETURN_IF_ERROR(node_->FlushVolume(vol_id));
     return driver_->store->CloneVolume(creq, vol_id);
+  }
+
+  if (!params.url.empty()) {
+    const std::string what = "url " + RedactUrl(params.url);
+    if (!url_image) {
+      // The volume existed before the import and was deleted since: start over.
+      return Status::Aborted("volume " + req.name() + " from " + what + " changed meanwhile; retry");
+    }
+    const ImportedImage& img = *url_image;
+    creq.block_size = img.block_size;
+    creq.size_bytes = RoundUp(std::max(required, img.size_bytes), img.block_size);
+    if (limit > 0 && creq.size_bytes > limit) {
+      return Status::OutOfRange(what + ": image needs " + std::to_string(creq.size_bytes) +
+                                " bytes, more than limit_bytes " + std::to_string(limit));
+    }
+    Result<VolumeInfo> v = importer_->CloneFrom(creq, img.digest);
+    if (!v.ok() && v.status().IsNotFound()) {
+      return Status::Aborted(what + ": its image was released while this volume was being made; retry");
+    }
+    if (v.ok()) {
+      spdlog::info("volume {} ({}): clone of image {} from {}{}", v->id, req.name(), img.digest, what,
+                   img.downloaded ? "" : " (no download: the node had it)");
+    }
+    return v;
   }
 
   if (!params.image.empty() || !params.image_dir.empty()) {
@@ -171,8 +276,13 @@ Result<VolumeInfo> ControllerService::CreateFromSource(const CreateVolumeRequest
   return driver_->store->CreateVolume(creq);
 }
 
-grpc::Status ControllerService::Create(const CreateVolumeRequest& req, CreateVolumeResponse* resp) {
+grpc::Status ControllerService::Create(grpc::ServerContext* context, const CreateVolumeRequest& req,
+                                       CreateVolumeResponse* resp) {
   CSI_RETURN_IF_GRPC_ERROR(CheckName(req.name(), "name"));
+  if (ImageImporter::IsAnchorName(req.name())) {
+    return InvalidArgument("name '" + req.name() + "': the prefix " + kAnchorPrefix +
+                           " is reserved for the driver's images");
+  }
   if (req.volume_capabilities_size() == 0) return InvalidArgument("volume_capabilities is required");
   for (const auto& cap : req.volume_capabilities()) CSI_RETURN_IF_GRPC_ERROR(CheckCapability(cap));
   const CapacityRange& range = req.capacity_range();
@@ -198,8 +308,8 @@ grpc::Status ControllerService::Create(const CreateVolumeRequest& req, CreateVol
       return InvalidArgument("volume_content_source: set snapshot or volume");
     }
     if (source_id.empty()) return InvalidArgument("volume_content_source: the source id is empty");
-    if (!params.image.empty() || !params.image_dir.empty()) {
-      return InvalidArgument("volume_content_source and the image/imageDir parameters are "
+    if (!params.image.empty() || !params.image_dir.empty() || !params.url.empty()) {
+      return InvalidArgument("volume_content_source and the image/imageDir/url parameters are "
                              "exclusive");
     }
   }
@@ -217,6 +327,24 @@ grpc::Status ControllerService::Create(const CreateVolumeRequest& req, CreateVol
     }
   }
 
+  // A URL's image is fetched (or waited for) before the name lock is taken: the wait may
+  // last until the deadline, and a retry of the same name must be able to join it.
+  std::optional<ImportedImage> url_image;
+  if (!params.url.empty()) {
+    Result<VolumeInfo> before = driver_->store->FindVolumeByName(req.name());
+    if (!before.ok() && !before.status().IsNotFound()) return ToGrpcStatus(before.status());
+    if (!before.ok()) {
+      const uint32_t block_size =
+          params.block_size ? params.block_size : driver_->store->options().default_block_size;
+      CSI_ASSIGN_OR_RETURN(UrlSource src, UrlSourceOf(req, params, block_size));
+      // The image must fit what was asked for: limit_bytes, else required_bytes.
+      const uint64_t capacity = static_cast<uint64_t>(range.limit_bytes() > 0 ? range.limit_bytes()
+                                                                              : range.required_bytes());
+      CSI_ASSIGN_OR_RETURN(url_image, importer_->Get(src, capacity, context->deadline(),
+                                                     [context] { return context->IsCancelled(); }));
+    }
+  }
+
   auto name_lock = driver_->locks.Acquire(Driver::VolumeNameKey(req.name()));
   Result<VolumeInfo> existing = driver_->store->FindVolumeByName(req.name());
   if (existing.ok()) {
@@ -229,7 +357,7 @@ grpc::Status ControllerService::Create(const CreateVolumeRequest& req, CreateVol
     else if (!source_kind.empty() && (v.source_kind != source_kind || v.source_id != source_id))
       why = "its source is " + (v.source_kind.empty() ? "none" : v.source_kind + " " + v.source_id);
     else if (source_kind.empty() && params.image.empty() && params.image_dir.empty() &&
-             !v.source_kind.empty())
+             params.url.empty() && !v.source_kind.empty())
       why = "it was created from " + v.source_kind + " " + v.source_id;
     else if (v.attributes != params.ToAttributes()) why = "it has other parameters";
     else if (params.block_size && v.block_size != params.block_size)
@@ -242,7 +370,7 @@ grpc::Status ControllerService::Create(const CreateVolumeRequest& req, CreateVol
   }
   if (!existing.status().IsNotFound()) return ToGrpcStatus(existing.status());
 
-  CSI_ASSIGN_OR_RETURN(VolumeInfo created, CreateFromSource(req, params));
+  CSI_ASSIGN_OR_RETURN(VolumeInfo created, CreateFromSource(req, params, url_image));
   *resp->mutable_volume() = ToCsi(created);
   return grpc::Status::OK;
 }
@@ -255,7 +383,18 @@ grpc::Status ControllerService::Delete(const DeleteVolumeRequest& req) {
     return FailedPrecondition("volume " + id + " is staged on node " + driver_->options.node_id +
                               " at " + staged->staging_path + ": unstage it first");
   }
+  Result<VolumeInfo> info = driver_->store->GetVolume(id);
+  if (!info.ok() && !info.status().IsNotFound()) return ToGrpcStatus(info.status());
+  if (info.ok() && ImageImporter::IsAnchorName(info->name)) {
+    return FailedPrecondition("volume " + id + " holds an imported image for the driver; it goes "
+                              "with the last volume made from that image");
+  }
   CSI_RETURN_IF_ERROR(driver_->store->DeleteVolume(id));
+  if (info.ok() && info->source_kind == "image") {
+    // The last volume of an image from a URL takes the image's anchor with it.
+    Status st = importer_->ReleaseIfUnused(info->source_id);
+    if (!st.ok()) spdlog::warn("volume {} deleted; releasing image {}: {}", id, info->source_id, st.ToString());
+  }
   return grpc::Status::OK;
 }
 
@@ -322,6 +461,10 @@ grpc::Status ControllerService::ListSnaps(const ListSnapshotsRequest& req,
 grpc::Status ControllerService::ListVols(const ListVolumesRequest& req, ListVolumesResponse* resp) {
   if (req.max_entries() < 0) return InvalidArgument("max_entries must not be negative");
   CSI_ASSIGN_OR_RETURN(std::vector<VolumeInfo> volumes, driver_->store->ListVolumes());
+  // Image anchors are the driver's, not the CO's.
+  volumes.erase(std::remove_if(volumes.begin(), volumes.end(),
+                               [](const VolumeInfo& v) { return ImageImporter::IsAnchorName(v.name); }),
+                volumes.end());
   std::vector<std::string> ids;
   for (const auto& v : volumes) ids.push_back(v.id);
   CSI_ASSIGN_OR_RETURN(size_t start, PageStart(req.starting_token(), ids));
@@ -437,9 +580,10 @@ grpc::Status ControllerService::GetVolume(const ControllerGetVolumeRequest& req,
 // RPC entry points
 // ---------------------------------------------------------------------------------------
 
-grpc::Status ControllerService::CreateVolume(grpc::ServerContext*, const CreateVolumeRequest* req,
+grpc::Status ControllerService::CreateVolume(grpc::ServerContext* context,
+                                             const CreateVolumeRequest* req,
                                              CreateVolumeResponse* resp) {
-  return RunRpc("CreateVolume", *req, [&] { return Create(*req, resp); });
+  return RunRpc("CreateVolume", *req, [&] { return Create(context, *req, resp); });
 }
 
 grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*, const DeleteVolumeRequest* req,

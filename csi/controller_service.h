@@ -1,6 +1,12 @@
 // The CSI Controller service over core's Store: volumes (blank, from an image file or a
-// directory tree under an import root, from a snapshot, from a volume: clones are O(1)
-// in core), snapshots, listing with paging, capacity, expansion, validation.
+// directory tree under an import root, from an http(s) URL, from a snapshot, from a
+// volume: clones are O(1) in core), snapshots, listing with paging, capacity,
+// expansion, validation.
+//
+// Volumes from a URL go through the ImageImporter (csi/image_importer.h): the image is
+// imported once per node on a background thread and every volume is a clone of it; a
+// call whose deadline comes first answers ABORTED with the progress and its retry joins
+// the same import. CA bundle and extra headers come from the CreateVolume secrets.
 //
 // Each call validates the request, takes the lock of the name or volume it is about
 // (Driver::VolumeNameKey / SnapshotNameKey / VolumeKey), calls core and maps the status
@@ -10,8 +16,12 @@
 // Thread-safety: RPCs for different names and volumes run in parallel.
 #pragma once
 
+#include <memory>
+#include <optional>
+
 #include "csi.grpc.pb.h"
 #include "csi/driver.h"
+#include "csi/image_importer.h"
 
 namespace stellarium::csi {
 
@@ -20,7 +30,10 @@ class NodeService;
 class ControllerService final : public ::csi::v1::Controller::Service {
  public:
   // `node` flushes a volume staged on this node before it is snapshotted.
-  ControllerService(Driver* driver, NodeService* node) : driver_(driver), node_(node) {}
+  ControllerService(Driver* driver, NodeService* node);
+
+  // The node's URL imports (for the metrics).
+  const ImageImporter& importer() const { return *importer_; }
 
   grpc::Status CreateVolume(grpc::ServerContext* context,
                             const ::csi::v1::CreateVolumeRequest* request,
@@ -69,7 +82,7 @@ class ControllerService final : public ::csi::v1::Controller::Service {
                                       ::csi::v1::ControllerModifyVolumeResponse* response) override;
 
  private:
-  grpc::Status Create(const ::csi::v1::CreateVolumeRequest& req,
+  grpc::Status Create(grpc::ServerContext* context, const ::csi::v1::CreateVolumeRequest& req,
                       ::csi::v1::CreateVolumeResponse* resp);
   grpc::Status Delete(const ::csi::v1::DeleteVolumeRequest& req);
   grpc::Status Snapshot(const ::csi::v1::CreateSnapshotRequest& req,
@@ -87,14 +100,17 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   grpc::Status GetVolume(const ::csi::v1::ControllerGetVolumeRequest& req,
                          ::csi::v1::ControllerGetVolumeResponse* resp);
 
-  // Creates the volume from the request's source (none, snapshot, volume, image).
+  // Creates the volume from the request's source (none, snapshot, volume, image, URL:
+  // `url_image` is the URL's image, imported beforehand without the name lock held).
   Result<VolumeInfo> CreateFromSource(const ::csi::v1::CreateVolumeRequest& req,
-                                      const struct VolumeParams& params);
+                                      const struct VolumeParams& params,
+                                      const std::optional<ImportedImage>& url_image);
   ::csi::v1::Volume ToCsi(const VolumeInfo& info) const;
   ::csi::v1::VolumeCondition Condition(const std::string& volume_id) const;
 
   Driver* const driver_;
   NodeService* const node_;
+  std::unique_ptr<ImageImporter> importer_;
 };
 
 }  // namespace stellarium::csi

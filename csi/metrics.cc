@@ -9,6 +9,7 @@
 
 #include <exception>
 
+#include "csi/image_importer.h"
 #include "csi/status_map.h"
 
 namespace stellarium::csi {
@@ -30,6 +31,7 @@ prometheus::MetricFamily Gauge(const std::string& name, const std::string& help,
 class StateCollector : public prometheus::Collectable {
  public:
   explicit StateCollector(Driver* driver) : driver_(driver) {}
+  std::atomic<const ImageImporter*> importer{nullptr};
 
   std::vector<prometheus::MetricFamily> Collect() const override {
     std::vector<prometheus::MetricFamily> out;
@@ -62,10 +64,61 @@ class StateCollector : public prometheus::Collectable {
         spdlog::warn("metrics: store stats: {}", stats.status().ToString());
       }
     }
+    if (const ImageImporter* imp = importer.load()) CollectImports(*imp, &out);
     return out;
   }
 
  private:
+  static void CollectImports(const ImageImporter& importer, std::vector<prometheus::MetricFamily>* out) {
+    const ImporterStats s = importer.Stats();
+    auto counter = [](const std::string& name, const std::string& help) {
+      prometheus::MetricFamily f;
+      f.name = name;
+      f.help = help;
+      f.type = prometheus::MetricType::Counter;
+      return f;
+    };
+    prometheus::MetricFamily bytes = counter("stellarium_image_import_bytes_total",
+                                             "Bytes downloaded by image imports from URLs");
+    bytes.metric.emplace_back().counter.value = static_cast<double>(s.downloaded_bytes_total);
+    out->push_back(bytes);
+    prometheus::MetricFamily done = counter("stellarium_image_imports_total",
+                                            "Image imports from URLs finished, by result (reused: "
+                                            "found in the store by digest or unchanged ETag)");
+    for (const auto& [result, n] : {std::pair<const char*, uint64_t>{"ok", s.imports_succeeded},
+                                    {"failed", s.imports_failed},
+                                    {"reused", s.reused}}) {
+      auto& m = done.metric.emplace_back();
+      m.label.push_back({"result", result});
+      m.counter.value = static_cast<double>(n);
+    }
+    out->push_back(done);
+    out->push_back(Gauge("stellarium_image_imports_in_progress", "Image imports from URLs running now",
+                         static_cast<double>(s.running.size())));
+    auto per_source = [&](const std::string& name, const std::string& help, auto value) {
+      prometheus::MetricFamily f;
+      f.name = name;
+      f.help = help;
+      f.type = prometheus::MetricType::Gauge;
+      for (const ImportProgress& p : s.running) {
+        auto v = value(p);
+        if (!v) continue;
+        auto& m = f.metric.emplace_back();
+        m.label.push_back({"source", p.source_id});
+        m.gauge.value = *v;
+      }
+      out->push_back(f);
+    };
+    per_source("stellarium_image_import_downloaded_bytes", "Bytes downloaded so far by a running import",
+               [](const ImportProgress& p) { return std::optional<double>(p.downloaded_bytes); });
+    per_source("stellarium_image_import_size_bytes", "Download size of a running import, when known",
+               [](const ImportProgress& p) {
+                 return p.download_total ? std::optional<double>(*p.download_total) : std::nullopt;
+               });
+    per_source("stellarium_image_import_waiters", "CreateVolume calls waiting for a running import",
+               [](const ImportProgress& p) { return std::optional<double>(p.waiters); });
+  }
+
   Driver* const driver_;
 };
 
@@ -113,6 +166,8 @@ void Metrics::OnRpc(const char* method, grpc::StatusCode code, double seconds) {
   impl_->rpcs->Add(labels).Increment();
   impl_->latency->Add(labels, kBuckets).Observe(seconds);
 }
+
+void Metrics::WatchImports(const ImageImporter* importer) { impl_->state->importer.store(importer); }
 
 int Metrics::port() const {
   auto ports = impl_->exposer->GetListeningPorts();

@@ -7,6 +7,12 @@
 //   stellarium_csi_published_targets                      their publish targets
 //   stellarium_store_{volumes,snapshots,images,layers,chunks}
 //   stellarium_store_{chunk,referenced,disk}_bytes        Store::GetStats() at scrape time
+//   stellarium_image_import_bytes_total                   bytes downloaded by URL imports
+//   stellarium_image_imports_in_progress                  URL imports running now
+//   stellarium_image_imports_total{result}                finished: ok, failed, reused
+//   stellarium_image_import_downloaded_bytes{source}      per running import (source:
+//   stellarium_image_import_size_bytes{source}            12 hex of its key; size when
+//   stellarium_image_import_waiters{source}               known; callers waiting for it)
 //
 // Thread-safety: OnRpc from any thread; the scrape runs on the HTTP server's threads.
 #pragma once
@@ -20,6 +26,8 @@
 
 namespace stellarium::csi {
 
+class ImageImporter;
+
 class Metrics : public RpcObserver {
  public:
   // Listens on `address` ("host:port", ":port"; port 0 picks a free one).
@@ -28,6 +36,9 @@ class Metrics : public RpcObserver {
   ~Metrics() override;
 
   void OnRpc(const char* method, grpc::StatusCode code, double seconds) override;
+  // Exports the importer's progress from now on. `importer` must outlive the Metrics
+  // or be unset (nullptr) first.
+  void WatchImports(const ImageImporter* importer);
   // The port the endpoint listens on.
   int port() const;
 

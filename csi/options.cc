@@ -1,5 +1,6 @@
 #include "csi/options.h"
 
+#include "core/store.h"
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
@@ -21,7 +22,7 @@ const std::set<std::string> kLogFormats = {"text", "json"};
 const std::vector<std::string> kKeys = {
     "endpoint",   "node_id",      "store",     "state_dir",  "driver_name",
     "kubelet_dir", "import_root", "max_volumes_per_node", "log_level", "log_format",
-    "metrics_address", "controller_expansion"};
+    "metrics_address", "controller_expansion", "max_image_size", "max_concurrent_imports"};
 
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
@@ -93,6 +94,14 @@ Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options
       else if (key == "log_format") o->log_format = v.as<std::string>();
       else if (key == "metrics_address") o->metrics_address = v.IsNull() ? "" : v.as<std::string>();
       else if (key == "controller_expansion") o->controller_expansion = v.as<bool>();
+      else if (key == "max_image_size") {
+        Result<uint64_t> size = ParseSize(v.as<std::string>());
+        if (!size.ok()) {
+          return Status::InvalidArgument("config " + origin + ": max_image_size '" +
+                                         v.as<std::string>() + "': not a size (e.g. 0, 10G)");
+        }
+        o->max_image_size = *size;
+      } else if (key == "max_concurrent_imports") o->max_concurrent_imports = v.as<int>();
       else {
         std::string known;
         for (const auto& k : kKeys) known += (known.empty() ? "" : ", ") + k;
@@ -123,6 +132,8 @@ std::string DumpYaml(const Options& o) {
   out << YAML::Key << "metrics_address" << YAML::Value << YAML::DoubleQuoted
       << o.metrics_address;
   out << YAML::Key << "controller_expansion" << YAML::Value << o.controller_expansion;
+  out << YAML::Key << "max_image_size" << YAML::Value << o.max_image_size;
+  out << YAML::Key << "max_concurrent_imports" << YAML::Value << o.max_concurrent_imports;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
@@ -171,6 +182,11 @@ Status Validate(Options* o) {
     return Status::InvalidArgument("max_volumes_per_node " +
                                    std::to_string(o->max_volumes_per_node) +
                                    ": must be 0 (no limit) or positive");
+  }
+  if (o->max_concurrent_imports < 1) {
+    return Status::InvalidArgument("max_concurrent_imports " +
+                                   std::to_string(o->max_concurrent_imports) +
+                                   ": must be at least 1");
   }
   if (!kLogLevels.count(o->log_level)) {
     return Status::InvalidArgument("log_level '" + o->log_level +
@@ -230,6 +246,13 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
                  "advertise ControllerExpandVolume (false in distributed deployments: "
                  "NodeExpandVolume then grows the volume)")
       ->default_str("true");
+  std::string max_image_size;
+  app.add_option("--max-image-size", max_image_size,
+                 "largest image a URL may bring, bytes or 10G/512M; 0 = no limit")
+      ->default_str("0");
+  app.add_option("--max-concurrent-imports", flags.max_concurrent_imports,
+                 "image imports from URLs running at once on this node")
+      ->default_str("2");
   app.add_flag("--dump-config", dump_config,
                "print the effective configuration as YAML (every key) and exit");
 
@@ -277,6 +300,18 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
   if (given("--log-format")) o.log_format = flags.log_format;
   if (given("--metrics-address")) o.metrics_address = flags.metrics_address;
   if (given("--controller-expansion")) o.controller_expansion = flags.controller_expansion;
+  if (given("--max-concurrent-imports")) o.max_concurrent_imports = flags.max_concurrent_imports;
+  if (given("--max-image-size")) {
+    Result<uint64_t> size = ParseSize(max_image_size);
+    if (!size.ok()) {
+      result.exit = true;
+      result.exit_code = 2;
+      result.output = "stellarium-csi: --max-image-size '" + max_image_size +
+                      "': not a size (e.g. 0, 10G)\n";
+      return result;
+    }
+    o.max_image_size = *size;
+  }
 
   Status st = Validate(&o);
   if (!st.ok()) {

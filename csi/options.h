@@ -54,6 +54,12 @@ struct Options {
   // size and kubelet calls NodeExpandVolume on the volume's node, which grows the
   // volume in the local store, then its device and file system.
   bool controller_expansion = true;
+  // Images from URLs (csi/image_importer.h): the largest image a download may bring,
+  // in bytes (the YAML key and the flag also take "10G", "512M"); 0 = no limit. And how
+  // many imports may run at once on this node; a CreateVolume that would start one more
+  // gets ABORTED and is retried by the sidecar.
+  uint64_t max_image_size = 0;
+  int max_concurrent_imports = 2;
 };
 
 // What the command line asked for.

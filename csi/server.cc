@@ -106,6 +106,7 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   server->identity_ = std::make_unique<IdentityService>(&d);
   server->node_ = std::make_unique<NodeService>(&d);
   server->controller_ = std::make_unique<ControllerService>(&d, server->node_.get());
+  if (server->metrics_) server->metrics_->WatchImports(&server->controller_->importer());
 
   grpc::ServerBuilder builder;
   int bound_port = 0;

@@ -1,7 +1,9 @@
 #include "csi/volume_spec.h"
 
+#include <cctype>
 #include <cstdio>
 
+#include "core/sources/http_source.h"
 #include "csi/options.h"
 #include "csi/status_map.h"
 
@@ -16,6 +18,8 @@ Attributes VolumeParams::ToAttributes() const {
   a[kParamExposure] = exposure;
   if (!image.empty()) a[kParamImage] = image;
   if (!image_dir.empty()) a[kParamImageDir] = image_dir;
+  if (!url.empty()) a[kParamUrl] = url;
+  if (!sha256.empty()) a[kParamSha256] = sha256;
   return a;
 }
 
@@ -30,6 +34,19 @@ Result<VolumeParams> ParseVolumeParameters(
       p.image = value;
     } else if (key == kParamImageDir) {
       p.image_dir = value;
+    } else if (key == kParamUrl) {
+      const std::string lower = [&] {
+        std::string l = value.substr(0, 8);
+        for (auto& c : l) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        return l;
+      }();
+      if (lower.rfind("http://", 0) != 0 && lower.rfind("https://", 0) != 0) {
+        return Status::InvalidArgument("parameter url '" + RedactUrl(value) +
+                                       "': only http:// and https:// URLs are supported");
+      }
+      p.url = value;
+    } else if (key == kParamSha256) {
+      ASSIGN_OR_RETURN(p.sha256, ParseSha256Digest(value, "parameter sha256"));
     } else if (key == kParamBlockSize) {
       Result<uint64_t> size = ParseSize(value);
       if (!size.ok() || *size > kMaxBlockSize) {
@@ -53,11 +70,17 @@ Result<VolumeParams> ParseVolumeParameters(
       }
     } else {
       return Status::InvalidArgument("unknown parameter '" + key +
-                                     "' (known: image, imageDir, blockSize, fsType, exposure)");
+                                     "' (known: image, imageDir, url, sha256, blockSize, fsType, exposure)");
     }
   }
   if (!p.image.empty() && !p.image_dir.empty()) {
     return Status::InvalidArgument("parameters image and imageDir are exclusive");
+  }
+  if (!p.url.empty() && (!p.image.empty() || !p.image_dir.empty())) {
+    return Status::InvalidArgument("parameter url and the image/imageDir parameters are exclusive");
+  }
+  if (!p.sha256.empty() && p.url.empty()) {
+    return Status::InvalidArgument("parameter sha256 needs the parameter url");
   }
   return p;
 }

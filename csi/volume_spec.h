@@ -5,6 +5,9 @@
 // StorageClass parameters (docs/CSI.md has the long version):
 //   image      path of a raw or ext4 image file under an --import-root
 //   imageDir   a directory under an --import-root, built into an ext4 image
+//   url        an http:// or https:// URL of an image (raw, ext4, gzip/xz/zstd, qcow2);
+//              imported once per node and cloned (csi/image_importer.h, docs/IMAGES.md)
+//   sha256     the expected digest of the bytes at `url` ("sha256:<hex>" or "<hex>")
 //   blockSize  the volume's block size ("4096", "64K"); blank and image volumes only
 //   fsType     filesystem for Mount access: "ext4" (the default and the only one)
 //   exposure   how the node makes the block device: "loop" (the default)
@@ -29,6 +32,8 @@ namespace stellarium::csi {
 // persisted in the store's catalog; never rename.
 inline constexpr char kParamImage[] = "image";
 inline constexpr char kParamImageDir[] = "imageDir";
+inline constexpr char kParamUrl[] = "url";
+inline constexpr char kParamSha256[] = "sha256";
 inline constexpr char kParamBlockSize[] = "blockSize";
 inline constexpr char kParamFsType[] = "fsType";
 inline constexpr char kParamExposure[] = "exposure";
@@ -47,6 +52,8 @@ inline constexpr uint64_t kDefaultVolumeBytes = 1ull << 30;  // no capacity_rang
 struct VolumeParams {
   std::string image;       // as given (resolved later against the import roots)
   std::string image_dir;
+  std::string url;          // http(s) image URL
+  std::string sha256;       // lowercase hex of the expected digest; "" = none
   uint32_t block_size = 0;  // 0: store default
   std::string fs_type = kDefaultFsType;
   std::string exposure;     // normalized to the provider's name

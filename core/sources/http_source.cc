@@ -104,6 +104,14 @@ class HttpImageSource::Impl {
       }
       headers_ = curl_slist_append(headers_, h.c_str());
     }
+    for (const auto& [name, value] : {std::pair<const char*, const std::string&>{"If-None-Match", opts_.if_none_match},
+                                      {"If-Modified-Since", opts_.if_modified_since}}) {
+      if (value.empty()) continue;
+      if (value.find_first_of("\r\n") != std::string::npos) {
+        return Status::InvalidArgument(what_ + ": " + name + " value contains a line break");
+      }
+      headers_ = curl_slist_append(headers_, (std::string(name) + ": " + value).c_str());
+    }
     curl_ = curl_easy_init();
     if (!curl_) return Status::Internal(what_ + ": curl_easy_init failed");
     curl_easy_setopt(curl_, CURLOPT_URL, opts_.url.c_str());
@@ -185,6 +193,10 @@ class HttpImageSource::Impl {
     std::lock_guard lock(mu_);
     return digest_hex_.empty() ? "" : "sha256:" + digest_hex_;
   }
+  bool not_modified() const {
+    std::lock_guard lock(mu_);
+    return not_modified_;
+  }
   const std::string& what() const { return what_; }
 
  private:
@@ -196,6 +208,11 @@ class HttpImageSource::Impl {
       // A new response (the first, or one after a redirect): forget the last one's.
       self->etag_.clear();
       self->last_modified_.clear();
+      self->encoded_ = false;
+    } else if (StartsWithNoCase(line, "content-encoding:")) {
+      // curl decodes the body: Content-Length then counts encoded bytes, not ours.
+      const std::string enc = Trim(line.substr(17));
+      self->encoded_ = !enc.empty() && !StartsWithNoCase(enc, "identity");
     } else if (StartsWithNoCase(line, "etag:")) {
       self->etag_ = Trim(line.substr(5));
     } else if (StartsWithNoCase(line, "last-modified:")) {
@@ -224,7 +241,8 @@ class HttpImageSource::Impl {
     if (!self->body_started_) {
       self->body_started_ = true;
       curl_off_t cl = -1;
-      if (curl_easy_getinfo(self->curl_, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK && cl >= 0) {
+      if (!self->encoded_ &&
+          curl_easy_getinfo(self->curl_, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK && cl >= 0) {
         self->content_length_ = static_cast<uint64_t>(cl);
       }
       char* eff = nullptr;
@@ -245,6 +263,17 @@ class HttpImageSource::Impl {
       return 0;
     }
     self->received_ += len;
+    if (self->opts_.on_data) {
+      const uint64_t received = self->received_;
+      const std::optional<uint64_t> total = self->content_length_;
+      lock.unlock();
+      const bool go_on = self->opts_.on_data(received, total);
+      lock.lock();
+      if (!go_on) {
+        self->own_error_ = Status(StatusCode::kCancelled, self->what_ + ": download cancelled");
+        return 0;
+      }
+    }
     size_t off = 0;
     while (off < len) {
       self->space_cv_.wait(lock, [&] { return self->used_ < self->ring_.size() || self->cancelled_; });
@@ -269,6 +298,15 @@ class HttpImageSource::Impl {
     long http = 0;
     curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &http);
     std::lock_guard lock(mu_);
+    if (rc == CURLE_OK && http == 304) {
+      // Not Modified: no body, and nothing to hash or check against a digest.
+      not_modified_ = true;
+      final_ = Status::Ok();
+      done_ = true;
+      started_cv_.notify_all();
+      data_cv_.notify_all();
+      return;
+    }
     final_ = Verdict(rc, http);
     if (final_.ok() && hashing_) {
       ChunkId d = hash_.Finish();
@@ -340,6 +378,8 @@ class HttpImageSource::Impl {
   bool body_started_ = false;        // GUARDED_BY(mu_)
   bool done_ = false;                // GUARDED_BY(mu_)
   bool cancelled_ = false;           // GUARDED_BY(mu_)
+  bool not_modified_ = false;        // GUARDED_BY(mu_): the answer was 304
+  bool encoded_ = false;             // GUARDED_BY(mu_): a Content-Encoding was sent
   Status final_;                     // GUARDED_BY(mu_): valid once done_
   Status own_error_;                 // GUARDED_BY(mu_): why a callback stopped curl
   std::optional<uint64_t> content_length_;
@@ -369,5 +409,6 @@ std::string HttpImageSource::last_modified() const { return impl_->last_modified
 std::string HttpImageSource::effective_url() const { return impl_->effective_url(); }
 uint64_t HttpImageSource::bytes_received() const { return impl_->received(); }
 std::string HttpImageSource::sha256() const { return impl_->sha256(); }
+bool HttpImageSource::not_modified() const { return impl_->not_modified(); }
 
 }  // namespace stellarium

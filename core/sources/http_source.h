@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,7 +43,16 @@ struct HttpSourceOptions {
   // hash costs a core-second per ~1.5 GB that the importer's own hashing could use.
   bool compute_sha256 = false;
   uint64_t max_bytes = 0;            // refuse bodies larger than this; 0 = no limit
+  // A conditional request (RFC 9110 section 13): with either set, a server whose copy
+  // still matches answers 304 Not Modified and Open() returns a source with
+  // not_modified() true and an empty body. If-None-Match wins where both are sent.
+  std::string if_none_match;         // an ETag from an earlier response, quotes included
+  std::string if_modified_since;     // a Last-Modified value from an earlier response
   size_t buffer_bytes = 16u << 20;   // the bounded buffer between curl and Next()
+  // Called on the transfer's thread as body bytes arrive, with the running total and
+  // the Content-Length when known (for progress reports). Returning false stops the
+  // transfer: Next() then fails with CANCELLED. Must not block.
+  std::function<bool(uint64_t received, std::optional<uint64_t> content_length)> on_data;
   long connect_timeout_seconds = 30;
   // A transfer that moves less than 1 byte/s for this long is dropped (UNAVAILABLE).
   long stall_timeout_seconds = 120;
@@ -70,6 +80,8 @@ class HttpImageSource : public ImageSource {
   // "sha256:<hex>" of the whole body; empty until Next() returned end-of-stream, and
   // empty unless a digest was expected or compute_sha256 was set.
   std::string sha256() const;
+  // The server answered 304 to a conditional request: the caller's copy is current.
+  bool not_modified() const;
 
   class Impl;
 

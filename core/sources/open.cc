@@ -66,14 +66,23 @@ Result<OpenedImageSource> OpenImageSource(const ImageSourceSpec& spec) {
     h.headers = spec.headers;
     h.expected_sha256 = spec.expected_sha256;
     h.max_bytes = spec.max_size_bytes;
+    h.if_none_match = spec.if_none_match;
+    h.if_modified_since = spec.if_modified_since;
+    h.on_data = spec.on_data;
     ASSIGN_OR_RETURN(auto http, HttpImageSource::Open(h));
     out.etag = http->etag();
     out.last_modified = http->last_modified();
     out.transfer_size = http->Size();
+    if (http->not_modified()) {
+      out.not_modified = true;
+      return out;
+    }
     raw = std::move(http);
   } else {
-    if (!spec.ca_bundle.empty() || !spec.headers.empty()) {
-      return Status::InvalidArgument("image " + spec.path + ": a CA bundle and headers apply to URLs only");
+    if (!spec.ca_bundle.empty() || !spec.headers.empty() || !spec.if_none_match.empty() ||
+        !spec.if_modified_since.empty()) {
+      return Status::InvalidArgument("image " + spec.path +
+                                     ": a CA bundle, headers and conditional requests apply to URLs only");
     }
     ASSIGN_OR_RETURN(raw, OpenFileImageSource(spec.path));
     out.transfer_size = raw->Size();

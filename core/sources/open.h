@@ -19,7 +19,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +38,11 @@ struct ImageSourceSpec {
   std::vector<std::string> headers;  // http(s) only: "Name: value"
   uint64_t max_size_bytes = 0;       // limit on downloaded and on raw bytes; 0 = none
   std::string scratch_dir;           // qcow2 conversion space (format.h); "" = $TMPDIR
+  // http(s) only: a conditional request (http_source.h). When the server answers 304
+  // the result has not_modified set and no source.
+  std::string if_none_match, if_modified_since;
+  // http(s) only: download progress and cancellation (HttpSourceOptions::on_data).
+  std::function<bool(uint64_t received, std::optional<uint64_t> content_length)> on_data;
 };
 
 // What OpenImageSource found, for logs, caching and the CLI's summary.
@@ -44,6 +51,7 @@ struct OpenedImageSource {
   ImageFormat format = ImageFormat::kRaw;
   std::string etag, last_modified;      // http(s) only; "" when the server sent none
   std::optional<uint64_t> transfer_size;  // Content-Length or the file size
+  bool not_modified = false;            // 304 to a conditional request: source is null
 };
 
 Result<OpenedImageSource> OpenImageSource(const ImageSourceSpec& spec);

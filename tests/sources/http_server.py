@@ -4,6 +4,11 @@
 Serves the files of ROOT on 127.0.0.1 (never another address), prints its port on the
 first line of stdout, and adds what Python's http.server lacks for these tests:
   - it counts GET/HEAD requests per path:      GET /__count?path=/x.img -> "N"
+    and, apart, the GETs answered with the file's body: /__count?path=/x.img&what=body
+  - it answers a conditional GET (If-None-Match / If-Modified-Since) with 304 when the
+    file is unchanged
+  - it can hold a body midway:                 GET /__hold?path=/x.img&after=N makes
+    responses for /x.img stop after N body bytes until GET /__release?path=/x.img
   - it can drop a connection midway:           GET /__drop?path=/x.img&after=N&times=K
     makes the next K requests for /x.img send the full Content-Length, then only N
     bytes of the body, then close the socket
@@ -24,7 +29,9 @@ import urllib.parse
 
 ROOT = sys.argv[1]
 counts = {}
+bodies = {}
 drops = {}
+holds = {}  # path -> (after, threading.Event)
 lock = threading.Lock()
 
 
@@ -48,7 +55,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = q.get("path", [""])[0]
         with lock:
             if url.path == "/__count":
-                return self.reply(200, str(counts.get(path, 0)).encode())
+                table = bodies if q.get("what", [""])[0] == "body" else counts
+                return self.reply(200, str(table.get(path, 0)).encode())
+            if url.path == "/__hold":
+                holds[path] = (int(q["after"][0]), threading.Event())
+                return self.reply(200, b"ok")
+            if url.path == "/__release":
+                hold = holds.pop(path, None)
+                if hold:
+                    hold[1].set()
+                return self.reply(200, b"ok")
             if url.path == "/__drop":
                 drops[path] = [int(q["after"][0]), int(q.get("times", ["1"])[0])]
                 return self.reply(200, b"ok")
@@ -76,10 +92,32 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not full.startswith(os.path.realpath(ROOT) + os.sep) or not os.path.isfile(full):
             return self.reply(404, b"not found\n")
         st = os.stat(full)
+        etag = '"%x-%x"' % (st.st_size, st.st_mtime_ns)
+        inm = self.headers.get("If-None-Match")
+        ims = self.headers.get("If-Modified-Since")
+        unchanged = False
+        if inm is not None:
+            unchanged = etag in [t.strip() for t in inm.split(",")] or inm.strip() == "*"
+        elif ims is not None:
+            try:
+                unchanged = int(st.st_mtime) <= email.utils.parsedate_to_datetime(ims).timestamp()
+            except (TypeError, ValueError):
+                unchanged = False
+        if unchanged and self.command == "GET":
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        if self.command == "GET":
+            with lock:
+                bodies[url.path] = bodies.get(url.path, 0) + 1
+                hold = holds.get(url.path)
+        else:
+            hold = None
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(st.st_size))
-        self.send_header("ETag", '"%x-%x"' % (st.st_size, st.st_mtime_ns))
+        self.send_header("ETag", etag)
         self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
         if drop_after is not None:
             self.send_header("Connection", "close")
@@ -88,8 +126,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.flush()
         with open(full, "rb") as f:
+            if hold is not None:
+                self.wfile.write(f.read(hold[0]))
+                self.wfile.flush()
+                hold[1].wait()
             if drop_after is None:
-                self.connection.sendfile(f)
+                self.connection.sendfile(f, f.tell())
             else:
                 self.wfile.write(f.read(drop_after))
                 self.wfile.flush()

@@ -79,9 +79,11 @@ class LocalHttpServer {
   }
 
   // GET of a control path; the body, or "" on failure.
-  std::string Control(const std::string& path_and_query) const {
+  std::string Control(const std::string& path_and_query) const { return Get(Url(path_and_query)); }
+  // GET of any http URL (e.g. a metrics endpoint); the body, or "" on failure.
+  static std::string Get(const std::string& url) {
     HttpSourceOptions o;
-    o.url = Url(path_and_query);
+    o.url = url;
     auto src = HttpImageSource::Open(o);
     if (!src.ok()) return "";
     std::string body;
@@ -99,6 +101,16 @@ class LocalHttpServer {
     std::string b = Control("/__count?path=" + path);
     return b.empty() ? -1 : std::stoi(b);
   }
+  // GETs of `path` answered with its body (not 304, not HEAD).
+  int BodyRequests(const std::string& path) const {
+    std::string b = Control("/__count?path=" + path + "&what=body");
+    return b.empty() ? -1 : std::stoi(b);
+  }
+  // Responses for `path` stop after `after` body bytes until Release(path).
+  bool Hold(const std::string& path, uint64_t after) const {
+    return Control("/__hold?path=" + path + "&after=" + std::to_string(after)) == "ok";
+  }
+  bool Release(const std::string& path) const { return Control("/__release?path=" + path) == "ok"; }
   // The next `times` requests for `path` send `after` body bytes and drop the connection.
   bool DropAfter(const std::string& path, uint64_t after, int times = 1) const {
     return Control("/__drop?path=" + path + "&after=" + std::to_string(after) +
