@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
-# Stellarium CSI image: the CSI driver `stellarium-csi` and the CLI `stellarium`.
+# Stellarium CSI image: the CSI driver `stellarium-csi`, its fd holder
+# `stellarium-fd-holder` (keeps the FUSE connection across driver restarts) and the CLI
+# `stellarium`.
 #
 #   docker build -t ghcr.io/stellarium-csi/stellarium-csi:0.1.0 .
 #
@@ -32,8 +34,8 @@ COPY . /src
 WORKDIR /src
 RUN cmake -S /src -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
       -DSTELLARIUM_BUILD_TESTS=OFF -DSTELLARIUM_BUILD_BENCH=OFF \
- && cmake --build /build --parallel "$(nproc)" --target stellarium stellarium-csi \
- && /src/scripts/stage-runtime.sh /build /out stellarium stellarium-csi
+ && cmake --build /build --parallel "$(nproc)" --target stellarium stellarium-csi stellarium-fd-holder \
+ && /src/scripts/stage-runtime.sh /build /out stellarium stellarium-csi stellarium-fd-holder
 
 FROM ${RUNTIME_IMAGE} AS runtime
 ARG VERSION=0.1.0
@@ -51,6 +53,8 @@ RUN apt-get update -q \
 COPY --from=build /out/ /opt/stellarium/
 RUN ln -s /opt/stellarium/bin/stellarium /usr/local/bin/stellarium \
  && ln -s /opt/stellarium/bin/stellarium-csi /usr/local/bin/stellarium-csi \
+ && ln -s /opt/stellarium/bin/stellarium-fd-holder /usr/local/bin/stellarium-fd-holder \
+ && /usr/local/bin/stellarium-fd-holder --help \
  && /usr/local/bin/stellarium --version \
  && /usr/local/bin/stellarium-csi --version
 USER 65532:65532

@@ -17,12 +17,14 @@ namespace fs = std::filesystem;
 
 const std::set<std::string> kLogLevels = {"trace", "debug", "info", "warn", "error"};
 const std::set<std::string> kLogFormats = {"text", "json"};
+const std::set<std::string> kBlockDevices = {"fuse", "loop"};
 
 // Every YAML key, in the order --dump-config prints them.
 const std::vector<std::string> kKeys = {
     "endpoint",   "node_id",      "store",     "state_dir",  "driver_name",
     "kubelet_dir", "import_root", "max_volumes_per_node", "log_level", "log_format",
-    "metrics_address", "controller_expansion", "max_image_size", "max_concurrent_imports"};
+    "metrics_address", "controller_expansion", "max_image_size", "max_concurrent_imports",
+    "block_device"};
 
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
@@ -56,6 +58,10 @@ std::string Hostname() {
 }
 
 }  // namespace
+
+std::string FdHolderSocket(const Options& options) {
+  return options.state_dir + "/fd-holder.sock";
+}
 
 std::string EndpointPath(const std::string& endpoint) {
   const std::string scheme = "unix://";
@@ -94,6 +100,7 @@ Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options
       else if (key == "log_format") o->log_format = v.as<std::string>();
       else if (key == "metrics_address") o->metrics_address = v.IsNull() ? "" : v.as<std::string>();
       else if (key == "controller_expansion") o->controller_expansion = v.as<bool>();
+      else if (key == "block_device") o->block_device = v.as<std::string>();
       else if (key == "max_image_size") {
         Result<uint64_t> size = ParseSize(v.as<std::string>());
         if (!size.ok()) {
@@ -134,6 +141,7 @@ std::string DumpYaml(const Options& o) {
   out << YAML::Key << "controller_expansion" << YAML::Value << o.controller_expansion;
   out << YAML::Key << "max_image_size" << YAML::Value << o.max_image_size;
   out << YAML::Key << "max_concurrent_imports" << YAML::Value << o.max_concurrent_imports;
+  out << YAML::Key << "block_device" << YAML::Value << o.block_device;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
@@ -195,6 +203,14 @@ Status Validate(Options* o) {
   if (!kLogFormats.count(o->log_format)) {
     return Status::InvalidArgument("log_format '" + o->log_format + "': must be text or json");
   }
+  if (!kBlockDevices.count(o->block_device)) {
+    return Status::InvalidArgument("block_device '" + o->block_device + "': must be fuse or loop");
+  }
+  if (o->block_device == "fuse" && FdHolderSocket(*o).size() >= 108) {
+    return Status::InvalidArgument("state_dir '" + o->state_dir +
+                                   "': too long for the fd holder's socket path "
+                                   "(<state_dir>/fd-holder.sock must be under 108 bytes)");
+  }
   if (!o->metrics_address.empty()) {
     auto colon = o->metrics_address.rfind(':');
     std::string port = colon == std::string::npos ? "" : o->metrics_address.substr(colon + 1);
@@ -253,6 +269,10 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
   app.add_option("--max-concurrent-imports", flags.max_concurrent_imports,
                  "image imports from URLs running at once on this node")
       ->default_str("2");
+  app.add_option("--block-device", flags.block_device,
+                 "fuse (a file in the driver's FUSE mount, lazy; survives driver restarts with "
+                 "stellarium-fd-holder) or loop (an exported raw file)")
+      ->default_str("fuse");
   app.add_flag("--dump-config", dump_config,
                "print the effective configuration as YAML (every key) and exit");
 
@@ -300,6 +320,7 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
   if (given("--log-format")) o.log_format = flags.log_format;
   if (given("--metrics-address")) o.metrics_address = flags.metrics_address;
   if (given("--controller-expansion")) o.controller_expansion = flags.controller_expansion;
+  if (given("--block-device")) o.block_device = flags.block_device;
   if (given("--max-concurrent-imports")) o.max_concurrent_imports = flags.max_concurrent_imports;
   if (given("--max-image-size")) {
     Result<uint64_t> size = ParseSize(max_image_size);

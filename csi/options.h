@@ -60,7 +60,19 @@ struct Options {
   // gets ABORTED and is retried by the sidecar.
   uint64_t max_image_size = 0;
   int max_concurrent_imports = 2;
+  // How a staged volume becomes a kernel block device (docs/EXPOSURE.md):
+  //   fuse  the volume is a file in the driver's FUSE mount (<state_dir>/fuse) with a
+  //         loop device on it: lazy, staging costs the same for any size, every write
+  //         reaches the store; with stellarium-fd-holder on <state_dir>/fd-holder.sock
+  //         staged volumes survive a restart of the driver.
+  //   loop  the volume is exported to a raw file under <state_dir>/devices with a loop
+  //         device on it, written back on sync and unstage (the first mechanism; the
+  //         first stage reads the whole volume).
+  std::string block_device = "fuse";
 };
+
+// The fd holder's socket for a state directory: <state_dir>/fd-holder.sock.
+std::string FdHolderSocket(const Options& options);
 
 // What the command line asked for.
 struct CommandLine {

@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "csi/controller_service.h"
+#include "csi/exposure/fuse_loop_provider.h"
 #include "csi/identity_service.h"
 #include "csi/loop_block_device.h"
 #include "csi/metrics.h"
@@ -83,7 +84,15 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
 
   d.node_state = std::make_unique<NodeState>(options.state_dir + "/staged");
   RETURN_IF_ERROR(d.node_state->Load().Annotate("load node state"));
-  d.devices = NewLoopBlockDeviceProvider(d.store.get(), options.state_dir + "/devices");
+  if (options.block_device == "fuse") {
+    exposure::FuseLoopProviderOptions fuse_options;
+    fuse_options.state_dir = options.state_dir;
+    fuse_options.fd_holder_socket = FdHolderSocket(options);
+    ASSIGN_OR_RETURN(d.devices,
+                     exposure::FuseLoopBlockDeviceProvider::Create(d.store.get(), fuse_options));
+  } else {
+    d.devices = NewLoopBlockDeviceProvider(d.store.get(), options.state_dir + "/devices");
+  }
   ASSIGN_OR_RETURN(auto attached, d.devices->Recover());
   for (const auto& staged : d.node_state->List()) {
     bool found = false;
@@ -128,9 +137,9 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
     return st;
   }
   d.ready.store(true);
-  spdlog::info("stellarium-csi {} serving {} on {} (node {}, store {}, {} device(s) recovered)",
-               STELLARIUM_VERSION, options.driver_name, options.endpoint, options.node_id,
-               options.store, attached.size());
+  spdlog::info("stellarium-csi {} serving {} on {} (node {}, store {}, {} block devices, {} "
+               "device(s) recovered)", STELLARIUM_VERSION, options.driver_name, options.endpoint,
+               options.node_id, options.store, options.block_device, attached.size());
   return server;
 }
 

@@ -6,13 +6,20 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse3/fuse_lowlevel.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <fstream>
 
 namespace stellarium::exposure {
 
@@ -21,6 +28,25 @@ namespace {
 constexpr fuse_ino_t kRootIno = FUSE_ROOT_ID;
 constexpr size_t kMaxWrite = 1 << 20;  // 1 MiB: the largest bio a loop device sends
 constexpr double kAttrTimeout = 1.0;   // invalidated explicitly on resize and removal
+// The `unique` of the replayed FUSE_INIT: even (odd ones address interrupts) and far
+// above any id the kernel hands out, so the kernel drops our answer with ENOENT.
+constexpr uint64_t kReplayedInitUnique = 0x7ffffffffffffffeULL;
+// FUSE_NOTIFY_RESEND from <linux/fuse.h> 7.40 (Linux 6.9); Debian 12's headers are
+// older. Persisted in the kernel ABI; never renumbered.
+constexpr int32_t kNotifyResend = 7;
+constexpr auto kInitWait = std::chrono::seconds(10);
+
+// The inode number of a volume file: a hash of its name (FNV-1a, 64 bits), so that a
+// new process serving the same connection answers for the inodes the kernel already
+// knows. Never 0 or the root's 1.
+fuse_ino_t InoFor(const std::string& name) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  return h < 2 ? h + 2 : h;
+}
 
 int ErrnoFor(const Status& s) {
   switch (s.code()) {
@@ -45,15 +71,19 @@ struct FuseBlockServer::Entry {
   std::string name;
   fuse_ino_t ino = 0;
   std::shared_ptr<BlockIo> io;
+  int open_count = 0;    // GUARDED_BY(State::mu): opens made by this process
+  bool removed = false;  // GUARDED_BY(State::mu): gone from by_name, kept while open
 };
 
 struct FuseBlockServer::State {
   mutable std::mutex mu;
   std::map<std::string, std::shared_ptr<Entry>> by_name;  // GUARDED_BY(mu)
   std::map<fuse_ino_t, std::shared_ptr<Entry>> by_ino;    // GUARDED_BY(mu)
-  fuse_ino_t next_ino = kRootIno + 1;                     // GUARDED_BY(mu); never reused
   std::string mountpoint;
   time_t mount_time = 0;
+  std::string init_in;      // GUARDED_BY(mu): the FUSE_INIT body, once seen
+  std::condition_variable init_seen;
+  std::atomic<bool> ended{false};  // the connection is gone (unmounted or aborted)
 
   std::shared_ptr<Entry> Find(fuse_ino_t ino) {
     std::lock_guard<std::mutex> lock(mu);
@@ -73,11 +103,6 @@ using Entry = FuseBlockServer::Entry;
 using State = FuseBlockServer::State;
 
 State* StateOf(fuse_req_t req) { return static_cast<State*>(fuse_req_userdata(req)); }
-
-// An open file: keeps the volume alive while the kernel holds it, even after removal.
-struct Handle {
-  std::shared_ptr<Entry> entry;
-};
 
 void FillRootAttr(const State* st, struct stat* attr) {
   memset(attr, 0, sizeof(*attr));
@@ -136,7 +161,6 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     return;
   }
   std::shared_ptr<Entry> e = st->Find(ino);
-  if (!e && fi != nullptr) e = reinterpret_cast<Handle*>(fi->fh)->entry;
   if (!e) {
     fuse_reply_err(req, ENOENT);
     return;
@@ -187,15 +211,26 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
   fi->direct_io = 1;  // no page cache: every read and write reaches the BlockIo
   fi->keep_cache = 0;
   fi->nonseekable = 0;
-  fi->fh = reinterpret_cast<uint64_t>(new Handle{e});
-  if (fuse_reply_open(req, fi) == -ENOENT) {
-    delete reinterpret_cast<Handle*>(fi->fh);  // the open was interrupted
+  // No pointer in fh: the kernel keeps it across a driver restart. Requests are
+  // routed by inode number.
+  fi->fh = ino;
+  {
+    std::lock_guard<std::mutex> lock(st->mu);
+    ++e->open_count;
+  }
+  if (fuse_reply_open(req, fi) == -ENOENT) {  // the open was interrupted
+    std::lock_guard<std::mutex> lock(st->mu);
+    --e->open_count;
   }
 }
 
 void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info* fi) {
-  Handle* h = reinterpret_cast<Handle*>(fi->fh);
-  BlockIo& io = *h->entry->io;
+  std::shared_ptr<Entry> e = StateOf(req)->Find(ino);
+  if (!e) {
+    fuse_reply_err(req, EBADF);
+    return;
+  }
+  BlockIo& io = *e->io;
   uint64_t vsize = io.size();
   if (off < 0) {
     fuse_reply_err(req, EINVAL);
@@ -219,8 +254,12 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
 
 void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,
              struct fuse_file_info* fi) {
-  Handle* h = reinterpret_cast<Handle*>(fi->fh);
-  BlockIo& io = *h->entry->io;
+  std::shared_ptr<Entry> e = StateOf(req)->Find(ino);
+  if (!e) {
+    fuse_reply_err(req, EBADF);
+    return;
+  }
+  BlockIo& io = *e->io;
   if (io.read_only()) {
     fuse_reply_err(req, EROFS);
     return;
@@ -244,12 +283,16 @@ void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_
 }
 
 void OpFlush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
-  Handle* h = reinterpret_cast<Handle*>(fi->fh);
-  if (h->entry->io->read_only()) {
+  std::shared_ptr<Entry> e = StateOf(req)->Find(ino);
+  if (!e) {
+    fuse_reply_err(req, EBADF);
+    return;
+  }
+  if (e->io->read_only()) {
     fuse_reply_err(req, 0);
     return;
   }
-  fuse_reply_err(req, ErrnoFor(h->entry->io->Flush()));
+  fuse_reply_err(req, ErrnoFor(e->io->Flush()));
 }
 
 void OpFsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info* fi) {
@@ -257,7 +300,16 @@ void OpFsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info
 }
 
 void OpRelease(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
-  delete reinterpret_cast<Handle*>(fi->fh);
+  State* st = StateOf(req);
+  {
+    std::lock_guard<std::mutex> lock(st->mu);
+    auto it = st->by_ino.find(ino);
+    // An open made by an earlier process is not counted here: never go below zero.
+    if (it != st->by_ino.end() && it->second->open_count > 0 && --it->second->open_count == 0 &&
+        it->second->removed) {
+      st->by_ino.erase(it);
+    }
+  }
   fuse_reply_err(req, 0);
 }
 
@@ -335,16 +387,124 @@ Status ValidateName(const std::string& name) {
   return Status::Ok();
 }
 
-// Removes a FUSE mount left behind by a process that died (stat fails with ENOTCONN).
-void ClearDeadMount(const std::string& dir) {
-  struct stat st;
-  if (stat(dir.c_str(), &st) != 0 && errno == ENOTCONN) umount2(dir.c_str(), MNT_DETACH);
+// True when /proc/self/mountinfo lists a mount at `dir` (escaped as the kernel does).
+bool IsMounted(const std::string& dir) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    // id parent major:minor root mountpoint ...
+    size_t pos = 0;
+    for (int field = 0; field < 4 && pos != std::string::npos; ++field) {
+      pos = line.find(' ', pos);
+      if (pos != std::string::npos) ++pos;
+    }
+    if (pos == std::string::npos) continue;
+    size_t end = line.find(' ', pos);
+    std::string mp = line.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    std::string unescaped;
+    for (size_t i = 0; i < mp.size(); ++i) {
+      if (mp[i] == '\\' && i + 3 < mp.size()) {
+        unescaped += static_cast<char>(std::stoi(mp.substr(i + 1, 3), nullptr, 8));
+        i += 3;
+      } else {
+        unescaped += mp[i];
+      }
+    }
+    if (unescaped == dir) return true;
+  }
+  return false;
+}
+
+// Removes a FUSE mount left behind by an earlier process that nobody will serve. Never
+// stat()s it first: if some other process still holds its connection, a stat would
+// wait for an answer that never comes.
+void ClearOldMount(const std::string& dir) {
+  while (IsMounted(dir)) {
+    if (umount2(dir.c_str(), MNT_DETACH) != 0) break;
+  }
+}
+
+// One worker: waits for a request or the stop signal, reads one request, answers it.
+// Never reads after the stop signal, never drops a request it has read.
+void WorkerLoop(fuse_session* se, State* st, int stop_fd) {
+  struct fuse_buf buf;
+  memset(&buf, 0, sizeof(buf));
+  const int fd = fuse_session_fd(se);
+  while (!st->ended.load()) {
+    struct pollfd fds[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (fds[1].revents != 0) break;
+    if (fds[0].revents == 0) continue;
+    buf.size = 0;
+    int n = fuse_session_receive_buf(se, &buf);  // the fd is non-blocking
+    if (n == -EAGAIN || n == -EINTR) continue;   // another worker took it
+    if (n <= 0) {
+      // 0: the connection ended (unmounted or aborted); < 0: a read error.
+      st->ended.store(true);
+      break;
+    }
+    if (static_cast<size_t>(n) >= sizeof(struct fuse_in_header)) {
+      const auto* in = static_cast<const struct fuse_in_header*>(buf.mem);
+      if (in->opcode == FUSE_INIT && in->len <= static_cast<uint32_t>(n)) {
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->init_in.assign(static_cast<const char*>(buf.mem) + sizeof(struct fuse_in_header),
+                           in->len - sizeof(struct fuse_in_header));
+        st->init_seen.notify_all();
+      }
+    }
+    fuse_session_process_buf(se, &buf);
+  }
+  // Wake the others when the connection ended.
+  if (st->ended.load()) {
+    uint64_t one = 1;
+    (void)!write(stop_fd, &one, sizeof(one));
+  }
+  free(buf.mem);
 }
 
 }  // namespace
 
 FuseBlockServer::FuseBlockServer(FuseBlockServerOptions options)
     : options_(std::move(options)), state_(std::make_unique<State>()) {}
+
+Status FuseBlockServer::NewSession() {
+  state_->mountpoint = options_.mountpoint;
+  state_->mount_time = time(nullptr);
+  std::string opts = "fsname=stellarium,subtype=stellarium,default_permissions";
+  if (options_.allow_other) opts += ",allow_other";
+  std::vector<std::string> argv_s = {"stellarium-fuse", "-o", opts};
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  struct fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  session_ = fuse_session_new(&args, &kOps, sizeof(kOps), state_.get());
+  if (session_ == nullptr) {
+    return Status::Internal("fuse mountpoint " + options_.mountpoint + ": fuse_session_new failed");
+  }
+  stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd_ < 0) return Status::FromErrno(errno, "fuse mountpoint " + options_.mountpoint);
+  return Status::Ok();
+}
+
+void FuseBlockServer::StartWorkers() {
+  int fd = fuse_session_fd(session_);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  unsigned n = std::max(1u, options_.max_threads);
+  for (unsigned i = 0; i < n; ++i) {
+    workers_.emplace_back(WorkerLoop, session_, state_.get(), stop_fd_);
+  }
+}
+
+void FuseBlockServer::StopWorkers() {
+  if (stop_fd_ >= 0) {
+    uint64_t one = 1;
+    (void)!write(stop_fd_, &one, sizeof(one));
+  }
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
 
 Result<std::unique_ptr<FuseBlockServer>> FuseBlockServer::Start(
     const FuseBlockServerOptions& options) {
@@ -356,67 +516,152 @@ Result<std::unique_ptr<FuseBlockServer>> FuseBlockServer::Start(
     return Status::FromErrno(errno, "fuse mountpoint " + options.mountpoint + ": /dev/fuse")
         .Annotate("FUSE unavailable");
   }
-  ClearDeadMount(options.mountpoint);
+  ClearOldMount(options.mountpoint);
   if (mkdir(options.mountpoint.c_str(), 0755) != 0 && errno != EEXIST) {
     return Status::FromErrno(errno, "mkdir " + options.mountpoint);
   }
   std::unique_ptr<FuseBlockServer> server(new FuseBlockServer(options));
-  server->state_->mountpoint = options.mountpoint;
-  server->state_->mount_time = time(nullptr);
-
-  std::string opts = "fsname=stellarium,subtype=stellarium,default_permissions";
-  if (options.allow_other) opts += ",allow_other";
-  std::vector<std::string> argv_s = {"stellarium-fuse", "-o", opts};
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  struct fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
-  server->session_ = fuse_session_new(&args, &kOps, sizeof(kOps), server->state_.get());
-  if (server->session_ == nullptr) {
-    return Status::Internal("fuse mountpoint " + options.mountpoint + ": fuse_session_new failed");
-  }
+  RETURN_IF_ERROR(server->NewSession());
   if (fuse_session_mount(server->session_, options.mountpoint.c_str()) != 0) {
-    fuse_session_destroy(server->session_);
-    server->session_ = nullptr;
     return Status::Unavailable("fuse mountpoint " + options.mountpoint +
                                ": mount failed (needs root and /dev/fuse)");
   }
   server->mounted_ = true;
-  fuse_session* se = server->session_;
-  unsigned max_threads = std::max(1u, options.max_threads);
-  server->loop_thread_ = std::thread([se, max_threads] {
-    struct fuse_loop_config* cfg = fuse_loop_cfg_create();
-    fuse_loop_cfg_set_clone_fd(cfg, 0);
-    fuse_loop_cfg_set_idle_threads(cfg, std::min(4u, max_threads));
-    fuse_loop_cfg_set_max_threads(cfg, max_threads);
-    fuse_session_loop_mt(se, cfg);
-    fuse_loop_cfg_destroy(cfg);
-  });
+  server->StartWorkers();
+  // The kernel queued FUSE_INIT at mount time; a worker answers it at once.
+  std::unique_lock<std::mutex> lock(server->state_->mu);
+  if (!server->state_->init_seen.wait_for(lock, kInitWait,
+                                          [&] { return !server->state_->init_in.empty(); })) {
+    lock.unlock();
+    return Status::Unavailable("fuse mountpoint " + options.mountpoint +
+                               ": the kernel sent no FUSE_INIT");
+  }
   return server;
+}
+
+Result<std::unique_ptr<FuseBlockServer>> FuseBlockServer::Resume(
+    const FuseBlockServerOptions& options, const FuseResumeState& state) {
+  if (options.mountpoint.empty() || options.mountpoint[0] != '/') {
+    return Status::InvalidArgument("fuse mountpoint '" + options.mountpoint +
+                                   "': must be an absolute path");
+  }
+  // fuse_init_in: major, minor, max_readahead, flags; newer kernels append more.
+  if (state.init_in.size() < 16 || state.init_in.size() > 1024) {
+    return Status::InvalidArgument("fuse mountpoint " + options.mountpoint + ": saved FUSE_INIT of " +
+                                   std::to_string(state.init_in.size()) + " bytes is malformed");
+  }
+  uint32_t major = 0;
+  memcpy(&major, state.init_in.data(), sizeof(major));
+  if (major != FUSE_KERNEL_VERSION) {
+    return Status::InvalidArgument("fuse mountpoint " + options.mountpoint +
+                                   ": saved FUSE_INIT has protocol major " + std::to_string(major));
+  }
+  struct pollfd p = {state.fd, POLLIN, 0};
+  if (state.fd < 0 || poll(&p, 1, 0) < 0 || (p.revents & (POLLERR | POLLHUP | POLLNVAL))) {
+    return Status::Unavailable("fuse mountpoint " + options.mountpoint +
+                               ": the saved FUSE connection is gone");
+  }
+  if (!IsMounted(options.mountpoint)) {
+    return Status::Unavailable("fuse mountpoint " + options.mountpoint +
+                               ": nothing is mounted there any more");
+  }
+  int fd = fcntl(state.fd, F_DUPFD_CLOEXEC, 3);
+  if (fd < 0) return Status::FromErrno(errno, "fuse mountpoint " + options.mountpoint + ": dup");
+  std::unique_ptr<FuseBlockServer> server(new FuseBlockServer(options));
+  Status st = server->NewSession();
+  if (!st.ok()) {
+    close(fd);
+    return st;
+  }
+  // libfuse takes an open /dev/fuse fd given as the mountpoint "/dev/fd/N".
+  std::string dev = "/dev/fd/" + std::to_string(fd);
+  if (fuse_session_mount(server->session_, dev.c_str()) != 0) {
+    close(fd);
+    return Status::Unavailable("fuse mountpoint " + options.mountpoint + ": cannot use fd " +
+                               std::to_string(fd));
+  }
+  // libfuse refuses every request until it has seen FUSE_INIT, which the kernel sent to
+  // the process that mounted. Replay that request: the session negotiates exactly what
+  // the kernel is using; its answer carries an id the kernel does not know and is
+  // dropped by the kernel (ENOENT), which libfuse ignores.
+  std::string msg(sizeof(struct fuse_in_header) + state.init_in.size(), '\0');
+  struct fuse_in_header in;
+  memset(&in, 0, sizeof(in));
+  in.len = static_cast<uint32_t>(msg.size());
+  in.opcode = FUSE_INIT;
+  in.unique = kReplayedInitUnique;
+  memcpy(msg.data(), &in, sizeof(in));
+  memcpy(msg.data() + sizeof(in), state.init_in.data(), state.init_in.size());
+  struct fuse_buf buf;
+  memset(&buf, 0, sizeof(buf));
+  buf.size = msg.size();
+  buf.mem = msg.data();
+  fuse_session_process_buf(server->session_, &buf);
+  server->state_->init_in = state.init_in;
+  server->resumed_ = true;
+  return server;
+}
+
+Status FuseBlockServer::Serve() {
+  if (session_ == nullptr) return Status::FailedPrecondition("fuse server released");
+  if (!workers_.empty()) return Status::Ok();
+  StartWorkers();
+  if (!resumed_) return Status::Ok();
+  struct fuse_out_header out;
+  memset(&out, 0, sizeof(out));
+  out.len = sizeof(out);
+  out.error = kNotifyResend;
+  out.unique = 0;  // a notification
+  if (write(fuse_session_fd(session_), &out, sizeof(out)) != static_cast<ssize_t>(sizeof(out))) {
+    return Status::Unimplemented("fuse mountpoint " + options_.mountpoint +
+                                 ": the kernel cannot resend requests a dead process had read "
+                                 "(FUSE_NOTIFY_RESEND needs Linux 6.9): " + strerror(errno));
+  }
+  return Status::Ok();
+}
+
+void FuseBlockServer::Release() {
+  if (session_ == nullptr) return;
+  StopWorkers();  // every request read so far has been answered
+  // Not fuse_session_unmount: the mount stays for the next process.
+  fuse_session_destroy(session_);  // closes our fd; the fd holder keeps the connection
+  session_ = nullptr;
+  mounted_ = false;
+  if (stop_fd_ >= 0) close(stop_fd_);
+  stop_fd_ = -1;
 }
 
 FuseBlockServer::~FuseBlockServer() { Stop(); }
 
 void FuseBlockServer::Stop() {
   if (session_ == nullptr) return;
-  if (mounted_) {
-    // Unmounting ends the connection, which wakes the workers blocked reading
-    // /dev/fuse (they return ENODEV and the loop ends). The session must not be marked
-    // exited before that: workers drop requests once it is, and anything that still
-    // touched the mount would then wait forever. If a file is still held (an attached
-    // loop device), MNT_FORCE aborts the connection (FUSE's umount_begin) so the workers
-    // wake anyway, and MNT_DETACH removes the mount from the namespace.
+  // Unmount first: that ends the connection, so nothing can wait for an answer from
+  // workers that are gone, and the workers see the end. If a file is still held (an
+  // attached loop device), MNT_FORCE aborts the connection (FUSE's umount_begin) and
+  // MNT_DETACH removes the mount from the namespace. A resumed server unmounts too:
+  // it owns the mount now.
+  if (mounted_ || resumed_) {
     if (umount2(options_.mountpoint.c_str(), 0) != 0) {
       umount2(options_.mountpoint.c_str(), MNT_FORCE);
       umount2(options_.mountpoint.c_str(), MNT_DETACH);
     }
     mounted_ = false;
   }
-  fuse_session_exit(session_);
-  if (loop_thread_.joinable()) loop_thread_.join();
-  fuse_session_unmount(session_);  // closes the device fd; the mount is already gone
-  fuse_session_destroy(session_);
+  StopWorkers();
+  fuse_session_unmount(session_);  // forgets the mountpoint; the mount is already gone
+  fuse_session_destroy(session_);  // closes the device fd
   session_ = nullptr;
+  if (stop_fd_ >= 0) close(stop_fd_);
+  stop_fd_ = -1;
 }
+
+int FuseBlockServer::fd() const { return session_ ? fuse_session_fd(session_) : -1; }
+
+std::string FuseBlockServer::init_in() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->init_in;
+}
+
 
 std::string FuseBlockServer::PathOf(const std::string& name) const {
   return options_.mountpoint + "/" + name;
@@ -431,12 +676,20 @@ Status FuseBlockServer::AddVolume(const std::string& name, std::shared_ptr<Block
     if (it->second->io == io) return Status::Ok();
     return Status::AlreadyExists("fuse volume " + name + ": already served from another volume");
   }
+  const fuse_ino_t ino = InoFor(name);
+  auto other = state_->by_ino.find(ino);
+  if (other != state_->by_ino.end() && other->second->name != name) {
+    return Status::AlreadyExists("fuse volume " + name + ": inode number collides with volume " +
+                                 other->second->name + "; rename one of them");
+  }
   auto e = std::make_shared<Entry>();
   e->name = name;
-  e->ino = state_->next_ino++;
+  e->ino = ino;
   e->io = std::move(io);
+  // A removed entry of the same name still open takes the new one's place.
+  if (other != state_->by_ino.end()) e->open_count = other->second->open_count;
   state_->by_name[name] = e;
-  state_->by_ino[e->ino] = e;
+  state_->by_ino[ino] = e;
   return Status::Ok();
 }
 
@@ -448,7 +701,12 @@ Status FuseBlockServer::RemoveVolume(const std::string& name) {
     if (it == state_->by_name.end()) return Status::Ok();
     e = it->second;
     state_->by_name.erase(it);
-    state_->by_ino.erase(e->ino);
+    // Still open (a loop device not yet released): keep answering until closed.
+    if (e->open_count > 0) {
+      e->removed = true;
+    } else {
+      state_->by_ino.erase(e->ino);
+    }
   }
   // Drop the kernel's cached name so the file disappears at once.
   fuse_lowlevel_notify_inval_entry(session_, kRootIno, name.c_str(), name.size());

@@ -17,6 +17,13 @@
 //     applied whole or fails whole: the kernel never sees a short write, so a 1 MiB
 //     O_DIRECT write through a loop device lands intact (qemu-storage-daemon's FUSE
 //     export corrupts those).
+//   - Survives the death of the process (docs/EXPOSURE.md, "Driver restarts"): inode
+//     numbers are a hash of the name and file handles carry no pointer, so a new
+//     process can take over the same /dev/fuse connection (Resume) and answer requests
+//     for files the kernel opened in the old one. The workers are our own loop over
+//     fuse_session_receive_buf/process_buf, never fuse_session_loop_mt, because that
+//     loop drops a request it has read once the session is marked exited; ours stops
+//     reading on Release() and answers everything it has read (drain).
 //
 // Thread-safety: all public methods are safe to call from any thread, concurrently with
 // the FUSE workers. Requests for one volume may run in parallel; BlockIo is thread-safe.
@@ -39,17 +46,44 @@ namespace stellarium::exposure {
 
 struct FuseBlockServerOptions {
   std::string mountpoint{};  // created if missing; a dead FUSE mount there is removed
-  unsigned max_threads = 8;  // FUSE worker threads at most
+  unsigned max_threads = 8;  // FUSE worker threads
   bool allow_other = true;   // let other users (a VMM running unprivileged) open files
+};
+
+// What a new process needs to take over a live FUSE connection: the /dev/fuse fd
+// (kept open by another process, csi/exposure/fd_holder.h) and the FUSE_INIT request
+// the kernel sent when the connection was made (raw `struct fuse_init_in` bytes, see
+// <linux/fuse.h>), which is replayed to the new libfuse session.
+struct FuseResumeState {
+  int fd = -1;            // not owned by FuseBlockServer::Resume: it dups it
+  std::string init_in{};  // FuseBlockServer::init_in() of the process that mounted
 };
 
 class FuseBlockServer {
  public:
   // Mounts the file system and starts the worker threads. Needs /dev/fuse and the
   // privilege to mount (root). UNAVAILABLE if FUSE cannot be used here.
+  // Waits (a few seconds at most) for the kernel's FUSE_INIT, so that init_in() and
+  // fd() are ready to be handed to an fd holder when it returns.
   static Result<std::unique_ptr<FuseBlockServer>> Start(const FuseBlockServerOptions& options);
-  // Unmounts and stops. Files still held open (an attached loop device) are cut off:
-  // detach loop devices first.
+  // Takes over the live connection of a FUSE mount at options.mountpoint made by an
+  // earlier process: nothing is mounted, the session is initialized from
+  // state.init_in, and no request is read until Serve() (add the volumes the kernel
+  // still has open first). INVALID_ARGUMENT for a malformed init_in, UNAVAILABLE when
+  // the connection is dead.
+  static Result<std::unique_ptr<FuseBlockServer>> Resume(const FuseBlockServerOptions& options,
+                                                        const FuseResumeState& state);
+  // After Resume: starts the workers, then asks the kernel to send again every request
+  // the dead process had read but not answered (FUSE_NOTIFY_RESEND, Linux 6.9+).
+  // Returns how that went: OK, or UNIMPLEMENTED on kernels without it (such requests
+  // then never complete; see docs/EXPOSURE.md). No-op when already serving.
+  Status Serve();
+  // Stops reading requests, finishes those already read (every one gets its answer),
+  // and closes this process's /dev/fuse fd WITHOUT unmounting: requests the kernel
+  // queues from now on wait for the next process to Resume. Idempotent.
+  void Release();
+  // Unmounts and stops (unless Release()d). Files still held open (an attached loop
+  // device) are cut off: detach loop devices first.
   ~FuseBlockServer();
   FuseBlockServer(const FuseBlockServer&) = delete;
   FuseBlockServer& operator=(const FuseBlockServer&) = delete;
@@ -70,19 +104,29 @@ class FuseBlockServer {
   Status NotifyResized(const std::string& name);
   std::vector<std::string> ListVolumes() const;
 
+  // This process's /dev/fuse fd (-1 after Release()); for an fd holder to dup.
+  int fd() const;
+  // The FUSE_INIT request body the connection was made with (see FuseResumeState).
+  std::string init_in() const;
+
   // Internal: the state the FUSE callbacks see. Public only for the callback table.
   struct Entry;
   struct State;
 
  private:
   explicit FuseBlockServer(FuseBlockServerOptions options);
+  Status NewSession();
+  void StartWorkers();
+  void StopWorkers();
   void Stop();
 
   FuseBlockServerOptions options_;
   std::unique_ptr<State> state_;
   fuse_session* session_ = nullptr;
-  std::thread loop_thread_;
-  bool mounted_ = false;
+  std::vector<std::thread> workers_;
+  int stop_fd_ = -1;      // eventfd: readable when the workers must stop reading
+  bool mounted_ = false;  // we own the mount (unmount on Stop)
+  bool resumed_ = false;  // made by Resume(): Serve() sends FUSE_NOTIFY_RESEND
 };
 
 }  // namespace stellarium::exposure

@@ -1,9 +1,21 @@
 // FuseLoopBlockDeviceProvider: see fuse_loop_provider.h.
 #include "csi/exposure/fuse_loop_provider.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace stellarium::exposure {
+namespace {
+
+constexpr char kHolderEntry[] = "fuse";
+
+// What the holder keeps with the fd: the mountpoint, a newline, the FUSE_INIT body.
+std::string HolderPayload(const std::string& mountpoint, const std::string& init_in) {
+  return mountpoint + "\n" + init_in;
+}
+
+}  // namespace
 
 FuseLoopBlockDeviceProvider::FuseLoopBlockDeviceProvider(Store* store,
                                                          FuseLoopProviderOptions options)
@@ -20,14 +32,126 @@ Result<std::unique_ptr<FuseLoopBlockDeviceProvider>> FuseLoopBlockDeviceProvider
     return Status::FromErrno(errno, "fuse block devices: mkdir " + options.state_dir);
   }
   std::unique_ptr<FuseLoopBlockDeviceProvider> p(new FuseLoopBlockDeviceProvider(store, options));
-  ASSIGN_OR_RETURN(p->fuse_, FuseBlockServer::Start({.mountpoint = p->mountpoint_}));
+  if (!p->TryResume()) {
+    ASSIGN_OR_RETURN(p->fuse_, FuseBlockServer::Start({.mountpoint = p->mountpoint_}));
+  }
+  if (options.fd_holder_socket.empty()) {
+    spdlog::warn("fuse block devices: no fd holder configured: staged volumes will not "
+                 "survive a restart of the driver");
+    return p;
+  }
+  const std::string socket = options.fd_holder_socket;
+  p->lease_ = std::make_unique<FdHolderLease>(
+      socket, kHolderEntry, p->fuse_->fd(), HolderPayload(p->mountpoint_, p->fuse_->init_in()),
+      [socket](bool held) {
+        if (held) {
+          spdlog::info("fuse block devices: fd holder {} keeps the FUSE connection: staged "
+                       "volumes survive a restart of the driver", socket);
+        } else {
+          spdlog::warn("fuse block devices: no fd holder listens on {}: staged volumes will "
+                       "not survive a restart of the driver until one does (retrying)", socket);
+        }
+      });
   return p;
 }
 
-FuseLoopBlockDeviceProvider::~FuseLoopBlockDeviceProvider() {
+bool FuseLoopBlockDeviceProvider::TryResume() {
+  const std::string& socket = options_.fd_holder_socket;
+  if (socket.empty()) return false;
+  Result<HeldFd> held = FdHolderGet(socket, kHolderEntry);
+  if (!held.ok()) {
+    if (held.status().code() != StatusCode::kNotFound) {
+      spdlog::warn("fuse block devices: {}", held.status().ToString());
+    }
+    return false;
+  }
+  size_t nl = held->payload.find('\n');
+  std::string mountpoint = held->payload.substr(0, nl);
+  if (nl == std::string::npos || mountpoint != mountpoint_) {
+    spdlog::warn("fuse block devices: the fd holder keeps a FUSE connection for '{}', not {}; "
+                 "ignoring it", mountpoint, mountpoint_);
+    close(held->fd);
+    return false;
+  }
+  auto server = FuseBlockServer::Resume({.mountpoint = mountpoint_},
+                                        {.fd = held->fd, .init_in = held->payload.substr(nl + 1)});
+  close(held->fd);
+  if (!server.ok()) {
+    spdlog::warn("fuse block devices: cannot resume the FUSE connection kept by the fd holder "
+                 "({}); mounting afresh", server.status().ToString());
+    (void)FdHolderDrop(socket, kHolderEntry);
+    return false;
+  }
+  fuse_ = std::move(server).value();
+  resumed_ = true;
+  AdoptLoops();
+  Status st = fuse_->Serve();
+  if (!st.ok()) {
+    spdlog::warn("fuse block devices: {}: an I/O the previous driver had in progress when it "
+                 "was killed never completes", st.ToString());
+  }
+  spdlog::info("fuse block devices: resumed the FUSE connection at {} with {} volume(s)",
+               mountpoint_, attached_.size());
+  return true;
+}
+
+void FuseLoopBlockDeviceProvider::AdoptLoops() {
+  Result<std::vector<LoopDevice>> loops = ListLoops();
+  if (!loops.ok()) {
+    spdlog::error("fuse block devices: list loop devices: {}", loops.status().ToString());
+    return;
+  }
+  const std::string prefix = mountpoint_ + "/";
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [id, a] : attached_) (void)a.volume->Flush();
-  fuse_.reset();
+  for (const LoopDevice& d : *loops) {
+    if (d.backing_file.compare(0, prefix.size(), prefix) != 0) continue;
+    std::string id = d.backing_file.substr(prefix.size());
+    if (attached_.count(id)) {
+      // Two loop devices on one file: keep the first, let the other go when unused.
+      spdlog::warn("volume {}: second loop device {} on {}; detaching it when unused", id, d.path,
+                   d.backing_file);
+      (void)DetachLoop(d.path, /*lazy=*/true);
+      continue;
+    }
+    Result<std::shared_ptr<Volume>> vol = store_->OpenVolume(id, d.read_only);
+    Status st = vol.ok() ? fuse_->AddVolume(id, *vol) : vol.status();
+    if (!st.ok()) {
+      spdlog::error("volume {}: cannot serve {} again ({}); detaching it when unused", id,
+                    d.path, st.ToString());
+      (void)DetachLoop(d.path, /*lazy=*/true);
+      continue;
+    }
+    attached_[id] = Attachment{*vol, csi::AttachedDevice{id, d.path, d.read_only, d.size_bytes}};
+    spdlog::info("volume {}: re-adopted {}", id, d.path);
+  }
+}
+
+FuseLoopBlockDeviceProvider::~FuseLoopBlockDeviceProvider() {
+  bool held = lease_ && lease_->held();
+  lease_.reset();  // stop watching; the holder keeps what it holds
+  std::lock_guard<std::mutex> lock(mu_);
+  if (held && !attached_.empty()) {
+    // Drain: every request read is answered; later ones wait in the kernel for the
+    // next driver, which resumes the connection.
+    fuse_->Release();
+    for (auto& [id, a] : attached_) {
+      if (!a.volume->read_only()) (void)a.volume->Flush();
+    }
+    spdlog::info("fuse block devices: {} volume(s) stay attached; the fd holder keeps the "
+                 "FUSE connection for the next driver", attached_.size());
+    return;
+  }
+  for (auto& [id, a] : attached_) {
+    if (!a.volume->read_only()) (void)a.volume->Flush();
+  }
+  if (!attached_.empty()) {
+    spdlog::error("fuse block devices: stopping without an fd holder: {} attached volume(s) "
+                  "lose their device", attached_.size());
+  }
+  fuse_.reset();  // unmounts: the connection ends
+  if (!options_.fd_holder_socket.empty()) {
+    (void)FdHolderDrop(options_.fd_holder_socket, kHolderEntry);
+  }
 }
 
 Result<std::vector<csi::AttachedDevice>> FuseLoopBlockDeviceProvider::Recover() {
@@ -37,8 +161,9 @@ Result<std::vector<csi::AttachedDevice>> FuseLoopBlockDeviceProvider::Recover() 
   for (const LoopDevice& d : loops) {
     if (d.backing_file.compare(0, prefix.size(), prefix) != 0) continue;
     std::string name = d.backing_file.substr(prefix.size());
-    if (attached_.count(name)) continue;  // ours, from this run
-    // Left by an earlier run: its FUSE connection is gone, so it only returns errors.
+    auto it = attached_.find(name);
+    if (it != attached_.end() && it->second.device.device_path == d.path) continue;  // ours
+    // Left by an earlier run whose FUSE connection is gone: it only returns errors.
     // Detach it now, or when its last user (a stale mount) lets go.
     (void)DetachLoop(d.path, /*lazy=*/true);
   }

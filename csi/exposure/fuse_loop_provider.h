@@ -5,16 +5,23 @@
 // happens, so Attach costs the same for any volume size, Sync() is only a flush, and
 // Detach has nothing to write back.
 //
-// Restart semantics (the contract's Recover()): the FUSE connection belongs to this
-// process. After the driver died, loop devices on files of the old mount return I/O
-// errors and cannot be re-adopted; Recover() detaches those that nothing holds, marks
-// the held ones for automatic detach when their last user closes them, and reports no
-// device attached (docs/EXPOSURE.md, "Limits"). Every write that completed before the
-// crash is in the store; writes are durable once flushed.
+// Restart semantics (the contract's Recover(); docs/EXPOSURE.md, "Driver restarts"):
+// the FUSE connection lives as long as some process holds its /dev/fuse fd. With an
+// fd holder (options.fd_holder_socket, csi/exposure/fd_holder.h) the provider deposits
+// the fd there and, when the driver stops with volumes attached, drains its FUSE
+// workers and leaves the mount in place; the next provider takes the fd back, resumes
+// the same connection, re-adopts every loop device backed by a file of the mount (no
+// new loop device: the mounts on them never notice beyond a pause) and serves again.
+// Without a holder, or when the holder lost the fd, the old connection is dead: loop
+// devices on it return I/O errors and cannot be re-adopted; Recover() detaches those
+// that nothing holds, marks the held ones for automatic detach when their last user
+// closes them, and reports no device attached. Every write that completed is in the
+// store either way; writes are durable once flushed (fsync on the device).
 //
 // Thread-safety: as csi::BlockDeviceProvider (a mutex guards the attachment table).
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -22,6 +29,7 @@
 
 #include "core/store.h"
 #include "csi/block_device.h"
+#include "csi/exposure/fd_holder.h"
 #include "csi/exposure/fuse_block_server.h"
 #include "csi/exposure/loop_device.h"
 
@@ -30,17 +38,23 @@ namespace stellarium::exposure {
 struct FuseLoopProviderOptions {
   std::string state_dir{};  // the FUSE mount is <state_dir>/fuse
   bool direct_io = true;    // loop devices with direct I/O (measured: docs/EXPOSURE.md)
+  // The fd holder's socket; "" = none (volumes then do not survive a driver restart).
+  std::string fd_holder_socket{};
 };
 
 class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {
  public:
-  // Starts the FUSE server. `store` must outlive the provider.
+  // Resumes the FUSE connection kept by the fd holder (re-adopting its loop devices)
+  // or starts a new FUSE server. `store` must outlive the provider.
   static Result<std::unique_ptr<FuseLoopBlockDeviceProvider>> Create(
       Store* store, const FuseLoopProviderOptions& options);
-  // Stops the FUSE server; devices still attached are cut off (see Recover()).
+  // With devices attached and the fd held by the holder: drains the FUSE workers and
+  // leaves the mount to the next provider. Otherwise stops the FUSE server; devices
+  // still attached are then cut off (see Recover()).
   ~FuseLoopBlockDeviceProvider() override;
 
-  std::string Name() const override { return "fuse"; }
+  // The consumer's view: a loop device ("exposure: loop"), whatever serves its file.
+  std::string Name() const override { return "loop"; }
   Result<std::vector<csi::AttachedDevice>> Recover() override;
   Result<csi::AttachedDevice> Attach(const std::string& volume_id, bool read_only) override;
   Status Detach(const std::string& volume_id) override;
@@ -49,6 +63,10 @@ class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {
   std::optional<csi::AttachedDevice> Find(const std::string& volume_id) override;
 
   const std::string& mountpoint() const { return mountpoint_; }
+  // True when this provider took over a live FUSE connection from an earlier run.
+  bool resumed() const { return resumed_; }
+  // True while the fd holder keeps the FUSE connection.
+  bool fd_held() const { return lease_ && lease_->held(); }
 
  private:
   struct Attachment {
@@ -56,11 +74,17 @@ class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {
     csi::AttachedDevice device;
   };
   FuseLoopBlockDeviceProvider(Store* store, FuseLoopProviderOptions options);
+  // Takes the FUSE fd back from the holder and resumes it; false when there is none.
+  bool TryResume();
+  // Re-adds the volumes whose loop devices are backed by files of the resumed mount.
+  void AdoptLoops();
 
   Store* store_;
   FuseLoopProviderOptions options_;
   std::string mountpoint_;
   std::unique_ptr<FuseBlockServer> fuse_;
+  std::unique_ptr<FdHolderLease> lease_;
+  bool resumed_ = false;
   std::mutex mu_;
   std::map<std::string, Attachment> attached_;  // GUARDED_BY(mu_), by volume id
 };

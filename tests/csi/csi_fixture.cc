@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -33,6 +34,12 @@ void CsiDriverTest::SetUp() {
   endpoint_ = "unix://" + root_ + "/csi.sock";
   fs::create_directories(kubelet_);
   fs::create_directories(images_);
+  fs::create_directories(root_ + "/state");
+  auto holder = exposure::FdHolderServer::Listen(root_ + "/state/fd-holder.sock");
+  ASSERT_TRUE(holder.ok()) << holder.status().ToString();
+  holder_ = std::move(holder).value();
+  holder_stop_ = ::eventfd(0, EFD_CLOEXEC);
+  holder_thread_ = std::thread([this] { (void)holder_->Run(holder_stop_); });
   StartServer();
 }
 
@@ -45,6 +52,13 @@ void CsiDriverTest::TearDown() {
     }
   }
   StopServer();
+  if (holder_thread_.joinable()) {
+    uint64_t one = 1;
+    (void)!::write(holder_stop_, &one, sizeof(one));
+    holder_thread_.join();
+    ::close(holder_stop_);
+  }
+  holder_.reset();
   EXPECT_TRUE(MountsUnderRoot().empty()) << "mounts left under " << root_;
   EXPECT_TRUE(LoopsUnderRoot().empty()) << "loop devices left for " << root_;
   std::error_code ec;
@@ -63,6 +77,8 @@ Options CsiDriverTest::MakeOptions() const {
   o.log_level = "warn";
   o.metrics_address = metrics_address_;
   o.controller_expansion = controller_expansion_;
+  // The node's default block devices; where FUSE is missing, the export provider.
+  o.block_device = ::access("/dev/fuse", R_OK | W_OK) == 0 ? "fuse" : "loop";
   Status st = Validate(&o);
   EXPECT_TRUE(st.ok()) << st.ToString();
   return o;
@@ -228,6 +244,9 @@ std::vector<std::string> CsiDriverTest::MountsUnderRoot() const {
     std::istringstream f(line);
     std::string id, parent, devno, r, mount_point;
     f >> id >> parent >> devno >> r >> mount_point;
+    // The running driver's own FUSE mount (the files behind its loop devices) is not a
+    // leftover; after StopServer it must be gone too.
+    if (server_ && mount_point == root_ + "/state/fuse") continue;
     if (mount_point.rfind(root_ + "/", 0) == 0) out.push_back(mount_point);
   }
   return out;

@@ -10,9 +10,11 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "csi.grpc.pb.h"
+#include "csi/exposure/fd_holder.h"
 #include "csi/options.h"
 #include "csi/server.h"
 
@@ -81,6 +83,11 @@ class CsiDriverTest : public ::testing::Test {
   std::string metrics_address_;  // set before SetUp() to serve metrics
   bool controller_expansion_ = true;  // Options::controller_expansion
   std::unique_ptr<Server> server_;
+  // The fd holder the node DaemonSet runs next to the driver, here on a thread, so
+  // staged volumes survive StopServer/StartServer (docs/EXPOSURE.md, "Driver restarts").
+  std::unique_ptr<exposure::FdHolderServer> holder_;
+  std::thread holder_thread_;
+  int holder_stop_ = -1;
   std::unique_ptr<v1::Identity::Stub> identity_;
   std::unique_ptr<v1::Controller::Stub> controller_;
   std::unique_ptr<v1::Node::Stub> node_;

@@ -175,7 +175,8 @@ class ChartAgreesWithManifestsTest(unittest.TestCase):
     def test_images_match_manifests(self):
         (ds,) = [d for d in self.manifests if d["kind"] == "DaemonSet"]
         containers = daemonset_containers(ds)
-        keys = {"stellarium-csi": "stellarium", "csi-provisioner": "csiProvisioner",
+        keys = {"stellarium-csi": "stellarium", "fd-holder": "stellarium",
+                "csi-provisioner": "csiProvisioner",
                 "csi-snapshotter": "csiSnapshotter", "csi-resizer": "csiResizer",
                 "node-driver-registrar": "nodeDriverRegistrar", "liveness-probe": "livenessProbe"}
         self.assertEqual(set(keys), set(containers))

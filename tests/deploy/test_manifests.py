@@ -128,7 +128,21 @@ class DaemonSetTest(unittest.TestCase):
         self.containers = daemonset_containers(self.ds)
 
     def test_containers_are_the_driver_and_the_known_sidecars(self):
-        self.assertEqual(set(self.containers), {"stellarium-csi"} | set(SIDECARS))
+        self.assertEqual(set(self.containers), {"stellarium-csi", "fd-holder"} | set(SIDECARS))
+
+    def test_fd_holder_serves_the_drivers_state_dir(self):
+        # The driver looks for its fd holder at <state-dir>/fd-holder.sock
+        # (docs/EXPOSURE.md, "Driver restarts").
+        holder = self.containers["fd-holder"]
+        drv = self.containers["stellarium-csi"]
+        self.assertEqual(holder["image"], drv["image"])
+        self.assertEqual(holder["command"], ["/usr/local/bin/stellarium-fd-holder"])
+        state = next(a.split("=", 1)[1] for a in drv["args"] if a.startswith("--state-dir="))
+        self.assertEqual(holder["args"], [f"--socket={state}/fd-holder.sock"])
+        drv_mounts = {m["mountPath"]: m["name"] for m in drv["volumeMounts"]}
+        holder_mounts = {m["mountPath"]: m["name"] for m in holder["volumeMounts"]}
+        self.assertTrue(any(state.startswith(p + "/") and drv_mounts.get(p) == n
+                            for p, n in holder_mounts.items()), holder_mounts)
 
     def test_sidecar_images_are_pinned_to_the_checked_releases(self):
         for name, spec in SIDECARS.items():
@@ -189,6 +203,8 @@ class DaemonSetTest(unittest.TestCase):
         self.assertEqual(reg_path, volumes["socket-dir"]["hostPath"]["path"] + "/csi.sock")
         self.assertEqual(reg_path, f"/var/lib/kubelet/plugins/{DRIVER}/csi.sock")
         for name, c in self.containers.items():
+            if name == "fd-holder":  # talks to the driver over its own socket only
+                continue
             self.assertIn({"name": "socket-dir", "mountPath": "/csi"}, c["volumeMounts"], name)
 
     def test_liveness_probe_port_is_the_probe_sidecars_endpoint(self):

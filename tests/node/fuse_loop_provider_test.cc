@@ -53,7 +53,7 @@ class FuseLoopProviderTest : public ::testing::Test {
 TEST_F(FuseLoopProviderTest, AttachIsIdempotentAndWritesReachTheStore) {
   auto p = NewProvider();
   ASSERT_TRUE(p);
-  EXPECT_EQ(p->Name(), "fuse");
+  EXPECT_EQ(p->Name(), "loop");  // what consumers see: a loop device
   auto rec = p->Recover();
   ASSERT_TRUE(rec.ok());
   EXPECT_TRUE(rec->empty());
