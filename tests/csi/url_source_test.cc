@@ -421,5 +421,40 @@ TEST_F(UrlSourceTest, DeletingTheLastVolumeOfAnImageForgetsIt) {
   EXPECT_EQ(http_->BodyRequests("/disk.img"), 2);
 }
 
+TEST(UrlSourceOptionsTest, ImportLimitsFromFlagsAndYaml) {
+  auto parse = [](std::vector<std::string> args) {
+    args.insert(args.begin(), "stellarium-csi");
+    args.push_back("--node-id=n1");
+    std::vector<const char*> argv;
+    for (auto& a : args) argv.push_back(a.c_str());
+    return ParseCommandLine(static_cast<int>(argv.size()), argv.data());
+  };
+  CommandLine cl = parse({"--max-image-size", "10G", "--max-concurrent-imports", "4"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_EQ(cl.options.max_image_size, 10ull << 30);
+  EXPECT_EQ(cl.options.max_concurrent_imports, 4);
+  cl = parse({});
+  EXPECT_EQ(cl.options.max_image_size, 0u);
+  EXPECT_EQ(cl.options.max_concurrent_imports, 2);
+  cl = parse({"--max-image-size", "ten"});
+  EXPECT_EQ(cl.exit_code, 2);
+  EXPECT_NE(cl.output.find("--max-image-size 'ten'"), std::string::npos) << cl.output;
+  cl = parse({"--max-concurrent-imports", "0"});
+  EXPECT_EQ(cl.exit_code, 2);
+  EXPECT_NE(cl.output.find("max_concurrent_imports 0"), std::string::npos) << cl.output;
+
+  Options o;
+  ASSERT_TRUE(LoadYaml("max_image_size: 512M\nmax_concurrent_imports: 3\n", "test", &o).ok());
+  EXPECT_EQ(o.max_image_size, 512ull << 20);
+  EXPECT_EQ(o.max_concurrent_imports, 3);
+  Options reloaded;
+  ASSERT_TRUE(LoadYaml(DumpYaml(o), "dump", &reloaded).ok());
+  EXPECT_EQ(reloaded.max_image_size, o.max_image_size);
+  EXPECT_EQ(reloaded.max_concurrent_imports, 3);
+  Status st = LoadYaml("max_image_size: lots\n", "test", &o);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("max_image_size 'lots'"), std::string::npos) << st.message();
+}
+
 }  // namespace
 }  // namespace stellarium::csi::testing

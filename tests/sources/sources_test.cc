@@ -196,6 +196,68 @@ TEST_F(SourcesTest, ExposesSizeEtagAndLastModified) {
   EXPECT_EQ(src->sha256(), "sha256:" + Sha256Hex(raw_));
 }
 
+TEST_F(SourcesTest, ConditionalRequestWithCurrentValidatorsIsNotModifiedWithoutBody) {
+  HttpSourceOptions o;
+  o.url = server_->Url("/private/disk.img");
+  o.headers = {"X-Token: let-me-in"};
+  auto first = Unwrap(HttpImageSource::Open(o));
+  const std::string etag = first->etag(), last_modified = first->last_modified();
+  first.reset();
+  const int bodies = server_->BodyRequests("/private/disk.img");
+  for (int by_date = 0; by_date < 2; ++by_date) {
+    HttpSourceOptions c = o;
+    (by_date ? c.if_modified_since : c.if_none_match) = by_date ? last_modified : etag;
+    auto src = Unwrap(HttpImageSource::Open(c));
+    EXPECT_TRUE(src->not_modified());
+    bool hole = false;
+    char buf[16];
+    EXPECT_EQ(Unwrap(src->Next(buf, sizeof(buf), &hole)), 0u);
+  }
+  EXPECT_EQ(server_->BodyRequests("/private/disk.img"), bodies);
+  // A stale validator gets the body.
+  HttpSourceOptions stale = o;
+  stale.if_none_match = "\"not-the-etag\"";
+  auto src = Unwrap(HttpImageSource::Open(stale));
+  EXPECT_FALSE(src->not_modified());
+  EXPECT_EQ(src->Size(), kImageBytes);
+  // Through OpenImageSource: no source at all.
+  ImageSourceSpec spec;
+  spec.url = o.url;
+  spec.headers = o.headers;
+  spec.if_none_match = etag;
+  auto opened = Unwrap(OpenImageSource(spec));
+  EXPECT_TRUE(opened.not_modified);
+  EXPECT_EQ(opened.source, nullptr);
+}
+
+TEST_F(SourcesTest, OnDataReportsProgressAndCanStopTheTransfer) {
+  HttpSourceOptions o;
+  o.url = server_->Url("/disk.img");
+  uint64_t last = 0;
+  std::optional<uint64_t> total;
+  o.on_data = [&](uint64_t received, std::optional<uint64_t> length) {
+    last = received;
+    total = length;
+    return received < (1u << 20);  // stop after the first MiB
+  };
+  auto src = Unwrap(HttpImageSource::Open(o));
+  std::string buf(1u << 20, '\0');
+  Status st;
+  for (;;) {
+    bool hole = false;
+    auto n = src->Next(buf.data(), buf.size(), &hole);
+    if (!n.ok()) {
+      st = n.status();
+      break;
+    }
+    ASSERT_NE(*n, 0u) << "the transfer should have been stopped";
+  }
+  EXPECT_EQ(st.code(), StatusCode::kCancelled) << st.ToString();
+  EXPECT_GE(last, 1u << 20);
+  EXPECT_LT(last, kImageBytes);
+  EXPECT_EQ(total, kImageBytes);
+}
+
 TEST_F(SourcesTest, WrongDigestFailsAndLeavesNothingBehind) {
   // Bytes this store has never seen, so an import that kept anything would show.
   WriteFile(*www_ / "other.img.zst.src", MakeImage(7));
