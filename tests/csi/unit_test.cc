@@ -146,6 +146,17 @@ TEST(OptionsTest, DefaultsAreDocumented) {
   EXPECT_EQ(cl.options.log_level, "info");
   EXPECT_EQ(cl.options.log_format, "text");
   EXPECT_EQ(cl.options.max_volumes_per_node, 0);
+  EXPECT_EQ(cl.options.block_device, "fuse");
+  EXPECT_EQ(FdHolderSocket(cl.options), "/var/lib/stellarium/state/fd-holder.sock");
+}
+
+TEST(OptionsTest, BlockDeviceFromYamlAndFlag) {
+  Options o;
+  ASSERT_TRUE(LoadYaml("block_device: loop\n", "c.yaml", &o).ok());
+  EXPECT_EQ(o.block_device, "loop");
+  CommandLine cl = Parse({"--node-id", "n1", "--block-device", "loop"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_EQ(cl.options.block_device, "loop");
 }
 
 TEST(OptionsTest, YamlThenFlagsOverride) {
@@ -180,6 +191,8 @@ TEST(OptionsTest, BadValuesFailWithTheKeyNamed) {
       {{"--node-id", "n", "--import-root", "/does/not/exist"}, "import_root"},
       {{"--node-id", "n", "--max-volumes-per-node", "-1"}, "max_volumes_per_node"},
       {{"--node-id", "n", "--metrics-address", "nope"}, "metrics_address"},
+      {{"--node-id", "n", "--block-device", "nbd"}, "block_device 'nbd'"},
+      {{"--node-id", "n", "--state-dir", "/" + std::string(100, 's')}, "fd-holder.sock"},
       {{"--no-such-flag"}, "no-such-flag"},
   };
   for (const auto& c : cases) {
