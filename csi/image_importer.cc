@@ -317,6 +317,7 @@ Result<ImportedImage> ImageImporter::Import(Job& job) {
     return !job.cancel.load();
   };
 
+  spec.cancel = &job.cancel;
   spdlog::info("import of {}: starting{}", job.url,
                spec.if_none_match.empty() && spec.if_modified_since.empty()
                    ? ""

@@ -224,6 +224,7 @@ class HttpImageSource::Impl {
   static int ProgressCb(void* self_ptr, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
     auto* self = static_cast<Impl*>(self_ptr);
     std::lock_guard lock(self->mu_);
+    if (self->opts_.cancel && self->opts_.cancel->load()) self->cancelled_ = true;
     if (!self->cancelled_) return 0;
     if (self->own_error_.ok()) {
       self->own_error_ = Status(StatusCode::kCancelled, self->what_ + ": download cancelled");

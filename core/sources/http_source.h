@@ -23,6 +23,7 @@
 // may be called from any thread once Open() returned.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -53,6 +54,9 @@ struct HttpSourceOptions {
   // the Content-Length when known (for progress reports). Returning false stops the
   // transfer: Next() then fails with CANCELLED. Must not block.
   std::function<bool(uint64_t received, std::optional<uint64_t> content_length)> on_data;
+  // Set to true from another thread to stop the transfer, also while no data flows
+  // (checked about once a second): Next() then fails with CANCELLED. Not owned.
+  const std::atomic<bool>* cancel = nullptr;
   long connect_timeout_seconds = 30;
   // A transfer that moves less than 1 byte/s for this long is dropped (UNAVAILABLE).
   long stall_timeout_seconds = 120;

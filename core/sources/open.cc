@@ -69,6 +69,7 @@ Result<OpenedImageSource> OpenImageSource(const ImageSourceSpec& spec) {
     h.if_none_match = spec.if_none_match;
     h.if_modified_since = spec.if_modified_since;
     h.on_data = spec.on_data;
+    h.cancel = spec.cancel;
     ASSIGN_OR_RETURN(auto http, HttpImageSource::Open(h));
     out.etag = http->etag();
     out.last_modified = http->last_modified();

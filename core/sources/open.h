@@ -18,6 +18,7 @@
 // Thread-safety: a free function; the returned source has one reader at a time.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -43,6 +44,8 @@ struct ImageSourceSpec {
   std::string if_none_match, if_modified_since;
   // http(s) only: download progress and cancellation (HttpSourceOptions::on_data).
   std::function<bool(uint64_t received, std::optional<uint64_t> content_length)> on_data;
+  // http(s) only: stops the transfer when set (HttpSourceOptions::cancel). Not owned.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // What OpenImageSource found, for logs, caching and the CLI's summary.

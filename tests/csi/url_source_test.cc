@@ -279,6 +279,23 @@ TEST_F(UrlSourceTest, CallNearItsDeadlineGetsAbortedAndItsRetryJoinsTheSameImpor
   EXPECT_EQ(http_->Requests("/disk.img"), 1);
 }
 
+TEST_F(UrlSourceTest, StoppingTheDriverCancelsAStalledImportAndLeavesNothing) {
+  ASSERT_TRUE(http_->Hold("/disk.img", 1 << 20));
+  grpc::Status st = CreateWithDeadline(UrlRequest("vol-a", "/disk.img"), std::chrono::seconds(2));
+  ASSERT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
+  // No bytes flow while the server holds the body: the stop must not wait for them.
+  StopServer();
+  ASSERT_TRUE(http_->Release("/disk.img"));
+  StartServer();
+  EXPECT_EQ(StoreVolumes(), 0u);
+  ASSERT_TRUE(driver().store->Gc().ok());
+  EXPECT_EQ(StoreChunks(), 0u);
+  v1::Volume v;
+  st = CreateVolume(UrlRequest("vol-a", "/disk.img"), &v);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ExpectHoldsImage(v.volume_id(), raw_);
+}
+
 TEST_F(UrlSourceTest, SameUrlAndDigestLaterIsACloneWithoutAnyRequest) {
   const std::string digest = Sha256Hex(raw_);
   v1::Volume a, b;
