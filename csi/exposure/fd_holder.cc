@@ -40,8 +40,7 @@ Result<sockaddr_un> AddressOf(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return Status::InvalidArgument("fd holder socket '" + path +
-                                   "': must be 1-107 bytes long");
+    return Status::InvalidArgument("fd holder socket '" + path + "': must be 1-107 bytes long");
   }
   memcpy(addr.sun_path, path.data(), path.size());
   return addr;
@@ -62,7 +61,7 @@ Result<int> Connect(const std::string& path) {
 // Sends one message with at most one fd.
 Status SendMessage(int sock, const std::string& data, int fd, const std::string& what) {
   struct iovec iov = {const_cast<char*>(data.data()), data.size()};
-  struct msghdr msg{};
+  struct msghdr msg {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
@@ -89,7 +88,7 @@ Status SendMessage(int sock, const std::string& data, int fd, const std::string&
 Result<std::string> ReceiveMessage(int sock, std::vector<int>* fds, const std::string& what) {
   std::string data(kMaxMessage + 1, '\0');
   struct iovec iov = {data.data(), data.size()};
-  struct msghdr msg{};
+  struct msghdr msg {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
@@ -325,8 +324,8 @@ Status FdHolderDrop(const std::string& socket_path, const std::string& name) {
 
 // ---- lease ----
 
-FdHolderLease::FdHolderLease(std::string socket_path, std::string name, int fd,
-                             std::string payload, std::function<void(bool)> on_change)
+FdHolderLease::FdHolderLease(std::string socket_path, std::string name, int fd, std::string payload,
+                             std::function<void(bool)> on_change)
     : socket_path_(std::move(socket_path)),
       name_(std::move(name)),
       fd_(fd),

@@ -81,7 +81,7 @@ struct FuseBlockServer::State {
   std::map<fuse_ino_t, std::shared_ptr<Entry>> by_ino;    // GUARDED_BY(mu)
   std::string mountpoint;
   time_t mount_time = 0;
-  std::string init_in;      // GUARDED_BY(mu): the FUSE_INIT body, once seen
+  std::string init_in;  // GUARDED_BY(mu): the FUSE_INIT body, once seen
   std::condition_variable init_seen;
   std::atomic<bool> ended{false};  // the connection is gone (unmounted or aborted)
 
@@ -547,8 +547,9 @@ Result<std::unique_ptr<FuseBlockServer>> FuseBlockServer::Resume(
   }
   // fuse_init_in: major, minor, max_readahead, flags; newer kernels append more.
   if (state.init_in.size() < 16 || state.init_in.size() > 1024) {
-    return Status::InvalidArgument("fuse mountpoint " + options.mountpoint + ": saved FUSE_INIT of " +
-                                   std::to_string(state.init_in.size()) + " bytes is malformed");
+    return Status::InvalidArgument("fuse mountpoint " + options.mountpoint +
+                                   ": saved FUSE_INIT of " + std::to_string(state.init_in.size()) +
+                                   " bytes is malformed");
   }
   uint32_t major = 0;
   memcpy(&major, state.init_in.data(), sizeof(major));
@@ -615,7 +616,8 @@ Status FuseBlockServer::Serve() {
   if (write(fuse_session_fd(session_), &out, sizeof(out)) != static_cast<ssize_t>(sizeof(out))) {
     return Status::Unimplemented("fuse mountpoint " + options_.mountpoint +
                                  ": the kernel cannot resend requests a dead process had read "
-                                 "(FUSE_NOTIFY_RESEND needs Linux 6.9): " + strerror(errno));
+                                 "(FUSE_NOTIFY_RESEND needs Linux 6.9): " +
+                                 strerror(errno));
   }
   return Status::Ok();
 }
@@ -661,7 +663,6 @@ std::string FuseBlockServer::init_in() const {
   std::lock_guard<std::mutex> lock(state_->mu);
   return state_->init_in;
 }
-
 
 std::string FuseBlockServer::PathOf(const std::string& name) const {
   return options_.mountpoint + "/" + name;

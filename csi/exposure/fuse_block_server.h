@@ -72,7 +72,7 @@ class FuseBlockServer {
   // still has open first). INVALID_ARGUMENT for a malformed init_in, UNAVAILABLE when
   // the connection is dead.
   static Result<std::unique_ptr<FuseBlockServer>> Resume(const FuseBlockServerOptions& options,
-                                                        const FuseResumeState& state);
+                                                         const FuseResumeState& state);
   // After Resume: starts the workers, then asks the kernel to send again every request
   // the dead process had read but not answered (FUSE_NOTIFY_RESEND, Linux 6.9+).
   // Returns how that went: OK, or UNIMPLEMENTED on kernels without it (such requests

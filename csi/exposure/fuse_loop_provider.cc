@@ -36,8 +36,9 @@ Result<std::unique_ptr<FuseLoopBlockDeviceProvider>> FuseLoopBlockDeviceProvider
     ASSIGN_OR_RETURN(p->fuse_, FuseBlockServer::Start({.mountpoint = p->mountpoint_}));
   }
   if (options.fd_holder_socket.empty()) {
-    spdlog::warn("fuse block devices: no fd holder configured: staged volumes will not "
-                 "survive a restart of the driver");
+    spdlog::warn(
+        "fuse block devices: no fd holder configured: staged volumes will not "
+        "survive a restart of the driver");
     return p;
   }
   const std::string socket = options.fd_holder_socket;
@@ -45,11 +46,15 @@ Result<std::unique_ptr<FuseLoopBlockDeviceProvider>> FuseLoopBlockDeviceProvider
       socket, kHolderEntry, p->fuse_->fd(), HolderPayload(p->mountpoint_, p->fuse_->init_in()),
       [socket](bool held) {
         if (held) {
-          spdlog::info("fuse block devices: fd holder {} keeps the FUSE connection: staged "
-                       "volumes survive a restart of the driver", socket);
+          spdlog::info(
+              "fuse block devices: fd holder {} keeps the FUSE connection: staged "
+              "volumes survive a restart of the driver",
+              socket);
         } else {
-          spdlog::warn("fuse block devices: no fd holder listens on {}: staged volumes will "
-                       "not survive a restart of the driver until one does (retrying)", socket);
+          spdlog::warn(
+              "fuse block devices: no fd holder listens on {}: staged volumes will "
+              "not survive a restart of the driver until one does (retrying)",
+              socket);
         }
       });
   return p;
@@ -68,8 +73,10 @@ bool FuseLoopBlockDeviceProvider::TryResume() {
   size_t nl = held->payload.find('\n');
   std::string mountpoint = held->payload.substr(0, nl);
   if (nl == std::string::npos || mountpoint != mountpoint_) {
-    spdlog::warn("fuse block devices: the fd holder keeps a FUSE connection for '{}', not {}; "
-                 "ignoring it", mountpoint, mountpoint_);
+    spdlog::warn(
+        "fuse block devices: the fd holder keeps a FUSE connection for '{}', not {}; "
+        "ignoring it",
+        mountpoint, mountpoint_);
     close(held->fd);
     return false;
   }
@@ -77,8 +84,10 @@ bool FuseLoopBlockDeviceProvider::TryResume() {
                                         {.fd = held->fd, .init_in = held->payload.substr(nl + 1)});
   close(held->fd);
   if (!server.ok()) {
-    spdlog::warn("fuse block devices: cannot resume the FUSE connection kept by the fd holder "
-                 "({}); mounting afresh", server.status().ToString());
+    spdlog::warn(
+        "fuse block devices: cannot resume the FUSE connection kept by the fd holder "
+        "({}); mounting afresh",
+        server.status().ToString());
     (void)FdHolderDrop(socket, kHolderEntry);
     return false;
   }
@@ -87,8 +96,10 @@ bool FuseLoopBlockDeviceProvider::TryResume() {
   AdoptLoops();
   Status st = fuse_->Serve();
   if (!st.ok()) {
-    spdlog::warn("fuse block devices: {}: an I/O the previous driver had in progress when it "
-                 "was killed never completes", st.ToString());
+    spdlog::warn(
+        "fuse block devices: {}: an I/O the previous driver had in progress when it "
+        "was killed never completes",
+        st.ToString());
   }
   spdlog::info("fuse block devices: resumed the FUSE connection at {} with {} volume(s)",
                mountpoint_, attached_.size());
@@ -116,8 +127,8 @@ void FuseLoopBlockDeviceProvider::AdoptLoops() {
     Result<std::shared_ptr<Volume>> vol = store_->OpenVolume(id, d.read_only);
     Status st = vol.ok() ? fuse_->AddVolume(id, *vol) : vol.status();
     if (!st.ok()) {
-      spdlog::error("volume {}: cannot serve {} again ({}); detaching it when unused", id,
-                    d.path, st.ToString());
+      spdlog::error("volume {}: cannot serve {} again ({}); detaching it when unused", id, d.path,
+                    st.ToString());
       (void)DetachLoop(d.path, /*lazy=*/true);
       continue;
     }
@@ -137,16 +148,20 @@ FuseLoopBlockDeviceProvider::~FuseLoopBlockDeviceProvider() {
     for (auto& [id, a] : attached_) {
       if (!a.volume->read_only()) (void)a.volume->Flush();
     }
-    spdlog::info("fuse block devices: {} volume(s) stay attached; the fd holder keeps the "
-                 "FUSE connection for the next driver", attached_.size());
+    spdlog::info(
+        "fuse block devices: {} volume(s) stay attached; the fd holder keeps the "
+        "FUSE connection for the next driver",
+        attached_.size());
     return;
   }
   for (auto& [id, a] : attached_) {
     if (!a.volume->read_only()) (void)a.volume->Flush();
   }
   if (!attached_.empty()) {
-    spdlog::error("fuse block devices: stopping without an fd holder: {} attached volume(s) "
-                  "lose their device", attached_.size());
+    spdlog::error(
+        "fuse block devices: stopping without an fd holder: {} attached volume(s) "
+        "lose their device",
+        attached_.size());
   }
   fuse_.reset();  // unmounts: the connection ends
   if (!options_.fd_holder_socket.empty()) {

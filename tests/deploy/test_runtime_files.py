@@ -1,5 +1,5 @@
 """The image's runtime file set, built without Docker by scripts/stage-runtime.sh, runs
-both binaries outside the build tree: from a staging directory that is then moved,
+the binaries outside the build tree: from a staging directory that is then moved,
 with an empty environment, and with every library resolved inside that directory."""
 
 import os
@@ -13,6 +13,11 @@ from common import REPO
 
 SCRIPT = REPO / "scripts" / "stage-runtime.sh"
 CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
+
+
+# The binaries the image ships (Dockerfile) and the variable naming each one's build.
+BINARY_VARS = {"stellarium": "STELLARIUM_BIN", "stellarium-csi": "STELLARIUM_CSI_BIN",
+               "stellarium-fd-holder": "STELLARIUM_FD_HOLDER_BIN"}
 
 
 def built(var):
@@ -30,7 +35,7 @@ class StageRuntimeTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix="stellarium-stage-"))
         cls.binaries = {}
-        for name, var in (("stellarium", "STELLARIUM_BIN"), ("stellarium-csi", "STELLARIUM_CSI_BIN")):
+        for name, var in BINARY_VARS.items():
             path = built(var)
             if path:
                 cls.binaries[name] = path
@@ -53,7 +58,7 @@ class StageRuntimeTest(unittest.TestCase):
 
     def need(self, name):
         if name not in self.binaries:
-            var = "STELLARIUM_CSI_BIN" if name == "stellarium-csi" else "STELLARIUM_BIN"
+            var = BINARY_VARS[name]
             self.skipTest(f"{name} is not built in this build tree ({var} is empty): "
                           f"its CMake target does not exist yet")
         self.assertEqual(self.result.returncode, 0, self.result.stderr)
@@ -74,6 +79,12 @@ class StageRuntimeTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         for flag in ("--endpoint", "--node-id", "--store", "--import-root"):
             self.assertIn(flag, r.stdout)
+
+    def test_fd_holder_help_runs_from_the_staged_set(self):
+        self.need("stellarium-fd-holder")
+        r = self.run_staged("stellarium-fd-holder", "--help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("--socket", r.stdout)
 
     def test_every_library_resolves_inside_the_staged_set(self):
         if not self.binaries:

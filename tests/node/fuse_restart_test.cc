@@ -12,8 +12,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/mount.h>
 #include <sys/eventfd.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -68,8 +68,8 @@ std::string WriteFile(const std::string& path, const std::vector<char>& data, si
                       bool direct) {
   // O_CLOEXEC: a driver spawned meanwhile must not inherit it (it would keep the
   // target busy).
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | (direct ? O_DIRECT : 0),
-                0644);
+  int fd =
+      open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | (direct ? O_DIRECT : 0), 0644);
   if (fd < 0) return "open " + path + ": " + strerror(errno);
   void* buf = nullptr;
   if (posix_memalign(&buf, 4096, chunk) != 0) return "posix_memalign";
@@ -96,7 +96,8 @@ std::vector<char> ReadDirect(const std::string& path, size_t size) {
   void* buf = nullptr;
   if (posix_memalign(&buf, 4096, padded) != 0) return out;
   ssize_t n = pread(fd, buf, padded, 0);
-  if (n >= static_cast<ssize_t>(size)) out.assign(static_cast<char*>(buf), static_cast<char*>(buf) + size);
+  if (n >= static_cast<ssize_t>(size))
+    out.assign(static_cast<char*>(buf), static_cast<char*>(buf) + size);
   free(buf);
   close(fd);
   return out;
@@ -154,7 +155,8 @@ class FuseRestartTest : public ::testing::Test {
       }
     }
     if (HasFailure()) {
-      std::cerr << "---- driver log ----\n" << ReadText(root_ + "/driver.log") << "---- holder log ----\n"
+      std::cerr << "---- driver log ----\n"
+                << ReadText(root_ + "/driver.log") << "---- holder log ----\n"
                 << ReadText(root_ + "/holder.log");
     }
     std::error_code ec;
@@ -163,22 +165,22 @@ class FuseRestartTest : public ::testing::Test {
 
   void StartDriver() {
     ASSERT_EQ(driver_, -1);
-    driver_ = Spawn({STELLARIUM_CSI_PATH, "--endpoint", "unix://" + root_ + "/csi.sock",
-                     "--node-id", "node-1", "--store", root_ + "/store", "--state-dir",
-                     root_ + "/state", "--kubelet-dir", root_ + "/kubelet", "--import-root",
-                     root_ + "/images", "--log-level", "info"},
-                    root_ + "/driver.log");
+    driver_ = Spawn(
+        {STELLARIUM_CSI_PATH, "--endpoint", "unix://" + root_ + "/csi.sock", "--node-id", "node-1",
+         "--store", root_ + "/store", "--state-dir", root_ + "/state", "--kubelet-dir",
+         root_ + "/kubelet", "--import-root", root_ + "/images", "--log-level", "info"},
+        root_ + "/driver.log");
     ASSERT_GT(driver_, 0);
-    auto channel = grpc::CreateChannel("unix://" + root_ + "/csi.sock",
-                                       grpc::InsecureChannelCredentials());
+    auto channel =
+        grpc::CreateChannel("unix://" + root_ + "/csi.sock", grpc::InsecureChannelCredentials());
     identity_ = v1::Identity::NewStub(channel);
     controller_ = v1::Controller::NewStub(channel);
     node_ = v1::Node::NewStub(channel);
     // Ready when Probe says so; a driver that exits or never gets ready fails the test.
     for (int i = 0; i < 600; ++i) {
       int status;
-      ASSERT_EQ(waitpid(driver_, &status, WNOHANG), 0)
-          << "the driver exited:\n" << ReadText(root_ + "/driver.log");
+      ASSERT_EQ(waitpid(driver_, &status, WNOHANG), 0) << "the driver exited:\n"
+                                                       << ReadText(root_ + "/driver.log");
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
       v1::ProbeRequest req;
@@ -265,8 +267,8 @@ class FuseRestartTest : public ::testing::Test {
     if (st.ok()) staged_.erase(id);
     return st;
   }
-  grpc::Status Publish(const std::string& id, const std::string& staging,
-                       const std::string& target, bool block) {
+  grpc::Status Publish(const std::string& id, const std::string& staging, const std::string& target,
+                       bool block) {
     v1::NodePublishVolumeRequest req;
     req.set_volume_id(id);
     req.set_staging_target_path(staging);
