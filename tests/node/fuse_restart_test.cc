@@ -128,11 +128,29 @@ class FuseRestartTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     root_ = tmpl;
     for (const char* d : {"kubelet", "images", "state"}) fs::create_directories(root_ + "/" + d);
+    ASSERT_NO_FATAL_FAILURE(StartHolder());
+  }
+
+  void StartHolder() {
     holder_ = Spawn({STELLARIUM_FD_HOLDER_PATH, "--socket", root_ + "/state/fd-holder.sock"},
                     root_ + "/holder.log");
     ASSERT_GT(holder_, 0);
-    for (int i = 0; i < 500 && !fs::exists(root_ + "/state/fd-holder.sock"); ++i) usleep(10000);
-    ASSERT_TRUE(fs::exists(root_ + "/state/fd-holder.sock")) << ReadText(root_ + "/holder.log");
+    // Listening once a client can connect (a stale socket file may still be there).
+    for (int i = 0; i < 500; ++i) {
+      if (FdHolderGet(root_ + "/state/fd-holder.sock", "probe").status().code() ==
+          StatusCode::kNotFound) {
+        return;
+      }
+      usleep(10000);
+    }
+    FAIL() << "the holder did not start:\n" << ReadText(root_ + "/holder.log");
+  }
+
+  void StopHolder() {
+    if (holder_ <= 0) return;
+    kill(holder_, SIGTERM);
+    waitpid(holder_, nullptr, 0);
+    holder_ = -1;
   }
 
   void TearDown() override {
@@ -141,10 +159,7 @@ class FuseRestartTest : public ::testing::Test {
       for (const auto& [id, staging] : staged_) (void)Unstage(id, staging);
       StopDriver(SIGTERM);
     }
-    if (holder_ > 0) {
-      kill(holder_, SIGTERM);
-      waitpid(holder_, nullptr, 0);
-    }
+    StopHolder();
     // Leave the machine as found even when a test failed half-way.
     for (const auto& [id, staging] : staged_) umount2(staging.c_str(), MNT_DETACH);
     umount2((root_ + "/state/fuse").c_str(), MNT_DETACH);
@@ -465,6 +480,62 @@ TEST_F(FuseRestartTest, WriterBusyDuringSigkillCompletes) {
   writer.join();  // hangs forever if a lost request is never answered
   EXPECT_EQ(writer_error, "");
   EXPECT_EQ(ReadDirect(target, data.size()), data);
+  ASSERT_TRUE(Unpublish(id, target).ok());
+  ASSERT_TRUE(Unstage(id, staging).ok());
+}
+
+// No holder: the driver works and says clearly that volumes will not survive it.
+TEST_F(FuseRestartTest, WithoutAHolderTheDriverWorksAndSaysSo) {
+  StopHolder();
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  EXPECT_NE(ReadText(root_ + "/driver.log").find("no fd holder listens on"), std::string::npos);
+  const v1::Volume vol = CreateBlankVolume("pvc-alone", 16 * kMiB);
+  const std::string staging = StagingPath("alone");
+  std::string parent = root_ + "/kubelet/pods/p3/volumes";
+  fs::create_directories(parent);
+  const std::string target = parent + "/dev";
+  ASSERT_TRUE(Stage(vol.volume_id(), staging, true).ok());
+  ASSERT_TRUE(Publish(vol.volume_id(), staging, target, true).ok());
+  const std::vector<char> data = PatternBytes(2 * kMiB, 6);
+  ASSERT_EQ(WriteFile(target, data, kMiB, true), "");
+  EXPECT_EQ(ReadDirect(target, data.size()), data);
+  ASSERT_TRUE(Unpublish(vol.volume_id(), target).ok());
+  ASSERT_TRUE(Unstage(vol.volume_id(), staging).ok());
+  EXPECT_EQ(LoopsBacking(vol.volume_id()), 0u);
+}
+
+// The holder restarts while the driver runs: the driver deposits the fd again, so a
+// later driver restart is still survived.
+TEST_F(FuseRestartTest, DriverDepositsAgainWhenTheHolderRestarts) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const v1::Volume vol = CreateBlankVolume("pvc-again", 16 * kMiB);
+  const std::string id = vol.volume_id();
+  const std::string staging = StagingPath("again");
+  std::string parent = root_ + "/kubelet/pods/p4/volumes";
+  fs::create_directories(parent);
+  const std::string target = parent + "/dev";
+  ASSERT_TRUE(Stage(id, staging, true).ok());
+  ASSERT_TRUE(Publish(id, staging, target, true).ok());
+  StopHolder();  // it closes what it held; the driver's own fd keeps the connection
+  ASSERT_NO_FATAL_FAILURE(StartHolder());
+  const std::string socket = root_ + "/state/fd-holder.sock";
+  bool held = false;
+  for (int i = 0; i < 300 && !held; ++i) {  // the driver retries once a second
+    auto got = FdHolderGet(socket, "fuse");
+    if (got.ok()) {
+      close(got->fd);
+      held = true;
+    } else {
+      usleep(100000);
+    }
+  }
+  ASSERT_TRUE(held) << "the driver did not deposit its fd with the new holder";
+  const std::vector<char> data = PatternBytes(2 * kMiB, 7);
+  ASSERT_EQ(WriteFile(target, data, kMiB, true), "");
+  StopDriver(SIGKILL);
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  EXPECT_EQ(ReadDirect(target, data.size()), data);
+  EXPECT_EQ(LoopsBacking(id), 1u);
   ASSERT_TRUE(Unpublish(id, target).ok());
   ASSERT_TRUE(Unstage(id, staging).ok());
 }
