@@ -235,7 +235,11 @@ Result<ImportedImage> ImageImporter::Get(const UrlSource& source, uint64_t capac
   }
   if (oversize()) {
     const uint64_t size = *job->raw_size;
-    if (job->joins == 1) job->cancel = true;  // nobody else asked for it: stop the download
+    if (job->joins == 1) {
+      // Nobody else asked for it: stop the download, and let a later call start afresh.
+      job->cancel = true;
+      running_.erase(job->key);
+    }
     return Status::OutOfRange(what + ": image is " + std::to_string(size) +
                               " bytes, larger than the requested capacity " + std::to_string(capacity));
   }
@@ -261,7 +265,7 @@ void ImageImporter::Run(std::shared_ptr<Job> job) {
     job->status = result.status();
     ++failed_;
   }
-  running_.erase(job->key);
+  if (auto it = running_.find(job->key); it != running_.end() && it->second == job) running_.erase(it);
   --live_threads_;
   cv_.notify_all();
   // Nothing of *this is touched after the lock is released: the destructor may run.

@@ -341,6 +341,21 @@ TEST_F(UrlSourceTest, ImageLargerThanTheCapacityIsOutOfRange) {
   // The download was stopped (nobody else wanted it) and left nothing.
   WaitFor([&] { return Metric("stellarium_image_imports_in_progress") == 0; }, "imports ended");
   EXPECT_EQ(StoreVolumes(), 0u);
+  EXPECT_EQ(Metric("stellarium_image_imports_total{result=\"ok\"}"), 0);
+}
+
+TEST_F(UrlSourceTest, CallRightAfterARefusedOneStartsAFreshImport) {
+  // Regression: the refused call stops its download; a call for the same URL made at
+  // once must not join that stopped import (and fail with CANCELLED).
+  ASSERT_TRUE(http_->Hold("/disk.img", 1 << 20));
+  grpc::Status st = CreateVolume(UrlRequest("vol-a", "/disk.img", "", 4 << 20));
+  ASSERT_EQ(st.error_code(), grpc::StatusCode::OUT_OF_RANGE) << st.error_message();
+  ASSERT_TRUE(http_->Release("/disk.img"));
+  v1::Volume v;
+  st = CreateVolume(UrlRequest("vol-b", "/disk.img", "", 16 << 20), &v);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ExpectHoldsImage(v.volume_id(), raw_);
+  EXPECT_EQ(v.capacity_bytes(), 16 << 20);
 }
 
 TEST_F(UrlSourceTest, ImageOverMaxImageSizeIsRefused) {
