@@ -2,13 +2,15 @@
 // node, and back. The node service knows volumes only through this interface; the
 // mechanism behind it is replaceable without touching the services.
 //
-// Implementations:
-//   - LoopBlockDeviceProvider (csi/loop_block_device.h): exports the volume to a raw
-//     file in the state directory and attaches a loop device to it; changed blocks go
-//     back into the store on Sync() and Detach(). Simple and real, but the first attach
-//     reads the whole volume once and the file takes the volume's used space.
-//   - csi/exposure/ (planned): a FUSE file over core's BlockIo behind a loop device,
-//     where every write reaches the store directly and Sync() only flushes.
+// Implementations (Options::block_device chooses one):
+//   - FuseLoopBlockDeviceProvider (csi/exposure/fuse_loop_provider.h), "fuse", the
+//     default: a file in the driver's FUSE mount over core's BlockIo behind a loop
+//     device; lazy, every write reaches the store directly, Sync() only flushes; with
+//     the fd holder, attached devices survive a restart of the driver.
+//   - LoopBlockDeviceProvider (csi/loop_block_device.h), "loop": exports the volume to
+//     a raw file in the state directory and attaches a loop device to it; changed
+//     blocks go back into the store on Sync() and Detach(). The first attach reads the
+//     whole volume once and the file takes the volume's used space.
 //
 // Contract shared by every implementation:
 //   - Attach is idempotent: attaching an attached volume with the same read_only returns
