@@ -477,6 +477,8 @@ TEST_F(FuseRestartTest, WriterBusyDuringSigkillCompletes) {
   StopDriver(SIGKILL);
   ASSERT_NO_FATAL_FAILURE(StartDriver());
   stop = true;
+  // The kernel accepted the request to resend what the killed driver had read.
+  EXPECT_EQ(ReadText(root_ + "/driver.log").find("cannot resend"), std::string::npos);
   writer.join();  // hangs forever if a lost request is never answered
   EXPECT_EQ(writer_error, "");
   EXPECT_EQ(ReadDirect(target, data.size()), data);
