@@ -37,6 +37,26 @@ std::vector<std::string> MountFlags(const VolumeCapability& cap) {
 
 }  // namespace
 
+NodeService::NodeService(Driver* driver) : driver_(driver) {
+  Driver& d = *driver_;
+  exposures_ = std::make_unique<NodeExposures>(
+      d.devices->Name(), NewBlockDeviceExposure(d.devices.get(), &d.mounter),
+      NewVhostUserBlkExposure(d.store.get(), d.devices.get(), &d.mounter,
+                              d.options.state_dir + "/vhost"),
+      NewRuntimeDescriptorExposure(d.options.kata_direct_volume_dir));
+  for (const StagedVolume& staged : d.node_state->List()) {
+    Result<NodeExposure*> exposure = exposures_->For(staged.exposure);
+    Status st = exposure.ok() ? (*exposure)->Restore(staged) : exposure.status();
+    if (!st.ok()) {
+      spdlog::error("volume {}: cannot restore its {} exposure: {}; NodeStageVolume will try "
+                    "again", staged.volume_id, exposures_->Normalize(staged.exposure),
+                    st.ToString());
+    }
+  }
+}
+
+NodeService::~NodeService() = default;
+
 // ---------------------------------------------------------------------------------------
 // Stage / unstage
 // ---------------------------------------------------------------------------------------
@@ -61,85 +81,55 @@ grpc::Status NodeService::Stage(const NodeStageVolumeRequest& req) {
   if (!block && fs_type != kDefaultFsType) {
     return InvalidArgument("fs_type '" + fs_type + "' is not supported (ext4 only)");
   }
-  auto exposure = req.volume_context().find(kCtxExposure);
-  if (exposure != req.volume_context().end() && exposure->second != driver_->devices->Name()) {
-    return FailedPrecondition("volume " + id + " asks for exposure '" + exposure->second +
-                              "', this node provides '" + driver_->devices->Name() + "'");
+  std::string wanted;  // "" = the node's default
+  if (auto it = req.volume_context().find(kCtxExposure); it != req.volume_context().end()) {
+    wanted = it->second;
+  } else if (auto attr = info.attributes.find(kParamExposure); attr != info.attributes.end()) {
+    wanted = attr->second;
+  }
+  Result<NodeExposure*> exposure = exposures_->For(wanted);
+  if (!exposure.ok()) {
+    return FailedPrecondition("volume " + id + " asks for exposure '" + wanted +
+                              "', this node provides '" + driver_->devices->Name() + "' and '" +
+                              kExposureVhostUserBlk + "'");
   }
   const std::vector<std::string> flags = MountFlags(cap);
-
-  if (auto existing = driver_->node_state->Get(id)) {
-    if (existing->staging_path != staging) {
-      return FailedPrecondition("volume " + id + " is already staged at " +
-                                existing->staging_path);
-    }
-    if (existing->block != block || existing->fs_type != fs_type ||
-        existing->read_only != read_only || existing->mount_flags != flags) {
-      return AlreadyExists("volume " + id + " is already staged at " + staging +
-                           " with another volume capability");
-    }
-    if (block) return grpc::Status::OK;
-    CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(staging));
-    if (mounted) return grpc::Status::OK;
-    // Recorded but not mounted (the node rebooted): mount it again below.
-    spdlog::warn("volume {}: staged at {} but not mounted; mounting again", id, staging);
-  }
-
-  CSI_ASSIGN_OR_RETURN(const AttachedDevice device, driver_->devices->Attach(id, read_only));
-  auto rollback = [&](const Status& st) {
-    Status undo = driver_->devices->Detach(id);
-    if (!undo.ok()) spdlog::error("volume {}: rollback of stage failed: {}", id, undo.ToString());
-    return ToGrpcStatus(st);
-  };
-
-  if (!block) {
-    Status st = driver_->mounter.EnsureDirectory(staging);
-    if (!st.ok()) return rollback(st);
-    Result<std::string> on_disk = driver_->mounter.ProbeFilesystem(device.device_path);
-    if (!on_disk.ok()) return rollback(on_disk.status());
-    if (on_disk->empty()) {
-      if (read_only) {
-        return rollback(Status::FailedPrecondition(
-            "volume " + id + " has no filesystem yet and is staged read-only: stage it "
-            "read-write once to format it"));
-      }
-      spdlog::info("volume {}: no filesystem on {}, formatting ext4", id, device.device_path);
-      st = driver_->mounter.FormatExt4(device.device_path);
-      if (!st.ok()) return rollback(st);
-    } else if (*on_disk != fs_type) {
-      return rollback(Status::FailedPrecondition("volume " + id + " holds '" + *on_disk +
-                                                 "', not " + fs_type + ": cannot mount it"));
-    }
-    std::vector<std::string> options = flags;
-    if (read_only) options.push_back("ro");
-    Result<bool> mounted = driver_->mounter.IsMountPoint(staging);
-    if (!mounted.ok()) return rollback(mounted.status());
-    if (*mounted) {
-      Result<std::string> source = driver_->mounter.MountSource(staging);
-      if (!source.ok() || *source != device.device_path) {
-        return rollback(Status::FailedPrecondition(
-            "staging_target_path " + staging + " already has something else mounted on it"));
-      }
-    } else {
-      st = driver_->mounter.Mount(device.device_path, staging, fs_type, options);
-      if (!st.ok()) return rollback(st);
-    }
-  }
 
   StagedVolume record;
   record.volume_id = id;
   record.staging_path = staging;
-  record.device = device.device_path;
   record.block = block;
   record.fs_type = fs_type;
   record.mount_flags = flags;
   record.access_mode = mode;
   record.read_only = read_only;
-  if (auto existing = driver_->node_state->Get(id)) record.targets = existing->targets;
+  record.exposure = exposures_->Normalize(wanted);
+  const std::optional<StagedVolume> existing = driver_->node_state->Get(id);
+  if (existing) {
+    if (existing->staging_path != staging) {
+      return FailedPrecondition("volume " + id + " is already staged at " +
+                                existing->staging_path);
+    }
+    if (existing->block != block || existing->fs_type != fs_type ||
+        existing->read_only != read_only || existing->mount_flags != flags ||
+        exposures_->Normalize(existing->exposure) != record.exposure) {
+      return AlreadyExists("volume " + id + " is already staged at " + staging +
+                           " with another volume capability or exposure");
+    }
+    record = *existing;
+    record.exposure = exposures_->Normalize(wanted);
+  }
+
+  // Repeated stages repair what is missing (a mount lost in a reboot) and keep the rest.
+  CSI_RETURN_IF_ERROR((*exposure)->Stage(&record));
+  if (existing && *existing == record) return grpc::Status::OK;
   Status st = driver_->node_state->Put(record);
   if (!st.ok()) {
-    if (!block) (void)driver_->mounter.Unmount(staging);
-    return rollback(st);
+    if (!existing) {
+      Status undo = (*exposure)->Unstage(record, /*recorded=*/true);
+      if (!undo.ok()) spdlog::error("volume {}: rollback of stage failed: {}", id, undo.ToString());
+    }
+    return ToGrpcStatus(st);
   }
   return grpc::Status::OK;
 }
@@ -155,11 +145,10 @@ grpc::Status NodeService::Unstage(const NodeUnstageVolumeRequest& req) {
   auto record = driver_->node_state->Get(id);
   if (!record) {
     // Not staged, or a stage that died before recording: undo whatever is left.
-    CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(staging));
-    if (mounted && driver_->devices->Find(id)) {
-      CSI_RETURN_IF_ERROR(driver_->mounter.Unmount(staging));
-    }
-    CSI_RETURN_IF_ERROR(driver_->devices->Detach(id));
+    StagedVolume bare;
+    bare.volume_id = id;
+    bare.staging_path = staging;
+    CSI_RETURN_IF_ERROR(exposures_->All()->Unstage(bare, /*recorded=*/false));
     return grpc::Status::OK;
   }
   if (record->staging_path != staging) {
@@ -170,8 +159,8 @@ grpc::Status NodeService::Unstage(const NodeUnstageVolumeRequest& req) {
     return FailedPrecondition("volume " + id + " is still published at " + JoinTargets(*record) +
                               ": unpublish it first");
   }
-  if (!record->block) CSI_RETURN_IF_ERROR(driver_->mounter.Unmount(staging));
-  CSI_RETURN_IF_ERROR(driver_->devices->Detach(id));
+  CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
+  CSI_RETURN_IF_ERROR(exposure->Unstage(*record, /*recorded=*/true));
   CSI_RETURN_IF_ERROR(driver_->node_state->Remove(id));
   return grpc::Status::OK;
 }
@@ -221,14 +210,12 @@ grpc::Status NodeService::Publish(const NodePublishVolumeRequest& req) {
   const std::vector<std::string> flags = MountFlags(cap);
 
   auto it = record->targets.find(target);
-  if (it != record->targets.end()) {
+  const bool recorded = it != record->targets.end();
+  if (recorded) {
     if (it->second.read_only != read_only || it->second.mount_flags != flags) {
       return AlreadyExists("volume " + id + " is already published at " + target +
                            " with other options");
     }
-    CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(target));
-    if (mounted) return grpc::Status::OK;
-    spdlog::warn("volume {}: published at {} but not mounted; mounting again", id, target);
   } else if (!read_only && IsSingleWriterMode(mode)) {
     for (const auto& [path, t] : record->targets) {
       if (!t.read_only) {
@@ -239,17 +226,14 @@ grpc::Status NodeService::Publish(const NodePublishVolumeRequest& req) {
     }
   }
 
-  if (block) {
-    CSI_RETURN_IF_ERROR(driver_->mounter.EnsureFile(target));
-    CSI_RETURN_IF_ERROR(driver_->mounter.BindMount(record->device, target, read_only, {}));
-  } else {
-    CSI_RETURN_IF_ERROR(driver_->mounter.EnsureDirectory(target));
-    CSI_RETURN_IF_ERROR(driver_->mounter.BindMount(staging, target, read_only, flags));
-  }
-  record->targets[target] = PublishedTarget{read_only, flags};
+  CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
+  const PublishedTarget how{read_only, flags};
+  CSI_RETURN_IF_ERROR(exposure->Publish(*record, target, how, recorded));
+  if (recorded) return grpc::Status::OK;
+  record->targets[target] = how;
   Status st = driver_->node_state->Put(*record);
   if (!st.ok()) {
-    (void)driver_->mounter.Unmount(target);
+    (void)exposure->Unpublish(*record, target, /*recorded=*/true);
     return ToGrpcStatus(st);
   }
   return grpc::Status::OK;
@@ -267,27 +251,19 @@ grpc::Status NodeService::Unpublish(const NodeUnpublishVolumeRequest& req) {
   const bool ours = record && record->targets.count(target) > 0;
   if (!ours) {
     // Nothing recorded: a volume that does not exist is NOT_FOUND (spec); otherwise
-    // this is a repeat of an unpublish that already happened.
+    // this is a repeat of an unpublish that already happened, or one that died before
+    // recording: every exposure removes what is certainly this volume's.
     CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
+    StagedVolume bare;
+    bare.volume_id = id;
+    CSI_RETURN_IF_ERROR(exposures_->All()->Unpublish(record ? *record : bare, target,
+                                                     /*recorded=*/false));
+    return grpc::Status::OK;
   }
-  CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(target));
-  if (mounted) {
-    if (!ours) {
-      // Not recorded (a publish that died before recording it): unmount only what
-      // comes from this volume's device; never someone else's mount.
-      Result<std::string> source = driver_->mounter.MountSource(target);
-      if (!record || !source.ok() || *source != record->device) {
-        return FailedPrecondition("target_path " + target + " is a mount point this driver "
-                                  "did not create for volume " + id);
-      }
-    }
-    CSI_RETURN_IF_ERROR(driver_->mounter.Unmount(target));
-  }
-  CSI_RETURN_IF_ERROR(driver_->mounter.RemovePath(target));
-  if (ours) {
-    record->targets.erase(target);
-    CSI_RETURN_IF_ERROR(driver_->node_state->Put(*record));
-  }
+  CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
+  CSI_RETURN_IF_ERROR(exposure->Unpublish(*record, target, /*recorded=*/true));
+  record->targets.erase(target);
+  CSI_RETURN_IF_ERROR(driver_->node_state->Put(*record));
   return grpc::Status::OK;
 }
 
@@ -311,26 +287,18 @@ grpc::Status NodeService::Stats(const NodeGetVolumeStatsRequest& req,
   }
   if (!driver_->mounter.Exists(path)) return NotFound("volume_path " + path + " does not exist");
 
+  CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
+  CSI_ASSIGN_OR_RETURN(const ExposureUsage u, exposure->Inspect(*record, path));
   auto* condition = resp->mutable_volume_condition();
-  condition->set_abnormal(false);
-  condition->set_message("ok");
-  if (record->block) {
-    CSI_ASSIGN_OR_RETURN(uint64_t size, driver_->mounter.BlockDeviceSize(record->device));
+  condition->set_abnormal(!u.abnormal.empty());
+  condition->set_message(u.abnormal.empty() ? "ok" : u.abnormal);
+  if (!u.filesystem) {
     auto* usage = resp->add_usage();
     usage->set_unit(VolumeUsage::BYTES);
-    usage->set_total(static_cast<int64_t>(size));
-    if (!driver_->devices->Find(id)) {
-      condition->set_abnormal(true);
-      condition->set_message("the volume's device " + record->device + " is not attached");
-    }
+    usage->set_total(static_cast<int64_t>(u.size_bytes));
     return grpc::Status::OK;
   }
-  CSI_ASSIGN_OR_RETURN(bool mounted, driver_->mounter.IsMountPoint(path));
-  if (!mounted) {
-    condition->set_abnormal(true);
-    condition->set_message(path + " is not mounted");
-  }
-  CSI_ASSIGN_OR_RETURN(FsUsage fs, driver_->mounter.FilesystemUsage(path));
+  const FsUsage& fs = *u.filesystem;
   auto* bytes = resp->add_usage();
   bytes->set_unit(VolumeUsage::BYTES);
   bytes->set_total(static_cast<int64_t>(fs.total_bytes));
@@ -380,8 +348,8 @@ grpc::Status NodeService::Expand(const NodeExpandVolumeRequest& req,
     return OutOfRange("volume " + id + " is " + std::to_string(current.size_bytes) +
                       " bytes, more than limit_bytes " + std::to_string(limit));
   }
-  CSI_ASSIGN_OR_RETURN(const uint64_t size, driver_->devices->Resize(id));
-  if (!record->block) CSI_RETURN_IF_ERROR(driver_->mounter.ResizeExt4(record->device));
+  CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
+  CSI_ASSIGN_OR_RETURN(const uint64_t size, exposure->Expand(*record));
   resp->set_capacity_bytes(static_cast<int64_t>(size));
   return grpc::Status::OK;
 }
@@ -389,10 +357,8 @@ grpc::Status NodeService::Expand(const NodeExpandVolumeRequest& req,
 Status NodeService::FlushVolume(const std::string& volume_id) {
   auto record = driver_->node_state->Get(volume_id);
   if (!record) return Status::Ok();
-  if (!record->block) {
-    RETURN_IF_ERROR(driver_->mounter.SyncFilesystem(record->staging_path));
-  }
-  return driver_->devices->Sync(volume_id);
+  ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
+  return exposure->Flush(*record);
 }
 
 // ---------------------------------------------------------------------------------------

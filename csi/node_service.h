@@ -2,22 +2,34 @@
 // publish (bind mount at the workload's target path), stats and expansion, for the
 // Mount (ext4) and Block access types.
 //
-// How the block device is made is BlockDeviceProvider's business (csi/block_device.h);
-// every mount, format and filesystem call goes through Mounter (csi/mounter.h). What is
-// staged and published is recorded in NodeState so every call is idempotent, also
-// across driver restarts. Calls for one volume hold its lock (Driver::VolumeKey).
+// How a volume is made usable (a kernel block device mounted for pods, a vhost-user-blk
+// socket and runtime descriptors for microVMs) is NodeExposure's business
+// (csi/node_exposure.h), picked by the volume's `exposure`; this class keeps the CSI
+// rules: request checks, idempotency, error codes. What is staged and published is
+// recorded in NodeState so every call is idempotent, also across driver restarts.
+// Calls for one volume hold its lock (Driver::VolumeKey).
 //
 // Thread-safety: RPCs for different volumes run in parallel.
 #pragma once
 
+#include <memory>
+
 #include "csi.grpc.pb.h"
 #include "csi/driver.h"
+#include "csi/node_exposure.h"
 
 namespace stellarium::csi {
 
 class NodeService final : public ::csi::v1::Node::Service {
  public:
-  explicit NodeService(Driver* driver) : driver_(driver) {}
+  // Builds the exposures over the driver's store, block devices and mounter, and
+  // restores what staged volumes need from this process (a vhost-user-blk back-end is
+  // served again on its socket, so a VMM reconnects). A volume that cannot be restored
+  // is logged; NodeStageVolume for it tries again.
+  explicit NodeService(Driver* driver);
+  // Stops the vhost-user-blk back-ends (their sockets are removed; Restore serves them
+  // again at the next start).
+  ~NodeService() override;
 
   grpc::Status NodeStageVolume(grpc::ServerContext* context,
                                const ::csi::v1::NodeStageVolumeRequest* request,
@@ -60,6 +72,7 @@ class NodeService final : public ::csi::v1::Node::Service {
                       ::csi::v1::NodeExpandVolumeResponse* resp);
 
   Driver* const driver_;
+  std::unique_ptr<NodeExposures> exposures_;
 };
 
 }  // namespace stellarium::csi

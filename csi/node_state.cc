@@ -24,6 +24,8 @@ std::string Encode(const StagedVolume& v) {
   out << YAML::Key << "mount_flags" << YAML::Value << YAML::Flow << v.mount_flags;
   out << YAML::Key << "access_mode" << YAML::Value << v.access_mode;
   out << YAML::Key << "read_only" << YAML::Value << v.read_only;
+  out << YAML::Key << "exposure" << YAML::Value << v.exposure;
+  out << YAML::Key << "socket" << YAML::Value << v.socket;
   out << YAML::Key << "targets" << YAML::Value << YAML::BeginMap;
   for (const auto& [path, t] : v.targets) {
     out << YAML::Key << path << YAML::Value << YAML::BeginMap;
@@ -51,6 +53,8 @@ StagedVolume Decode(const YAML::Node& n) {
   v.mount_flags = Field<std::vector<std::string>>(n, "mount_flags", {});
   v.access_mode = Field<int>(n, "access_mode", 0);
   v.read_only = Field<bool>(n, "read_only", false);
+  v.exposure = Field<std::string>(n, "exposure", "");
+  v.socket = Field<std::string>(n, "socket", "");
   if (n["targets"]) {
     for (const auto& kv : n["targets"]) {
       PublishedTarget t;

@@ -23,6 +23,7 @@ namespace stellarium::csi {
 struct PublishedTarget {
   bool read_only = false;
   std::vector<std::string> mount_flags;
+  bool operator==(const PublishedTarget&) const = default;
 };
 
 struct StagedVolume {
@@ -34,7 +35,12 @@ struct StagedVolume {
   std::vector<std::string> mount_flags;
   int access_mode = 0;       // csi.v1 AccessMode.Mode value
   bool read_only = false;    // the device is attached read-only
+  // How the volume is exposed (csi/node_exposure.h): "" or the block device provider's
+  // name for a kernel block device, "vhost-user-blk" for a vhost-user-blk socket.
+  std::string exposure;
+  std::string socket;        // vhost-user-blk: the socket the back-end serves
   std::map<std::string, PublishedTarget> targets;  // resolved target path -> how
+  bool operator==(const StagedVolume&) const = default;
 };
 
 class NodeState {

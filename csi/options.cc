@@ -24,7 +24,7 @@ const std::vector<std::string> kKeys = {
     "endpoint",   "node_id",      "store",     "state_dir",  "driver_name",
     "kubelet_dir", "import_root", "max_volumes_per_node", "log_level", "log_format",
     "metrics_address", "controller_expansion", "max_image_size", "max_concurrent_imports",
-    "block_device"};
+    "kata_direct_volume_dir", "block_device"};
 
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
@@ -98,6 +98,7 @@ Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options
       } else if (key == "max_volumes_per_node") o->max_volumes_per_node = v.as<int64_t>();
       else if (key == "log_level") o->log_level = v.as<std::string>();
       else if (key == "log_format") o->log_format = v.as<std::string>();
+      else if (key == "kata_direct_volume_dir") o->kata_direct_volume_dir = v.as<std::string>();
       else if (key == "metrics_address") o->metrics_address = v.IsNull() ? "" : v.as<std::string>();
       else if (key == "controller_expansion") o->controller_expansion = v.as<bool>();
       else if (key == "block_device") o->block_device = v.as<std::string>();
@@ -141,6 +142,7 @@ std::string DumpYaml(const Options& o) {
   out << YAML::Key << "controller_expansion" << YAML::Value << o.controller_expansion;
   out << YAML::Key << "max_image_size" << YAML::Value << o.max_image_size;
   out << YAML::Key << "max_concurrent_imports" << YAML::Value << o.max_concurrent_imports;
+  out << YAML::Key << "kata_direct_volume_dir" << YAML::Value << o.kata_direct_volume_dir;
   out << YAML::Key << "block_device" << YAML::Value << o.block_device;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
@@ -167,6 +169,10 @@ Status Validate(Options* o) {
     return Status::InvalidArgument("driver_name '" + o->driver_name +
                                    "': must be domain notation (e.g. csi.stellarium.io), "
                                    "1-63 characters of [A-Za-z0-9.-]");
+  }
+  if (o->kata_direct_volume_dir.empty() || o->kata_direct_volume_dir[0] != '/') {
+    return Status::InvalidArgument("kata_direct_volume_dir '" + o->kata_direct_volume_dir +
+                                   "': must be an absolute path");
   }
   for (auto* dir : {&o->store, &o->state_dir, &o->kubelet_dir}) {
     if (dir->empty()) {
@@ -262,6 +268,10 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
                  "advertise ControllerExpandVolume (false in distributed deployments: "
                  "NodeExpandVolume then grows the volume)")
       ->default_str("true");
+  app.add_option("--kata-direct-volume-dir", flags.kata_direct_volume_dir,
+                 "where Kata direct-volume descriptors (mountInfo.json) are written for "
+                 "vhost-user-blk volumes")
+      ->default_str(kDefaultKataDirectVolumeDir);
   std::string max_image_size;
   app.add_option("--max-image-size", max_image_size,
                  "largest image a URL may bring, bytes or 10G/512M; 0 = no limit")
@@ -333,6 +343,7 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
     }
     o.max_image_size = *size;
   }
+  if (given("--kata-direct-volume-dir")) o.kata_direct_volume_dir = flags.kata_direct_volume_dir;
 
   Status st = Validate(&o);
   if (!st.ok()) {

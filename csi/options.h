@@ -23,6 +23,7 @@ inline constexpr char kDefaultStateDir[] = "/var/lib/stellarium/state";
 inline constexpr char kDefaultDriverName[] = "csi.stellarium.io";
 inline constexpr char kDefaultKubeletDir[] = "/var/lib/kubelet";
 inline constexpr char kTopologyKey[] = "topology.stellarium.io/node";
+inline constexpr char kDefaultKataDirectVolumeDir[] = "/run/kata-containers/shared/direct-volumes";
 
 struct Options {
   std::string config;  // the YAML file these came from ("" = none); not a YAML key
@@ -60,6 +61,10 @@ struct Options {
   // gets ABORTED and is retried by the sidecar.
   uint64_t max_image_size = 0;
   int max_concurrent_imports = 2;
+  // Where NodePublishVolume writes Kata direct-volume descriptors for volumes with the
+  // vhost-user-blk exposure (<dir>/<base64url(target path)>/mountInfo.json). Kata reads
+  // the default; tests point it elsewhere.
+  std::string kata_direct_volume_dir = kDefaultKataDirectVolumeDir;
   // How a staged volume becomes a kernel block device (docs/EXPOSURE.md):
   //   fuse  the volume is a file in the driver's FUSE mount (<state_dir>/fuse) with a
   //         loop device on it: lazy, staging costs the same for any size, every write

@@ -63,11 +63,12 @@ Result<VolumeParams> ParseVolumeParameters(
       }
       p.fs_type = value;
     } else if (key == kParamExposure) {
-      if (value != exposure_name) {
+      if (value != exposure_name && value != kExposureVhostUserBlk) {
         return Status::InvalidArgument("parameter exposure '" + value +
                                        "': not available on this driver (available: " +
-                                       exposure_name + ")");
+                                       exposure_name + ", " + kExposureVhostUserBlk + ")");
       }
+      p.exposure = value;
     } else {
       return Status::InvalidArgument("unknown parameter '" + key +
                                      "' (known: image, imageDir, url, sha256, blockSize, fsType, exposure)");

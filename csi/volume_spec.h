@@ -10,7 +10,10 @@
 //   sha256     the expected digest of the bytes at `url` ("sha256:<hex>" or "<hex>")
 //   blockSize  the volume's block size ("4096", "64K"); blank and image volumes only
 //   fsType     filesystem for Mount access: "ext4" (the default and the only one)
-//   exposure   how the node makes the block device: "loop" (the default)
+//   exposure   how the node serves the volume: the block device provider's name (the
+//              default: a kernel block device, mounted or bind-mounted for pods) or
+//              "vhost-user-blk" (a vhost-user-blk socket for microVMs, plus runtime
+//              descriptors at publish; docs/EXPOSURE.md)
 // Keys starting with "csi.storage.k8s.io/" (added by the sidecars) are ignored; any
 // other key is INVALID_ARGUMENT naming it.
 //
@@ -45,6 +48,10 @@ inline constexpr char kCtxExposure[] = "stellarium.io/exposure";
 inline constexpr char kCtxBlockSize[] = "stellarium.io/block-size";
 inline constexpr char kCtxSourceKind[] = "stellarium.io/source-kind";
 inline constexpr char kCtxNode[] = "stellarium.io/node";
+
+// The `exposure` value that serves a volume to microVMs over vhost-user-blk instead of
+// as a kernel block device. Persisted as a volume attribute; never rename.
+inline constexpr char kExposureVhostUserBlk[] = "vhost-user-blk";
 
 inline constexpr char kDefaultFsType[] = "ext4";
 inline constexpr uint64_t kDefaultVolumeBytes = 1ull << 30;  // no capacity_range given

@@ -20,6 +20,7 @@
 #include "csi/exposure/fuse_block_server.h"
 #include "csi/exposure/loop_device.h"
 #include "csi/exposure/vhost_user_blk.h"
+#include "tests/node/guest_util.h"
 #include "tests/node/node_fixture.h"
 #include "tests/node/test_util.h"
 
@@ -31,51 +32,20 @@ namespace stellarium::exposure {
 namespace {
 
 using stellarium::testing::CommandResult;
+using stellarium::testing::GuestHash;
+using stellarium::testing::HashAndWriteScript;
 using stellarium::testing::HaveProgram;
 using stellarium::testing::ImportedExt4;
 using stellarium::testing::ImportKnownExt4;
 using stellarium::testing::RunCommand;
 using stellarium::testing::TempDir;
 
-std::string Base64(const std::string& in) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
-  }
-  if (i + 1 == in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
-  } else if (i + 2 == in.size()) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
-  }
-  return out;
-}
-
-// What every guest run does: mount the disk, hash the known file, write a file.
-std::string GuestScript(const std::string& marker) {
-  return "set -e\n"
-         "mount -t ext4 /dev/vda /mnt\n"
-         "echo \"GUEST-SHA256 $(sha256sum /mnt/known.bin | cut -d' ' -f1)\"\n"
-         "echo '" +
-         marker +
-         "' > /mnt/from-guest.txt\n"
-         "sync\n"
-         "umount /mnt\n"
-         "echo GUEST-DONE\n";
-}
-
 class GuestTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!HaveProgram("qemu-system-x86_64")) return;
-    const char* env = getenv("STELLARIUM_GUEST_DIR");
-    guest_dir_ = env ? env : "/var/tmp/stellarium-guest";
-    build_ = RunCommand(
-        {"bash", std::string(STELLARIUM_SOURCE_DIR) + "/scripts/build-guest.sh", guest_dir_});
+    guest_dir_ = stellarium::testing::DefaultGuestDir();
+    build_ = stellarium::testing::BuildGuest(STELLARIUM_SOURCE_DIR, guest_dir_);
   }
   void SetUp() override {
     if (!HaveProgram("qemu-system-x86_64")) {
@@ -92,73 +62,13 @@ class GuestTest : public ::testing::Test {
     volume_ = *vol;
   }
 
-  // Boots the guest with `disk_args` and the script; returns the console output.
   CommandResult Boot(const std::vector<std::string>& disk_args, const std::string& script) {
-    std::vector<std::string> argv = {
-        "timeout",
-        "600",
-        "qemu-system-x86_64",
-        "-M",
-        "microvm,accel=tcg,pit=on,memory-backend=mem",
-        "-object",
-        "memory-backend-memfd,id=mem,size=512M,share=on",
-        "-cpu",
-        "max",
-        "-m",
-        "512",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-global",
-        "virtio-mmio.force-legacy=false",
-        "-kernel",
-        guest_dir_ + "/vmlinux",
-        "-initrd",
-        guest_dir_ + "/initrd.cpio.gz",
-        "-append",
-        "console=ttyS0 quiet panic=-1 tsc_early_khz=2600000 stellarium_cmd=" + Base64(script)};
-    argv.insert(argv.end(), disk_args.begin(), disk_args.end());
-    return RunCommand(argv);
-  }
-
-  static std::string GuestHash(const std::string& out) {
-    std::smatch m;
-    std::regex re("GUEST-SHA256 ([0-9a-f]{64})");
-    return std::regex_search(out, m, re) ? m[1].str() : "";
+    return stellarium::testing::BootGuest(guest_dir_, disk_args, script);
   }
 
   // Reads a file from the volume's ext4 through core: FUSE file, read-only loop, mount.
   std::string ReadFromVolume(const std::string& name) {
-    auto fuse = FuseBlockServer::Start({.mountpoint = tmp_.path() + "/check-fuse"});
-    EXPECT_TRUE(fuse.ok()) << fuse.status().ToString();
-    if (!fuse.ok()) return "";
-    EXPECT_TRUE((*fuse)->AddVolume("check", volume_).ok());
-    auto loop = AttachLoop((*fuse)->PathOf("check"), {.read_only = true, .direct_io = true});
-    EXPECT_TRUE(loop.ok()) << loop.status().ToString();
-    if (!loop.ok()) return "";
-    std::string mnt = tmp_.path() + "/check-mnt";
-    mkdir(mnt.c_str(), 0755);
-    std::string content;
-    if (mount(loop->path.c_str(), mnt.c_str(), "ext4", MS_RDONLY, "noload") == 0) {
-      {
-        std::ifstream in(mnt + "/" + name);
-        content.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      }  // closed before unmounting
-      EXPECT_EQ(umount2(mnt.c_str(), 0), 0) << "umount " << mnt << ": " << strerror(errno);
-    } else {
-      ADD_FAILURE() << "mount " << loop->path << ": " << strerror(errno);
-    }
-    auto fsck = RunCommand({"e2fsck", "-fn", loop->path});
-    EXPECT_EQ(fsck.exit_code, 0) << fsck.output;
-    Status det = DetachLoop(loop->path);
-    EXPECT_TRUE(det.ok()) << det.ToString();
-    return content;
+    return stellarium::testing::ReadFileThroughLoop(volume_, tmp_.path(), name);
   }
 
   static inline std::string guest_dir_;
@@ -175,7 +85,7 @@ TEST_F(GuestTest, GuestUsesTheVolumeThroughVhostUserBlk) {
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   CommandResult r = Boot({"-chardev", "socket,id=c0,path=" + sock, "-device",
                           "vhost-user-blk,chardev=c0,num-queues=1"},
-                         GuestScript("hello over vhost-user"));
+                         HashAndWriteScript("hello over vhost-user"));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("GUEST-DONE"), std::string::npos) << r.output;
   EXPECT_EQ(GuestHash(r.output), img_.known_sha256) << r.output;
@@ -264,7 +174,7 @@ TEST_F(GuestTest, SameGuestBootsFromTheFuseLoopDevice) {
   ASSERT_TRUE(loop.ok()) << loop.status().ToString();
   CommandResult r = Boot({"-drive", "id=d0,file=" + loop->path + ",format=raw,if=none,cache=none",
                           "-device", "virtio-blk-device,drive=d0"},
-                         GuestScript("hello over the loop device"));
+                         HashAndWriteScript("hello over the loop device"));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("GUEST-DONE"), std::string::npos) << r.output;
   EXPECT_EQ(GuestHash(r.output), img_.known_sha256) << r.output;
