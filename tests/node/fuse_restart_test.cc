@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -160,9 +161,20 @@ class FuseRestartTest : public ::testing::Test {
       StopDriver(SIGTERM);
     }
     StopHolder();
-    // Leave the machine as found even when a test failed half-way.
-    for (const auto& [id, staging] : staged_) umount2(staging.c_str(), MNT_DETACH);
-    umount2((root_ + "/state/fuse").c_str(), MNT_DETACH);
+    // Leave the machine as found even when a test failed half-way: every mount under
+    // the test's directory (targets, staging paths, the FUSE mount), deepest first.
+    std::vector<std::string> mounts;
+    std::ifstream mountinfo("/proc/self/mountinfo");
+    std::string line;
+    while (std::getline(mountinfo, line)) {
+      std::istringstream f(line);
+      std::string id, parent, devno, mroot, mount_point;
+      f >> id >> parent >> devno >> mroot >> mount_point;
+      if (mount_point.rfind(root_ + "/", 0) == 0) mounts.push_back(mount_point);
+    }
+    std::sort(mounts.begin(), mounts.end(),
+              [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    for (const auto& m : mounts) umount2(m.c_str(), MNT_DETACH);
     auto loops = ListLoops();
     if (loops.ok()) {
       for (const auto& d : *loops) {
