@@ -22,8 +22,8 @@ inline void Must(bool ok, const char* program, const std::string& what) {
 // The value after `--name` in argv, or `fallback`. Every argument must be a known
 // "--name value" pair: anything else prints `usage` and exits 2.
 inline std::string FlagValue(int argc, char** argv, const std::string& name,
-                             const std::string& fallback,
-                             const std::vector<std::string>& known, const char* usage) {
+                             const std::string& fallback, const std::vector<std::string>& known,
+                             const char* usage) {
   std::string value = fallback;
   for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];

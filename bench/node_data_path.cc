@@ -74,8 +74,8 @@ Figures Parse(const std::string& out, const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::vector<std::string> known = {"--reader",    "--size-mib", "--rand",
-                                          "--work",      "--guest-dir", "--source-dir"};
+  const std::vector<std::string> known = {"--reader", "--size-mib",  "--rand",
+                                          "--work",   "--guest-dir", "--source-dir"};
   const char* usage =
       "node_data_path --reader PATH [--size-mib N] [--rand N] [--work DIR] [--guest-dir DIR] "
       "[--source-dir DIR]";
@@ -156,7 +156,8 @@ int main(int argc, char** argv) {
     auto fuse = exposure::FuseBlockServer::Start({.mountpoint = work + "/fuse"});
     Must(fuse.ok(), fuse.ok() ? "" : fuse.status().ToString());
     Must((*fuse)->AddVolume("bench", *volume).ok(), "fuse add");
-    auto loop = exposure::AttachLoop((*fuse)->PathOf("bench"), {.read_only = true, .direct_io = true});
+    auto loop =
+        exposure::AttachLoop((*fuse)->PathOf("bench"), {.read_only = true, .direct_io = true});
     Must(loop.ok(), loop.ok() ? "" : loop.status().ToString());
     b = host_pass(loop->path, "(b) loop on FUSE");
     Must(exposure::DetachLoop(loop->path).ok(), "detach loop");
@@ -168,7 +169,8 @@ int main(int argc, char** argv) {
   Must(built.exit_code == 0, "scripts/build-guest.sh: " + built.output);
   const uint64_t reader_bytes = std::filesystem::file_size(reader);
   const std::string reader_disk = work + "/reader.disk";
-  std::filesystem::copy_file(reader, reader_disk, std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy_file(reader, reader_disk,
+                             std::filesystem::copy_options::overwrite_existing);
   std::filesystem::resize_file(reader_disk, (reader_bytes + 511) / 512 * 512);
   const std::string script = "head -c " + std::to_string(reader_bytes) +
                              " /dev/vdb > /bin/node_reader\nchmod +x /bin/node_reader\n"
@@ -184,24 +186,26 @@ int main(int argc, char** argv) {
   Figures c_vhost, c_raw;
   {
     const std::string socket = work + "/vhost.sock";
-    auto server = exposure::VhostUserBlkServer::Start(socket, *volume, {.num_queues = 1,
-                                                                        .read_only = true});
+    auto server =
+        exposure::VhostUserBlkServer::Start(socket, *volume, {.num_queues = 1, .read_only = true});
     Must(server.ok(), server.ok() ? "" : server.status().ToString());
     c_vhost = guest_pass(testing::VhostUserDiskArgs(socket), "(c) guest, vhost-user-blk");
   }
   c_raw = guest_pass(testing::RawDriveArgs(exported, true), "(c) guest, raw file drive");
 
-  std::printf("node data path: one %llu MiB volume of random data; sequential 1 MiB and %s "
-              "random 4 KiB O_DIRECT reads (depth 1) by node_reader\n",
-              static_cast<unsigned long long>(size >> 20), rand_reads.c_str());
-  std::printf("page cache: %s before every pass\n",
-              dropped ? "dropped (echo 3 > /proc/sys/vm/drop_caches)" : "NOT dropped (not allowed)");
+  std::printf(
+      "node data path: one %llu MiB volume of random data; sequential 1 MiB and %s "
+      "random 4 KiB O_DIRECT reads (depth 1) by node_reader\n",
+      static_cast<unsigned long long>(size >> 20), rand_reads.c_str());
+  std::printf(
+      "page cache: %s before every pass\n",
+      dropped ? "dropped (echo 3 > /proc/sys/vm/drop_caches)" : "NOT dropped (not allowed)");
   std::printf("%-40s %12s %12s\n", "path", "seq MB/s", "rand IOPS");
   std::printf("%-40s %12.1f %12.0f\n", "(a) exported raw file", a.seq_mbps, a.rand_iops);
   std::printf("%-40s %12.1f %12.0f\n", "(b) loop (direct I/O) on the FUSE file", b.seq_mbps,
               b.rand_iops);
-  std::printf("%-40s %12.1f %12.0f\n", "(c) guest: vhost-user-blk from the store",
-              c_vhost.seq_mbps, c_vhost.rand_iops);
+  std::printf("%-40s %12.1f %12.0f\n", "(c) guest: vhost-user-blk from the store", c_vhost.seq_mbps,
+              c_vhost.rand_iops);
   std::printf("%-40s %12.1f %12.0f\n", "(c) guest: raw file drive, cache=none", c_raw.seq_mbps,
               c_raw.rand_iops);
   const double rb_seq = b.seq_mbps / a.seq_mbps, rb_rand = b.rand_iops / a.rand_iops;
@@ -210,7 +214,8 @@ int main(int argc, char** argv) {
   std::printf("(b)/(a): seq %.2f (floor 0.5: %s), rand %.2f\n", rb_seq,
               rb_seq >= 0.5 ? "met" : "NOT met", rb_rand);
   std::printf("(c) vhost-user / raw drive: seq %.2f (floor 0.7: %s), rand %.2f (floor 0.7: %s)\n",
-              rc_seq, rc_seq >= 0.7 ? "met" : "NOT met", rc_rand, rc_rand >= 0.7 ? "met" : "NOT met");
+              rc_seq, rc_seq >= 0.7 ? "met" : "NOT met", rc_rand,
+              rc_rand >= 0.7 ? "met" : "NOT met");
 
   volume->reset();
   store->reset();

@@ -5,11 +5,11 @@
 //   node_reader PATH rand N SEED    N random 4 KiB reads (4 KiB-aligned offsets)
 // Prints one line: "NODE-READER <mode> bytes=<n> seconds=<s> MBps=<x> IOPS=<y>".
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <linux/fs.h>
 
 #include <cerrno>
 #include <cstdint>

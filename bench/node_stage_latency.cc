@@ -7,10 +7,9 @@
 //   mount  Mount access on a volume that already holds ext4 (a first, untimed stage
 //          formats it): the device plus an ext4 mount (nothing mounted for vhost-user).
 // Both volumes have data mapped across their whole size (one distinct 4 KiB block
-// every --stride bytes, default 16 MiB). Each timed call is a stage of an unstaged volume; unstage is not
-// timed. Calls alternate between the sizes so machine noise hits both alike. Prints
-// the median and p90 per size and the ratio 64 GiB / 1 GiB (independent of size
-// means about 1).
+// every --stride bytes, default 16 MiB). Each timed call is a stage of an unstaged volume; unstage
+// is not timed. Calls alternate between the sizes so machine noise hits both alike. Prints the
+// median and p90 per size and the ratio 64 GiB / 1 GiB (independent of size means about 1).
 //
 // usage: node_stage_latency [--calls N] [--stride BYTES] [--work DIR]   (root: loop, mount)
 #include <grpcpp/grpcpp.h>
@@ -64,9 +63,8 @@ int main(int argc, char** argv) {
   const std::vector<std::string> known = {"--calls", "--stride", "--work"};
   const char* usage = "node_stage_latency [--calls N] [--stride BYTES] [--work DIR]";
   const int calls = std::atoi(bench::FlagValue(argc, argv, "--calls", "30", known, usage).c_str());
-  const uint64_t stride =
-      std::strtoull(bench::FlagValue(argc, argv, "--stride", "16777216", known, usage).c_str(),
-                    nullptr, 10);
+  const uint64_t stride = std::strtoull(
+      bench::FlagValue(argc, argv, "--stride", "16777216", known, usage).c_str(), nullptr, 10);
   std::string work = bench::FlagValue(argc, argv, "--work", "", known, usage);
   Must(::geteuid() == 0, "needs root (loop devices and mounts)");
   const bool own_work = work.empty();
@@ -171,21 +169,24 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("NodeStageVolume through gRPC (unix socket), %d calls per case, data every %llu "
-              "bytes\n",
-              calls, static_cast<unsigned long long>(stride));
+  std::printf(
+      "NodeStageVolume through gRPC (unix socket), %d calls per case, data every %llu "
+      "bytes\n",
+      calls, static_cast<unsigned long long>(stride));
   std::printf("%-16s %-6s %14s %14s %14s %14s %8s\n", "exposure", "access",
-              (std::string(labels[0]) + " median").c_str(), (std::string(labels[0]) + " p90").c_str(),
-              (std::string(labels[1]) + " median").c_str(), (std::string(labels[1]) + " p90").c_str(),
-              "ratio");
+              (std::string(labels[0]) + " median").c_str(),
+              (std::string(labels[0]) + " p90").c_str(),
+              (std::string(labels[1]) + " median").c_str(),
+              (std::string(labels[1]) + " p90").c_str(), "ratio");
   for (const Case& c : cases) {
     double m0 = bench::Percentile(c.ms[0], 0.5), m1 = bench::Percentile(c.ms[1], 0.5);
     std::printf("%-16s %-6s %11.3f ms %11.3f ms %11.3f ms %11.3f ms %8.2f\n", c.exposure.c_str(),
                 c.block ? "block" : "mount", m0, bench::Percentile(c.ms[0], 0.9), m1,
                 bench::Percentile(c.ms[1], 0.9), m1 / m0);
   }
-  std::printf("ratio = median 64 GiB / median 1 GiB (about 1 when staging does not depend on "
-              "the size)\n");
+  std::printf(
+      "ratio = median 64 GiB / median 1 GiB (about 1 when staging does not depend on "
+      "the size)\n");
 
   (*server)->Shutdown();
   server->reset();

@@ -22,7 +22,8 @@ class BlockDeviceExposure final : public NodeExposure {
     auto rollback = [&](const Status& st) {
       if (!before) {
         Status undo = devices_->Detach(id);
-        if (!undo.ok()) spdlog::error("volume {}: rollback of stage failed: {}", id, undo.ToString());
+        if (!undo.ok())
+          spdlog::error("volume {}: rollback of stage failed: {}", id, undo.ToString());
       }
       return st;
     };
@@ -35,21 +36,23 @@ class BlockDeviceExposure final : public NodeExposure {
     if (*mounted) {
       Result<std::string> source = mounter_->MountSource(staging);
       if (!source.ok() || *source != device.device_path) {
-        return rollback(Status::FailedPrecondition(
-            "staging_target_path " + staging + " already has something else mounted on it"));
+        return rollback(Status::FailedPrecondition("staging_target_path " + staging +
+                                                   " already has something else mounted on it"));
       }
       return Status::Ok();
     }
-    if (before) spdlog::warn("volume {}: staged at {} but not mounted; mounting again", id, staging);
+    if (before)
+      spdlog::warn("volume {}: staged at {} but not mounted; mounting again", id, staging);
     Status st = mounter_->EnsureDirectory(staging);
     if (!st.ok()) return rollback(st);
     Result<std::string> on_disk = mounter_->ProbeFilesystem(device.device_path);
     if (!on_disk.ok()) return rollback(on_disk.status());
     if (on_disk->empty()) {
       if (v->read_only) {
-        return rollback(Status::FailedPrecondition(
-            "volume " + id + " has no filesystem yet and is staged read-only: stage it "
-            "read-write once to format it"));
+        return rollback(
+            Status::FailedPrecondition("volume " + id +
+                                       " has no filesystem yet and is staged read-only: stage it "
+                                       "read-write once to format it"));
       }
       spdlog::info("volume {}: no filesystem on {}, formatting ext4", id, device.device_path);
       st = mounter_->FormatExt4(device.device_path);
@@ -102,7 +105,8 @@ class BlockDeviceExposure final : public NodeExposure {
         if (v.device.empty() || !source.ok() || *source != v.device) {
           return Status::FailedPrecondition("target_path " + target +
                                             " is a mount point this driver did not create for "
-                                            "volume " + v.volume_id);
+                                            "volume " +
+                                            v.volume_id);
         }
       }
       RETURN_IF_ERROR(mounter_->Unmount(target));

@@ -5,10 +5,9 @@
 //   <target>.firecracker-drive.json                   Firecracker PUT /drives body
 //   <target>.cloud-hypervisor-disk                    Cloud Hypervisor --disk value
 // Unpublish removes all three; stage and unstage have nothing to do.
-#include "csi/exposure/descriptors.h"
-
 #include <sys/stat.h>
 
+#include "csi/exposure/descriptors.h"
 #include "csi/node_exposure.h"
 
 namespace stellarium::csi {

@@ -46,8 +46,8 @@ class CombinedExposure final : public NodeExposure {
         for (size_t j = i; j-- > 0;) {
           Status undo = parts_[j]->Unpublish(staged, target, /*recorded=*/true);
           if (!undo.ok()) {
-            spdlog::error("volume {}: undoing a failed publish at {}: {}", staged.volume_id,
-                          target, undo.ToString());
+            spdlog::error("volume {}: undoing a failed publish at {}: {}", staged.volume_id, target,
+                          undo.ToString());
           }
         }
       }
@@ -56,8 +56,7 @@ class CombinedExposure final : public NodeExposure {
     return Status::Ok();
   }
 
-  Status Unpublish(const StagedVolume& staged, const std::string& target,
-                   bool recorded) override {
+  Status Unpublish(const StagedVolume& staged, const std::string& target, bool recorded) override {
     for (size_t i = parts_.size(); i-- > 0;) {
       RETURN_IF_ERROR(parts_[i]->Unpublish(staged, target, recorded));
     }

@@ -86,8 +86,8 @@ class VhostUserBlkExposure final : public NodeExposure {
     }
     // Not served by this process: a socket file left by a dead one goes.
     struct stat st;
-    if (::lstat(socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && ::unlink(socket.c_str()) != 0 &&
-        errno != ENOENT) {
+    if (::lstat(socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+        ::unlink(socket.c_str()) != 0 && errno != ENOENT) {
       return Status::FromErrno(errno, "volume " + v.volume_id + ": remove socket " + socket);
     }
     return Status::Ok();
@@ -205,8 +205,8 @@ class VhostUserBlkExposure final : public NodeExposure {
     ASSIGN_OR_RETURN(const std::string on_disk, mounter_->ProbeFilesystem(device));
     if (on_disk == v.fs_type) return Status::Ok();
     if (!on_disk.empty()) {
-      return Status::FailedPrecondition("volume " + v.volume_id + " holds '" + on_disk +
-                                        "', not " + v.fs_type + ": the guest could not mount it");
+      return Status::FailedPrecondition("volume " + v.volume_id + " holds '" + on_disk + "', not " +
+                                        v.fs_type + ": the guest could not mount it");
     }
     if (v.read_only) {
       return Status::FailedPrecondition("volume " + v.volume_id +

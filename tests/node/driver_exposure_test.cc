@@ -168,7 +168,8 @@ TEST_F(DriverExposureTest, StagePublishWriteDescriptorsAndUnpublishUnstageRemove
   ASSERT_TRUE(kata.IsMap()) << ReadAll(kata_file);
   std::set<std::string> keys;
   for (const auto& kv : kata) keys.insert(kv.first.as<std::string>());
-  EXPECT_EQ(keys, (std::set<std::string>{"volume-type", "device", "fstype", "metadata", "options"}));
+  EXPECT_EQ(keys,
+            (std::set<std::string>{"volume-type", "device", "fstype", "metadata", "options"}));
   EXPECT_EQ(kata["volume-type"].as<std::string>(), "spdkvol");
   EXPECT_EQ(kata["device"].as<std::string>(), socket);
   EXPECT_EQ(kata["fstype"].as<std::string>(), "ext4");
