@@ -17,6 +17,7 @@
 #include "csi/loop_block_device.h"
 #include "csi/metrics.h"
 #include "csi/node_service.h"
+#include "csi/volume_spec.h"
 
 namespace stellarium::csi {
 namespace {
@@ -95,6 +96,8 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   }
   ASSIGN_OR_RETURN(auto attached, d.devices->Recover());
   for (const auto& staged : d.node_state->List()) {
+    // A vhost-user-blk volume has no block device: NodeService serves its socket again.
+    if (staged.exposure == kExposureVhostUserBlk) continue;
     bool found = false;
     for (const auto& a : attached) found = found || a.volume_id == staged.volume_id;
     if (!found) {
