@@ -10,6 +10,9 @@
 //   - the same raw image: the streaming path (download, hash and store at once).
 // The raw image is disk-like: random (incompressible) blocks, runs of zeros, repeats.
 //
+// With the driver built (stellarium_csi), it also times CreateVolume from the raw URL
+// through a real stellarium-csi server on a unix socket, and a second one (a clone).
+//
 // usage: http_import_bench [--size-mib N] [--work DIR]   (default 1024 MiB, /var/tmp)
 #include <unistd.h>
 
@@ -24,6 +27,12 @@
 #include "core/sources/open.h"
 #include "core/store.h"
 #include "tests/sources/local_http_server.h"
+#ifdef STELLARIUM_BENCH_CSI
+#include <grpcpp/grpcpp.h>
+
+#include "csi.grpc.pb.h"
+#include "csi/server.h"
+#endif
 
 using namespace stellarium;
 namespace fs = std::filesystem;
@@ -105,6 +114,53 @@ Ours Import(const std::string& where, const std::string& work, const std::string
   return o;
 }
 
+#ifdef STELLARIUM_BENCH_CSI
+// The same URL through the driver: CreateVolume over gRPC on a unix socket (the
+// ImageImporter's background import, then a clone), and a second CreateVolume of the
+// same URL and digest (a clone, no request). Seconds of each call.
+std::pair<double, double> CsiImport(const std::string& url, const std::string& sha256,
+                                    const std::string& work) {
+  const std::string dir = work + "/csi";
+  fs::remove_all(dir);
+  fs::create_directories(dir + "/kubelet");
+  stellarium::csi::Options o;
+  o.endpoint = "unix://" + dir + "/csi.sock";
+  o.node_id = "bench";
+  o.store = dir + "/store";
+  o.state_dir = dir + "/state";
+  o.kubelet_dir = dir + "/kubelet";
+  o.log_level = "warn";
+  Must(stellarium::csi::Validate(&o), "driver options");
+  auto server = stellarium::csi::Server::Start(o);
+  Must(server.status(), "start the driver");
+  auto stub = ::csi::v1::Controller::NewStub(grpc::CreateChannel(o.endpoint, grpc::InsecureChannelCredentials()));
+  auto create = [&](const std::string& name) {
+    ::csi::v1::CreateVolumeRequest req;
+    req.set_name(name);
+    auto* cap = req.add_volume_capabilities();
+    cap->mutable_block();
+    cap->mutable_access_mode()->set_mode(::csi::v1::VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
+    (*req.mutable_parameters())["url"] = url;
+    (*req.mutable_parameters())["sha256"] = sha256;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::hours(1));
+    ::csi::v1::CreateVolumeResponse resp;
+    double t = Now();
+    grpc::Status st = stub->CreateVolume(&ctx, req, &resp);
+    if (!st.ok()) {
+      fprintf(stderr, "http_import_bench: CreateVolume: %s\n", st.error_message().c_str());
+      exit(1);
+    }
+    return Now() - t;
+  };
+  double first = create("pvc-1");
+  double second = create("pvc-2");
+  server->reset();
+  fs::remove_all(dir);
+  return {first, second};
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -151,6 +207,11 @@ int main(int argc, char** argv) {
   // The same importer reading the local raw file: the store's own speed here, which
   // bounds every source.
   Ours local_r = Import(raw, work, "local");
+#ifdef STELLARIUM_BENCH_CSI
+  std::string sha;
+  Must(RunProgramOk({"sha256sum", raw}, {}, &sha), "sha256sum");
+  auto [csi_first, csi_second] = CsiImport(rurl, sha.substr(0, 64), work);
+#endif
 
   auto mbs = [](uint64_t b, double s) { return b / 1e6 / s; };
   printf("http_import_bench: %llu MiB raw image (qcow2 %.0f MiB), served from 127.0.0.1, %u cores\n",
@@ -163,6 +224,10 @@ int main(int argc, char** argv) {
   printf("%-44s %9.2f %12.0f\n", "curl -o disk.img", curl_r, mbs(bytes, curl_r));
   printf("%-44s %9.2f %12.0f\n", "ours: raw URL -> volume (streamed)", ours_r.seconds, mbs(bytes, ours_r.seconds));
   printf("%-44s %9.2f %12.0f\n", "ours: local raw file -> volume", local_r.seconds, mbs(bytes, local_r.seconds));
+#ifdef STELLARIUM_BENCH_CSI
+  printf("%-44s %9.2f %12.0f\n", "driver: CreateVolume from the raw URL", csi_first, mbs(bytes, csi_first));
+  printf("%-44s %9.4f %12s\n", "driver: 2nd CreateVolume, same URL+sha256", csi_second, "(clone)");
+#endif
   printf("stored: %llu new chunks, %.0f MiB (of %llu MiB raw; zero blocks %llu)\n",
          (unsigned long long)ours_q.summary.new_chunks, ours_q.summary.bytes_added / 1048576.0,
          (unsigned long long)mib, (unsigned long long)ours_q.summary.zero_blocks);
