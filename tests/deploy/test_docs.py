@@ -121,12 +121,19 @@ class DocsTest(unittest.TestCase):
                                          r"csi-node-driver-registrar|livenessprobe):(v[0-9.]+)", text):
                 self.assertEqual(tag, pinned[image], f"docs/{name} quotes {image}:{tag}")
 
-    def test_microvm_descriptors_not_built_yet_are_marked(self):
-        text = (DOCS / "usage.md").read_text()
-        for thing in ("mountInfo.json", "Firecracker", "Cloud Hypervisor", "vhost-user-blk"):
-            self.assertIn(thing, text)
-        self.assertIn("Being built", text)
-
+    def test_microvm_descriptors_match_what_the_driver_writes(self):
+        # usage.md and the README name the files and values the driver's code writes.
+        code = "".join((REPO / "csi" / f).read_text()
+                       for f in ("descriptor_exposure.cc", "node_exposure.cc", "options.cc"))
+        facts = ("spdkvol", ".firecracker-drive.json", ".cloud-hypervisor-disk",
+                 "--kata-direct-volume-dir", "mountInfo.json")
+        for fact in facts:
+            self.assertIn(fact, code, f"the driver no longer writes {fact}: update this test")
+        for doc in (DOCS / "usage.md", REPO / "README.md"):
+            text = doc.read_text()
+            for fact in facts:
+                self.assertIn(fact, text, f"{doc.name} does not document {fact}")
+            self.assertNotIn("Being built", text, f"{doc.name}: the microVM exposure is built")
 
 if __name__ == "__main__":
     unittest.main()
