@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <string>
 
 namespace stellarium::exposure {
 
@@ -166,21 +167,42 @@ uint8_t ExecuteBlkRequest(BlockIo& io, const BlkDeviceInfo& info, const BlkReque
     case kVirtioBlkTOut: {
       bool is_read = req.type == kVirtioBlkTIn;
       if (!is_read && info.read_only) return kVirtioBlkSIoErr;
-      if (req.data_len == 0 || req.data_len % kSectorSize != 0) return kVirtioBlkSIoErr;
+      if (req.data_len == 0 || req.data_len % kSectorSize != 0 || req.data_len > kBlkMaxRequestBytes) {
+        return kVirtioBlkSIoErr;
+      }
       uint64_t sectors = req.data_len / kSectorSize;
       if (req.sector > info.capacity_sectors || sectors > info.capacity_sectors - req.sector) {
         return kVirtioBlkSIoErr;  // past the end of the volume
       }
-      uint64_t offset = req.sector * kSectorSize;
+      // A read fills guest buffers: they must be device-writable, and vice versa.
       for (const Segment& s : req.data) {
-        // A read fills guest buffers: they must be device-writable, and vice versa.
         if (s.device_writable != is_read) return kVirtioBlkSIoErr;
+      }
+      const uint64_t offset = req.sector * kSectorSize;
+      if (req.data.size() == 1) {
+        const Segment& s = req.data[0];
         Status st = is_read ? io.Read(offset, s.len, reinterpret_cast<char*>(s.host))
                             : io.Write(offset, reinterpret_cast<const char*>(s.host), s.len);
         if (!st.ok()) return kVirtioBlkSIoErr;
-        offset += s.len;
-        if (is_read) *written += s.len;
+      } else {
+        // The guest's buffers are usually scattered pages: one read or write of the
+        // whole range through a bounce buffer costs the store one lookup of the range
+        // instead of one per page. data_len is bounded by the segment limits.
+        thread_local std::string bounce;
+        bounce.resize(req.data_len);
+        if (!is_read) {
+          size_t at = 0;
+          for (const Segment& s : req.data) memcpy(bounce.data() + at, s.host, s.len), at += s.len;
+        }
+        Status st = is_read ? io.Read(offset, req.data_len, bounce.data())
+                            : io.Write(offset, bounce.data(), req.data_len);
+        if (!st.ok()) return kVirtioBlkSIoErr;
+        if (is_read) {
+          size_t at = 0;
+          for (const Segment& s : req.data) memcpy(s.host, bounce.data() + at, s.len), at += s.len;
+        }
       }
+      if (is_read) *written = static_cast<uint32_t>(req.data_len);
       return kVirtioBlkSOk;
     }
     case kVirtioBlkTFlush:
