@@ -197,8 +197,9 @@ class RocksChunkStore : public ChunkStore {
     std::sort(order->begin(), order->end());
     rocksdb::ReadOptions ro;
     ro.adaptive_readahead = true;
-    // A long run of chunks is read from disk in large reads, not one SST block at a time.
-    if (order->size() >= 32) ro.readahead_size = 1 << 20;
+    // A long run of chunks (512 KiB or more) is read from disk in large reads, not one SST
+    // block at a time; shorter runs rely on the kernel's readahead.
+    if (order->size() >= 128) ro.readahead_size = 1 << 20;
     std::unique_ptr<rocksdb::Iterator> it(db_->raw()->NewIterator(ro, db_->cf(Cf::kData)));
     constexpr uint64_t kMaxStep = 16;  // farther than this, seek rather than step
     for (const auto& [want, i] : *order) {
