@@ -38,14 +38,18 @@ class RocksChunkStore : public ChunkStore {
     std::vector<std::pair<uint64_t, size_t>> order;  // (locator, i)
     std::vector<size_t> unplaced;
     for (size_t i = 0; i < n; ++i) {
-      if (refs[i].hint != 0) order.emplace_back(refs[i].hint, i);
-      else unplaced.push_back(i);
+      if (refs[i].hint != 0)
+        order.emplace_back(refs[i].hint, i);
+      else
+        unplaced.push_back(i);
     }
-    RETURN_IF_ERROR(Fetch(&order, context, refs, [&](size_t i, std::optional<std::string_view> data) {
-      if (data && !data->empty() && Sha256(data->data(), data->size()) == refs[i].id) return fn(i, *data);
-      unplaced.push_back(i);
-      return Status::Ok();
-    }));
+    RETURN_IF_ERROR(
+        Fetch(&order, context, refs, [&](size_t i, std::optional<std::string_view> data) {
+          if (data && !data->empty() && Sha256(data->data(), data->size()) == refs[i].id)
+            return fn(i, *data);
+          unplaced.push_back(i);
+          return Status::Ok();
+        }));
     if (unplaced.empty()) return Status::Ok();
     // 2. Where the index says the others are.
     const size_t m = unplaced.size();
@@ -79,12 +83,36 @@ class RocksChunkStore : public ChunkStore {
     return r ? r->locator : 0;  // a count without bytes stores nothing
   }
 
+  Status LocateMany(const std::vector<ChunkId>& ids, std::vector<uint64_t>* locators) override {
+    const size_t n = ids.size();
+    locators->assign(n, 0);
+    if (n == 0) return Status::Ok();
+    std::vector<rocksdb::Slice> keys(n);
+    std::vector<rocksdb::PinnableSlice> records(n);
+    std::vector<rocksdb::Status> statuses(n);
+    for (size_t i = 0; i < n; ++i) keys[i] = Key(ids[i]);
+    db_->raw()->MultiGet(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), n, keys.data(),
+                         records.data(), statuses.data());
+    for (size_t i = 0; i < n; ++i) {
+      if (statuses[i].IsNotFound()) continue;
+      if (!statuses[i].ok()) return FromRocks(statuses[i], "chunk " + ToHex(ids[i]));
+      format::ChunkRecord r;
+      if (!format::DecodeChunkRecord(records[i].ToStringView(), &r)) {
+        return Status::Corruption("chunk " + ToHex(ids[i]) +
+                                  ": undecodable index record; run fsck");
+      }
+      (*locators)[i] = r.locator;
+    }
+    return Status::Ok();
+  }
+
   Result<int64_t> RefCount(const ChunkId& id) override {
     ASSIGN_OR_RETURN(auto r, Record(id));
     return r ? r->count : 0;
   }
 
-  uint64_t AddRef(Txn* txn, const ChunkId& id, std::string_view data, Placement* placement) override {
+  uint64_t AddRef(Txn* txn, const ChunkId& id, std::string_view data,
+                  Placement* placement) override {
     if (data.empty()) {
       txn->Merge(db_->cf(Cf::kChunks), Key(id), kPlusOne);
       return 0;
@@ -95,6 +123,16 @@ class RocksChunkStore : public ChunkStore {
     txn->Put(db_->cf(Cf::kData), format::DataKey(loc), rocksdb::Slice(data.data(), data.size()));
     txn->Merge(db_->cf(Cf::kChunks), Key(id), format::EncodeChunkRecord({1, loc}));
     return loc;
+  }
+
+  Status StageBytes(IngestBatch* batch, uint64_t locator, std::string_view bytes) override {
+    return batch->Put(Cf::kData, format::DataKey(locator), bytes);
+  }
+
+  Status StageRefs(IngestBatch* batch, const ChunkId& id, int64_t delta,
+                   uint64_t locator) override {
+    return batch->Merge(Cf::kChunks, std::string_view(Key(id).data(), kChunkIdSize),
+                        format::EncodeChunkRecord({delta, locator}));
   }
 
   Placement Reserve(size_t n) override {
@@ -119,7 +157,8 @@ class RocksChunkStore : public ChunkStore {
       for (it->SeekToFirst(); it->Valid(); it->Next()) {
         format::ChunkRecord rec;
         if (!format::DecodeChunkRecord(it->value().ToStringView(), &rec)) {
-          return Status::Corruption("gc: chunk " + ToHex(ChunkIdFromBytes(it->key().ToStringView())) +
+          return Status::Corruption("gc: chunk " +
+                                    ToHex(ChunkIdFromBytes(it->key().ToStringView())) +
                                     ": undecodable index record; run fsck");
         }
         if (rec.count > 0) {
@@ -163,7 +202,8 @@ class RocksChunkStore : public ChunkStore {
       }
       rocksdb::PinnableSlice data;
       if (rec.locator != 0) {
-        rocksdb::Status s = db_->raw()->Get(ro, db_->cf(Cf::kData), format::DataKey(rec.locator), &data);
+        rocksdb::Status s =
+            db_->raw()->Get(ro, db_->cf(Cf::kData), format::DataKey(rec.locator), &data);
         if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "chunk " + ToHex(id));
       }
       RETURN_IF_ERROR(fn(id, std::string_view(data.data(), data.size()), rec.count));
@@ -213,7 +253,8 @@ class RocksChunkStore : public ChunkStore {
           if (it->Valid()) at = format::DecodeDataKey(it->key().ToStringView());
         }
       }
-      if (!it->status().ok()) return FromRocks(it->status(), context + ": chunk " + ToHex(refs[i].id));
+      if (!it->status().ok())
+        return FromRocks(it->status(), context + ": chunk " + ToHex(refs[i].id));
       if (it->Valid() && format::DecodeDataKey(it->key().ToStringView()) == want) {
         RETURN_IF_ERROR(fn(i, it->value().ToStringView()));
       } else {

@@ -35,6 +35,7 @@
 namespace stellarium {
 
 class Db;
+class IngestBatch;
 using Txn = rocksdb::WriteBatch;
 
 struct SweepResult {
@@ -80,6 +81,8 @@ class ChunkStore {
     ASSIGN_OR_RETURN(uint64_t loc, Locate(id));
     return loc != 0;
   }
+  // Locate() for many ids at once: (*locators)[i] is ids[i]'s locator or 0.
+  virtual Status LocateMany(const std::vector<ChunkId>& ids, std::vector<uint64_t>* locators) = 0;
   // The chunk's reference count (0 when absent).
   virtual Result<int64_t> RefCount(const ChunkId& id) = 0;
   // Stages one more reference to `id` in txn; also stages the bytes when `data` is not
@@ -90,6 +93,15 @@ class ChunkStore {
   // the map entry, right unless another writer stored the same chunk first.
   virtual uint64_t AddRef(Txn* txn, const ChunkId& id, std::string_view data,
                           Placement* placement = nullptr) = 0;
+  // Bulk staging for an import, into an IngestBatch (db.h) that the caller ingests:
+  // StageBytes stages a new chunk's bytes at a locator the caller reserved (Reserve);
+  // StageRefs stages `delta` references to `id` and, with a non-zero locator, where its
+  // bytes are. Ingesting makes bytes and index records durable and visible, so bytes
+  // must be ingested no later than the index records that name them. REQUIRES: within
+  // one batch, locators and ids in increasing order, each at most once.
+  virtual Status StageBytes(IngestBatch* batch, uint64_t locator, std::string_view bytes) = 0;
+  virtual Status StageRefs(IngestBatch* batch, const ChunkId& id, int64_t delta,
+                           uint64_t locator) = 0;
   // Reserves places for up to n new chunks, next to each other.
   virtual Placement Reserve(size_t n) = 0;
   virtual void DropRef(Txn* txn, const ChunkId& id) = 0;

@@ -1,16 +1,15 @@
 #include "core/db.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/merge_operator.h>
 #include <rocksdb/table.h>
 #include <rocksdb/table_properties.h>
+#include <sys/file.h>
+#include <unistd.h>
 
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -28,11 +27,11 @@ namespace {
 // rename. See docs/FORMAT.md "chunks".
 class ChunkMergeOperator : public rocksdb::AssociativeMergeOperator {
  public:
-  bool Merge(const rocksdb::Slice& key, const rocksdb::Slice* existing,
-             const rocksdb::Slice& value, std::string* new_value,
-             rocksdb::Logger* logger) const override {
+  bool Merge(const rocksdb::Slice& key, const rocksdb::Slice* existing, const rocksdb::Slice& value,
+             std::string* new_value, rocksdb::Logger* logger) const override {
     format::ChunkRecord a, b;
-    if (existing != nullptr && !format::DecodeChunkRecord(existing->ToStringView(), &a)) return false;
+    if (existing != nullptr && !format::DecodeChunkRecord(existing->ToStringView(), &a))
+      return false;
     if (!format::DecodeChunkRecord(value.ToStringView(), &b)) return false;
     a.count += b.count;
     if (a.locator == 0) a.locator = b.locator;
@@ -43,9 +42,9 @@ class ChunkMergeOperator : public rocksdb::AssociativeMergeOperator {
 };
 
 const char* CfName(int i) {
-  static const char* kNames[] = {format::kCfMeta,      format::kCfChunks, format::kCfMaps,
-                                 format::kCfLayers,    format::kCfVolumes, format::kCfSnapshots,
-                                 format::kCfImages,    format::kCfNames,   format::kCfData};
+  static const char* kNames[] = {format::kCfMeta,   format::kCfChunks,  format::kCfMaps,
+                                 format::kCfLayers, format::kCfVolumes, format::kCfSnapshots,
+                                 format::kCfImages, format::kCfNames,   format::kCfData};
   return kNames[i];
 }
 
@@ -71,6 +70,10 @@ rocksdb::ColumnFamilyOptions CfOptions(int i, const std::shared_ptr<rocksdb::Cac
       // A memtable bloom filter answers most "no"s without walking the skiplist.
       o.memtable_prefix_bloom_size_ratio = 0.05;
       o.memtable_whole_key_filtering = true;
+      // A chunk met again and again (a block of 0xff, a repeated pattern) collects one
+      // operand per reference; every lookup of it would merge them all. Past this many
+      // in a memtable, RocksDB stores the merged record instead.
+      o.max_successive_merges = 16;
       break;
     case Cf::kData:
       // Chunk bytes keyed by locator, written in increasing key order: compactions
@@ -134,20 +137,24 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
     ssize_t n = ::pread(db->lock_fd_, buf, sizeof(buf) - 1, 0);
     std::string holder = n > 0 ? std::string(buf, n) : "unknown";
     while (!holder.empty() && (holder.back() == '\n')) holder.pop_back();
-    return Status::FailedPrecondition("store " + dir +
-                                      ": already open by another process (pid " + holder +
-                                      "); stop it or use another --store");
+    return Status::FailedPrecondition("store " + dir + ": already open by another process (pid " +
+                                      holder + "); stop it or use another --store");
   }
   std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(db->lock_fd_, 0) != 0 ||
-      ::pwrite(db->lock_fd_, pid.data(), pid.size(), 0) < 0) {
+  if (::ftruncate(db->lock_fd_, 0) != 0 || ::pwrite(db->lock_fd_, pid.data(), pid.size(), 0) < 0) {
     return Status::FromErrno(errno, "store " + dir + ": write lock file");
   }
+
+  // Table files of imports that never got ingested (a crash, a kill) are garbage.
+  db->import_dir_ = dir + "/import";
+  fs::remove_all(db->import_dir_, ec);
+  fs::create_directories(db->import_dir_, ec);
+  if (ec) return Status::FromErrno(ec.value(), "store " + dir + ": create " + db->import_dir_);
 
   rocksdb::DBOptions dbo;
   dbo.create_if_missing = create_if_missing;
   dbo.create_missing_column_families = true;
-  dbo.atomic_flush = true;  // non-WAL import writes reach disk as one consistent cut
+  dbo.atomic_flush = true;  // families flush together: one consistent cut on disk
   dbo.max_background_jobs = 2;
   // Volumes are read sequentially more often than not, and chunk bytes lie in write
   // order: let the kernel read ahead in SST files (RocksDB's default asks it not to).
@@ -179,8 +186,8 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
     uint32_t v = 0;
     if (ver->size() == 4) std::memcpy(&v, ver->data(), 4);
     if (v != format::kFormatVersion) {
-      return Status::FailedPrecondition("store " + dir + ": format version " +
-                                        std::to_string(v) + ", this build reads version " +
+      return Status::FailedPrecondition("store " + dir + ": format version " + std::to_string(v) +
+                                        ", this build reads version " +
                                         std::to_string(format::kFormatVersion) +
                                         " (docs/FORMAT.md \"Versions\": export the volumes "
                                         "with the build that wrote them and re-import)");
@@ -204,7 +211,6 @@ Db::~Db() {
 Status Db::Write(rocksdb::WriteBatch* batch, WriteMode mode, const std::string& what) {
   rocksdb::WriteOptions wo;
   wo.sync = mode == WriteMode::kSync;
-  wo.disableWAL = mode == WriteMode::kNoWal;
   return FromRocks(db_->Write(wo, batch), what);
 }
 
@@ -223,10 +229,82 @@ std::unique_ptr<rocksdb::Iterator> Db::NewIterator(Cf which, bool fill_cache) {
   return std::unique_ptr<rocksdb::Iterator>(db_->NewIterator(ro, cf(which)));
 }
 
-Status Db::FlushAll() {
-  rocksdb::FlushOptions fo;
-  fo.wait = true;
-  return FromRocks(db_->Flush(fo, handles_), "store " + dir_ + ": flush");
+struct IngestBatch::Table {
+  std::string path;
+  std::unique_ptr<rocksdb::SstFileWriter> writer;
+  uint64_t value_bytes = 0;
+  ~Table() {
+    writer.reset();
+    ::unlink(path.c_str());
+  }
+};
+
+std::unique_ptr<IngestBatch> Db::NewIngestBatch(const std::string& what) {
+  return std::unique_ptr<IngestBatch>(new IngestBatch(this, what));
+}
+
+IngestBatch::IngestBatch(Db* db, std::string what) : db_(db), what_(std::move(what)) {
+  tables_.resize(static_cast<size_t>(Cf::kCount));
+}
+
+IngestBatch::~IngestBatch() = default;
+
+Result<IngestBatch::Table*> IngestBatch::Open(Cf which) {
+  auto& t = tables_[static_cast<size_t>(which)];
+  if (t) return t.get();
+  auto table = std::make_unique<Table>();
+  table->path = db_->import_dir_ + "/" + std::to_string(::getpid()) + "-" +
+                std::to_string(db_->next_table_++) + ".sst";
+  rocksdb::ColumnFamilyHandle* cf = db_->cf(which);
+  rocksdb::Options options = db_->raw()->GetOptions(cf);
+  rocksdb::EnvOptions env(db_->raw()->GetDBOptions());
+  // Leave the written pages to the kernel: a volume is often read right after its import.
+  table->writer = std::make_unique<rocksdb::SstFileWriter>(env, options, cf,
+                                                           /*invalidate_page_cache=*/false);
+  RETURN_IF_ERROR(FromRocks(table->writer->Open(table->path), what_ + ": create " + table->path));
+  t = std::move(table);
+  return t.get();
+}
+
+Status IngestBatch::Put(Cf which, std::string_view key, std::string_view value) {
+  return Add(which, key, value, /*merge=*/false);
+}
+
+Status IngestBatch::Merge(Cf which, std::string_view key, std::string_view operand) {
+  return Add(which, key, operand, /*merge=*/true);
+}
+
+Status IngestBatch::Add(Cf which, std::string_view key, std::string_view value, bool merge) {
+  ASSIGN_OR_RETURN(Table * t, Open(which));
+  t->value_bytes += value.size();
+  rocksdb::Slice k(key.data(), key.size()), v(value.data(), value.size());
+  return FromRocks(merge ? t->writer->Merge(k, v) : t->writer->Put(k, v),
+                   what_ + ": write " + t->path);
+}
+
+uint64_t IngestBatch::value_bytes(Cf which) const {
+  const auto& t = tables_[static_cast<size_t>(which)];
+  return t ? t->value_bytes : 0;
+}
+
+Status IngestBatch::Ingest() {
+  std::vector<rocksdb::IngestExternalFileArg> args;
+  for (size_t i = 0; i < tables_.size(); ++i) {
+    if (!tables_[i]) continue;
+    RETURN_IF_ERROR(
+        FromRocks(tables_[i]->writer->Finish(), what_ + ": finish " + tables_[i]->path));
+    tables_[i]->writer.reset();
+    rocksdb::IngestExternalFileArg arg;
+    arg.column_family = db_->cf(static_cast<Cf>(i));
+    arg.external_files = {tables_[i]->path};
+    arg.options.move_files = true;           // a hard link into the database, no copy
+    arg.options.write_global_seqno = false;  // no rewrite of the file
+    args.push_back(std::move(arg));
+  }
+  Status st;
+  if (!args.empty()) st = FromRocks(db_->raw()->IngestExternalFiles(args), what_ + ": ingest");
+  for (auto& t : tables_) t.reset();  // unlinks our names; the database keeps its own
+  return st;
 }
 
 Status Db::WaitIdle() {

@@ -5,28 +5,74 @@
 // Write modes (see docs/FORMAT.md "Durability"):
 //   kSync   - WAL, fsync before returning: every catalog change.
 //   kNoSync - WAL, no fsync: volume writes; made durable by SyncWal().
-//   kNoWal  - no WAL: bulk import data. Durable only after FlushAll(); the database
-//             uses atomic_flush so such writes reach disk as a consistent cut across
-//             column families, and an import commits its catalog entry only after it.
+// Bulk data (an import's chunk bytes, index records and map entries) skips the
+// memtables and the WAL altogether: an IngestBatch writes it, in key order, into table
+// files under <dir>/import/ and ingests them together (durable and visible at once).
 //
-// Thread-safety: all methods are safe to call concurrently.
+// Thread-safety: all methods are safe to call concurrently; an IngestBatch is used by
+// one thread at a time.
 #pragma once
 
 #include <rocksdb/db.h>
+#include <rocksdb/sst_file_writer.h>
 #include <rocksdb/write_batch.h>
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/status.h"
 
 namespace stellarium {
 
-enum class Cf { kMeta = 0, kChunks, kMaps, kLayers, kVolumes, kSnapshots, kImages, kNames, kData, kCount };
+enum class Cf {
+  kMeta = 0,
+  kChunks,
+  kMaps,
+  kLayers,
+  kVolumes,
+  kSnapshots,
+  kImages,
+  kNames,
+  kData,
+  kCount
+};
 
-enum class WriteMode { kSync, kNoSync, kNoWal };
+enum class WriteMode { kSync, kNoSync };
+
+class Db;
+
+// Table files of several column families, each built outside the database in strictly
+// increasing key order, then ingested together: all their entries become durable and
+// visible in one step, with no memtable, WAL or flush in between. Destroying a batch
+// drops the files it did not ingest.
+class IngestBatch {
+ public:
+  ~IngestBatch();
+  IngestBatch(const IngestBatch&) = delete;
+  IngestBatch& operator=(const IngestBatch&) = delete;
+  // REQUIRES: key greater than every key added to `which` since the last Ingest().
+  Status Put(Cf which, std::string_view key, std::string_view value);
+  Status Merge(Cf which, std::string_view key, std::string_view operand);
+  // Value bytes added to `which` since the last Ingest().
+  uint64_t value_bytes(Cf which) const;
+  // Finishes the tables and ingests them all at once. The batch is empty afterwards and
+  // may be filled again.
+  Status Ingest();
+
+ private:
+  friend class Db;
+  struct Table;
+  explicit IngestBatch(Db* db, std::string what);
+  Result<Table*> Open(Cf which);
+  Status Add(Cf which, std::string_view key, std::string_view value, bool merge);
+  Db* db_;
+  std::string what_;
+  std::vector<std::unique_ptr<Table>> tables_;  // by Cf; null until used
+};
 
 Status FromRocks(const rocksdb::Status& s, const std::string& context);
 
@@ -46,8 +92,8 @@ class Db {
   Result<std::optional<std::string>> Get(Cf which, const rocksdb::Slice& key,
                                          const std::string& what);
   std::unique_ptr<rocksdb::Iterator> NewIterator(Cf which, bool fill_cache = true);
-  // Flushes every memtable of every column family to SST files (atomically).
-  Status FlushAll();
+  // An empty IngestBatch; `what` names it in errors.
+  std::unique_ptr<IngestBatch> NewIngestBatch(const std::string& what);
   Status SyncWal();
   // Waits until no flush or compaction is running or pending.
   Status WaitIdle();
@@ -59,8 +105,11 @@ class Db {
   uint64_t DiskBytes() const;
 
  private:
+  friend class IngestBatch;
   Db() = default;
   std::string dir_;
+  std::string import_dir_;  // <dir>/import: table files being built (emptied at open)
+  std::atomic<uint64_t> next_table_{0};
   int lock_fd_ = -1;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;

@@ -1,24 +1,39 @@
 // ImportImage: the import pipeline.
 //
 //   reader thread  -> segments (a few MiB of the image, holes marked, never read)
-//   workers        -> per block: zero test, SHA-256; then the segment's new chunks,
-//                     map entries and reference counts in one batch written without
-//                     the WAL (one worker per core, writing concurrently)
-//   this thread    -> in image order: the image's content digest, the summary, progress
+//   workers        -> per block: zero test, SHA-256, the base image's entry (a delta
+//                     import), and one MultiGet of the chunk index for the segment
+//                     (one worker per core)
+//   this thread    -> in image order: which blocks bring new chunks (the first
+//                     occurrence, in image order, of a chunk the store lacks), their
+//                     bytes at consecutive locators, the map entries and reference
+//                     counts, into the period's IngestBatch; the image's content
+//                     digest, the summary, progress
 //
-// Durability: data batches skip the WAL (the store uses atomic_flush), so after the
-// last batch the importer flushes every memtable and only then commits, in one synced
-// batch, the layer's state, the image record and the volume. A crash before that commit
-// leaves a layer in kImporting, which the next Open() declares dead; gc then drops its
-// map entries and references. Memory is bounded by the number of segments in flight.
-#include <condition_variable>
+// Every ~64 MiB of new bytes (a "period") the period is ingested (Db's IngestBatch: table
+// files built in key order, no memtable, no WAL): the new chunks' bytes, the index
+// records (each chunk's references of the period summed into one operand) and the map
+// entries, all visible and durable in one step. So the index never names bytes that are
+// not in the store, and map entries never exist without the counts they hold.
+//
+// Durability: each period is durable once ingested; after the last one the importer
+// commits, in one synced batch, the layer's state, the image record and the volume. A
+// crash before that commit leaves a layer in kImporting, which the next Open() declares
+// dead; gc then drops its map entries with the references they hold, and the chunk
+// bytes nothing names. The import holds the chunk store's sweep lock shared from its
+// first index lookup to its last ingest, so gc (which takes it exclusively) waits for a
+// running import rather than deleting bytes the import is about to index.
+// Memory is bounded by the segments and table work in flight, the index period's table
+// of chunks and the table of ids this import has met (kKnownCap).
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <queue>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "core/store_impl.h"
 
@@ -29,17 +44,76 @@ using format::LayerState;
 
 namespace {
 
+// What a block is, decided by a worker.
+enum BlockKind : uint8_t {
+  kSkip,          // all zero with nothing under it, or the same chunk as the base image
+  kZeroOverBase,  // all zero over a base image block with data: a zero marker
+  kData,          // a chunk to reference (or to store, when the store lacks it)
+};
+
 struct Segment {
   uint64_t seq = 0;
   uint64_t first_block = 0;
   size_t nblocks = 0;
-  std::string buf;                 // nblocks * block size
+  std::string buf;                   // nblocks * block size
   std::vector<uint32_t> hole_bytes;  // per block: bytes known to be zero without reading
   std::vector<ChunkId> ids;
-  std::vector<uint8_t> zero;       // per block: 1 when all zero
-  std::vector<uint8_t> is_new;     // per block: 1 when this import stored its chunk
-  uint64_t dup = 0;                // blocks already stored (or in the base image)
+  std::vector<uint8_t> zero;      // per block: 1 when all zero
+  std::vector<uint8_t> kind;      // per block: a BlockKind
+  std::vector<uint64_t> located;  // per kData block: its locator in the store, or 0
+  uint64_t same_as_base = 0;      // blocks the base image already has
 };
+
+struct ChunkIdHash {
+  size_t operator()(const ChunkId& id) const {
+    size_t h;
+    std::memcpy(&h, id.data(), sizeof h);  // a SHA-256 is uniform already
+    return h;
+  }
+};
+
+// A chunk of the current index period: how many references the period adds, and for
+// a chunk this import stores, the locator its bytes got (0 for a chunk stored before).
+struct PeriodRef {
+  int64_t count = 0;
+  uint64_t stored_at = 0;
+  uint64_t hint = 0;  // where the bytes are, for map entries
+};
+
+struct MapEntry {
+  uint64_t block = 0;
+  ChunkId id{};
+  uint64_t hint = 0;
+  bool zero = false;  // an explicit zero marker
+};
+
+// What the decisions about one segment produce for the table thread: the new chunks'
+// bytes and locators, the map entries, and at the end of a period what ends with it.
+struct TableWork {
+  std::string bytes;               // new chunks' bytes, one block each, back to back
+  std::vector<uint64_t> locators;  // per new chunk
+  std::vector<MapEntry> maps;      // in block order
+  bool end_data_period = false;    // ingest the chunk bytes so far
+  bool end_index_period = false;   // ... and then `refs` with the map entries so far
+  std::vector<std::pair<ChunkId, PeriodRef>> refs;
+  void Clear() {
+    bytes.clear();
+    locators.clear();
+    maps.clear();
+    end_data_period = end_index_period = false;
+    refs.clear();
+  }
+};
+
+// Chunk bytes are ingested every data period (a table of their own, straight into the
+// bottom level); map entries and index records every index period (two tables ingested
+// together); ImportOptions sets both. Few, large index tables keep the "is this chunk
+// stored?" lookups cheap; the index period's chunk table is the memory it costs.
+constexpr uint64_t kDefaultDataPeriodBytes = 64u << 20;
+constexpr uint64_t kDefaultIndexPeriodBlocks = 512u << 10;
+constexpr size_t kKnownCap = 512u << 10;  // ids remembered across index periods
+constexpr size_t kPlacementRun = 16384;   // locators reserved at a time
+constexpr size_t kTableWorkInFlight = 8;
 
 // A bounded hand-off queue between pipeline stages.
 template <typename T>
@@ -96,8 +170,8 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     if (id) {
       ASSIGN_OR_RETURN(auto rec, s.LoadVolume(*id));
       if (rec && rec->info.source_kind == "image" && rec->info.attributes == req.attributes &&
-          rec->info.block_size == bs && (req.size_bytes == 0 || rec->info.size_bytes ==
-                                         (req.size_bytes + bs - 1) / bs * bs)) {
+          rec->info.block_size == bs &&
+          (req.size_bytes == 0 || rec->info.size_bytes == (req.size_bytes + bs - 1) / bs * bs)) {
         ImportResult r;
         r.volume = rec->info;
         r.summary.image_digest = rec->info.source_id;
@@ -142,7 +216,8 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
         if (!img.ok() || img->info.block_size != bs || img->info.size_bytes != rounded) continue;
         if (img->info.created_unix_ns <= newest) continue;
         auto chain = s.LoadChain(img->layer);
-        if (!chain.ok() || chain->size() >= std::max<size_t>(2, s.options.max_chain_depth / 2)) continue;
+        if (!chain.ok() || chain->size() >= std::max<size_t>(2, s.options.max_chain_depth / 2))
+          continue;
         newest = img->info.created_unix_ns;
         base = img->layer;
         base_chain = std::move(chain).value();
@@ -156,11 +231,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     layer = s.NewLayer(&txn, base, LayerState::kImporting, bs, 0);
     RETURN_IF_ERROR(s.Commit(&txn, what + ": begin import"));
   }
-  // Until this import's unlogged writes are flushed, a logged write must not rely on
-  // a chunk it stored (StoreImpl::unflushed_imports).
-  UnflushedImport unflushed(&s);
   auto abandon = [&](Status st) -> Status {
-    if (s.db->FlushAll().ok()) unflushed.Flushed();
     std::lock_guard lock(s.catalog_mu);
     CatalogTxn txn;
     Status c = s.KillLayer(&txn, layer);
@@ -171,8 +242,8 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
 
   const size_t blocks_per_segment = std::max<size_t>(4, (4u << 20) / bs);
   const size_t seg_bytes = blocks_per_segment * bs;
-  unsigned threads = opts.hash_threads ? opts.hash_threads
-                                       : std::max(1u, std::thread::hardware_concurrency());
+  unsigned threads =
+      opts.hash_threads ? opts.hash_threads : std::max(1u, std::thread::hardware_concurrency());
   const size_t max_in_flight = 2 * threads + 2;
 
   Channel<std::unique_ptr<Segment>> free_q, work_q, done_q;
@@ -239,14 +310,6 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     work_q.Close();
   });
 
-  // Shared by the workers: chunks this import is writing right now, so that two
-  // segments holding the same new block store it once. An id leaves the set when its
-  // batch is written; Contains() sees it from then on. (A worker that checked Contains()
-  // just before another's batch landed and the set just after may store the block a
-  // second time: harmless, the same bytes under the same key, but counted twice in the
-  // summary's new_chunks.)
-  std::mutex inflight_mu;
-  std::unordered_set<std::string> inflight;
   std::mutex status_mu;
   Status write_status;
   auto fail = [&](Status st) {
@@ -255,14 +318,19 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     stop = true;
   };
 
-  // Worker: hash every block, then write the segment's new chunks, map entries and
-  // reference counts in one unlogged batch. Workers write concurrently (the map keys of
-  // different segments never collide).
+  // Held shared until the last table is ingested: the locators the workers find, and
+  // the bytes this import ingests before its index records name them, must not be
+  // swept meanwhile.
+  std::shared_lock sweep(s.chunks->sweep_lock());
+
+  // Worker: per block, zero or not, its SHA-256, what the base image has there; then
+  // where the store keeps each chunk (one MultiGet for the segment).
   auto process = [&](Segment& seg) -> Status {
     seg.ids.resize(seg.nblocks);
     seg.zero.assign(seg.nblocks, 0);
-    seg.is_new.assign(seg.nblocks, 0);
-    seg.dup = 0;
+    seg.kind.assign(seg.nblocks, kSkip);
+    seg.located.assign(seg.nblocks, 0);
+    seg.same_as_base = 0;
     for (size_t i = 0; i < seg.nblocks; ++i) {
       const char* p = seg.buf.data() + i * bs;
       if (seg.hole_bytes[i] == bs || IsAllZero(p, bs)) {
@@ -280,61 +348,27 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
                                        return Status::Ok();
                                      }));
     }
-    std::shared_lock sweep(s.chunks->sweep_lock());
-    // First decide which blocks bring new chunks, then place those next to each other.
-    enum Kind : uint8_t { kSkip, kZeroOverBase, kDup, kNew };
-    std::vector<uint8_t> kind(seg.nblocks, kSkip);
-    std::vector<uint64_t> hint(seg.nblocks, 0);  // where each chunk's bytes are
-    std::vector<std::string> mine;  // ids this segment put in `inflight`
+    std::vector<ChunkId> lookup;
+    std::vector<size_t> lookup_block;
     for (size_t i = 0; i < seg.nblocks; ++i) {
       auto in_base = base_view.find(seg.first_block + i);
       bool base_has_data = in_base != base_view.end() && !format::IsZeroMarker(in_base->second);
       if (seg.zero[i]) {
-        if (base_has_data) kind[i] = kZeroOverBase;
+        if (base_has_data) seg.kind[i] = kZeroOverBase;
         continue;
       }
-      const ChunkId& id = seg.ids[i];
-      if (base_has_data && format::MapValueId(in_base->second) == AsBytes(id)) {
-        ++seg.dup;  // the base image has this very block here: nothing to write
+      if (base_has_data && format::MapValueId(in_base->second) == AsBytes(seg.ids[i])) {
+        ++seg.same_as_base;  // the base image has this very block here: nothing to write
         continue;
       }
-      ASSIGN_OR_RETURN(hint[i], s.chunks->Locate(id));
-      kind[i] = kDup;
-      if (hint[i] == 0) {
-        std::string key(AsBytes(id));
-        std::lock_guard l(inflight_mu);
-        if (inflight.insert(key).second) {
-          kind[i] = kNew;
-          mine.push_back(std::move(key));
-        }
-      }
+      seg.kind[i] = kData;
+      lookup.push_back(seg.ids[i]);
+      lookup_block.push_back(i);
     }
-    Placement place = s.chunks->Reserve(mine.size());
-    Txn batch;
-    for (size_t i = 0; i < seg.nblocks; ++i) {
-      const std::string key = format::MapKey(layer, seg.first_block + i);
-      const ChunkId& id = seg.ids[i];
-      switch (kind[i]) {
-        case kSkip:
-          continue;
-        case kZeroOverBase:
-          batch.Put(s.db->cf(Cf::kMaps), key, "");
-          continue;
-        case kNew:
-          seg.is_new[i] = 1;
-          hint[i] = s.chunks->AddRef(&batch, id, std::string_view(seg.buf.data() + i * bs, bs), &place);
-          break;
-        case kDup:
-          ++seg.dup;
-          s.chunks->AddRef(&batch, id, {});
-          break;
-      }
-      batch.Put(s.db->cf(Cf::kMaps), key, format::EncodeMapValue(id, hint[i]));
-    }
-    Status w = s.db->Write(&batch, WriteMode::kNoWal, what + ": write chunks");
-    std::lock_guard l(inflight_mu);
-    for (const auto& k : mine) inflight.erase(k);
-    return w;
+    std::vector<uint64_t> found;
+    RETURN_IF_ERROR(s.chunks->LocateMany(lookup, &found).Annotate(what));
+    for (size_t k = 0; k < lookup.size(); ++k) seg.located[lookup_block[k]] = found[k];
+    return Status::Ok();
   };
 
   std::vector<std::thread> workers;
@@ -353,20 +387,130 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     });
   }
 
-  // In image order: the content digest, the summary, progress and cancellation.
+  // Table thread: writes what the decisions produce into table files and ingests them,
+  // in order: chunk bytes first, then (at the end of an index period) the map entries
+  // and the index records, so the index never names bytes that are not stored.
+  Channel<std::unique_ptr<TableWork>> table_free, table_q;
+  for (size_t i = 0; i < kTableWorkInFlight; ++i) table_free.Push(std::make_unique<TableWork>());
+  std::thread table_thread([&] {
+    std::unique_ptr<IngestBatch> data = s.db->NewIngestBatch(what);
+    std::unique_ptr<IngestBatch> index = s.db->NewIngestBatch(what);
+    auto write = [&](TableWork& w) -> Status {
+      for (size_t k = 0; k < w.locators.size(); ++k) {
+        RETURN_IF_ERROR(s.chunks->StageBytes(data.get(), w.locators[k],
+                                             std::string_view(w.bytes.data() + k * bs, bs)));
+      }
+      for (const MapEntry& m : w.maps) {
+        RETURN_IF_ERROR(index->Put(Cf::kMaps, format::MapKey(layer, m.block),
+                                   m.zero ? std::string() : format::EncodeMapValue(m.id, m.hint)));
+      }
+      if (w.end_data_period || w.end_index_period) RETURN_IF_ERROR(data->Ingest());
+      if (w.end_index_period) {
+        std::sort(w.refs.begin(), w.refs.end(),
+                  [](const auto& a, const auto& b) { return a.first < b.first; });
+        for (const auto& [id, ref] : w.refs) {
+          RETURN_IF_ERROR(s.chunks->StageRefs(index.get(), id, ref.count, ref.stored_at));
+        }
+        RETURN_IF_ERROR(index->Ingest());
+      }
+      return Status::Ok();
+    };
+    std::unique_ptr<TableWork> w;
+    while (table_q.Pop(&w)) {
+      if (!stop.load()) {
+        Status st = write(*w);
+        if (!st.ok()) fail(st);
+      }
+      w->Clear();
+      table_free.Push(std::move(w));
+    }
+  });
+
+  // In image order: which chunks are new and where they go, the map entries and
+  // reference counts (handed to the table thread a segment at a time), the content
+  // digest, the summary, progress and cancellation.
   ImportSummary sum;
   Sha256Stream digest;
   digest.Update(format::kImageDigestTag.data(), format::kImageDigestTag.size());
   uint64_t next_seq = 0;
-  std::priority_queue<std::unique_ptr<Segment>, std::vector<std::unique_ptr<Segment>>, SeqLess> pending;
+  std::priority_queue<std::unique_ptr<Segment>, std::vector<std::unique_ptr<Segment>>, SeqLess>
+      pending;
   const ChunkId kZeroId{};
   auto last_progress = std::chrono::steady_clock::now();
+
+  const uint64_t data_period_limit =
+      opts.data_period_bytes ? opts.data_period_bytes : kDefaultDataPeriodBytes;
+  const uint64_t index_period_limit =
+      opts.index_period_blocks ? opts.index_period_blocks : kDefaultIndexPeriodBlocks;
+  Placement placement;  // where the data period's new chunks go
+  uint64_t data_period_bytes = 0;
+  uint64_t index_period_blocks = 0;
+  std::unordered_map<ChunkId, PeriodRef, ChunkIdHash> period;  // the index period's chunks
+  std::unordered_map<ChunkId, uint64_t, ChunkIdHash> known;    // earlier periods': hint
+  // Decides one segment's blocks and hands the result to the table thread; `last`
+  // ends every period.
+  auto place = [&](Segment* seg, bool last) -> Status {
+    std::unique_ptr<TableWork> w;
+    if (!table_free.Pop(&w)) return Status::Aborted(what + ": import stopped");
+    for (size_t i = 0; seg != nullptr && i < seg->nblocks; ++i) {
+      if (seg->kind[i] == kSkip) continue;
+      MapEntry m;
+      m.block = seg->first_block + i;
+      ++index_period_blocks;
+      if (seg->kind[i] == kZeroOverBase) {
+        m.zero = true;
+        w->maps.push_back(m);
+        continue;
+      }
+      const ChunkId& id = seg->ids[i];
+      auto [it, first] = period.try_emplace(id);
+      PeriodRef& ref = it->second;
+      if (first) {
+        if (auto k = known.find(id); k != known.end()) {
+          ref.hint = k->second;
+        } else if (seg->located[i] != 0) {
+          ref.hint = seg->located[i];
+        } else {
+          // The first time this import meets a chunk the store lacks: store it.
+          if (placement.next == placement.end) placement = s.chunks->Reserve(kPlacementRun);
+          ref.stored_at = ref.hint = placement.next++;
+          w->locators.push_back(ref.stored_at);
+          w->bytes.append(seg->buf.data() + i * bs, bs);
+          data_period_bytes += bs;
+          ++sum.new_chunks;
+          sum.bytes_added += bs;
+        }
+      }
+      if (ref.count > 0 || ref.stored_at == 0) ++sum.duplicate_blocks;
+      ++ref.count;
+      m.id = id;
+      m.hint = ref.hint;
+      w->maps.push_back(m);
+    }
+    if (seg != nullptr) sum.duplicate_blocks += seg->same_as_base;
+    if (last || data_period_bytes >= data_period_limit) {
+      w->end_data_period = true;
+      data_period_bytes = 0;
+      placement = {};  // the next data table's keys start above everything so far
+    }
+    if (last || index_period_blocks >= index_period_limit) {
+      w->end_index_period = true;
+      index_period_blocks = 0;
+      w->refs.assign(period.begin(), period.end());
+      if (known.size() + period.size() > kKnownCap) known.clear();
+      for (const auto& [pid, ref] : period) known[pid] = ref.hint;
+      period.clear();
+    }
+    table_q.Push(std::move(w));
+    return Status::Ok();
+  };
 
   std::unique_ptr<Segment> seg;
   while (done_q.Pop(&seg)) {
     pending.push(std::move(seg));
     while (!pending.empty() && pending.top()->seq == next_seq) {
-      std::unique_ptr<Segment> cur = std::move(const_cast<std::unique_ptr<Segment>&>(pending.top()));
+      std::unique_ptr<Segment> cur =
+          std::move(const_cast<std::unique_ptr<Segment>&>(pending.top()));
       pending.pop();
       ++next_seq;
       if (!stop.load()) {
@@ -378,13 +522,11 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
             continue;
           }
           digest.Update(cur->ids[i].data(), kChunkIdSize);
-          if (cur->is_new[i]) {
-            ++sum.new_chunks;
-            sum.bytes_added += bs;
-          }
         }
-        sum.duplicate_blocks += cur->dup;
-        if (opts.cancel && opts.cancel->load()) fail(Status(StatusCode::kCancelled, what + ": import cancelled"));
+        Status st = place(cur.get(), false);
+        if (!st.ok()) fail(st);
+        if (opts.cancel && opts.cancel->load())
+          fail(Status(StatusCode::kCancelled, what + ": import cancelled"));
       }
       sum.raw_bytes += cur->nblocks * bs;
       auto now = std::chrono::steady_clock::now();
@@ -395,10 +537,17 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
       free_q.Push(std::move(cur));
     }
   }
-  stop = true;
   free_q.Close();
   reader.join();
   for (auto& t : workers) t.join();
+  if (!stop.load()) {
+    Status st = place(nullptr, true);  // the last periods end
+    if (!st.ok()) fail(st);
+  }
+  table_q.Close();
+  table_thread.join();  // its tables are ingested, or dropped after a failure
+  stop = true;
+  sweep.unlock();
 
   if (!read_status.ok()) return abandon(read_status.Annotate("import"));
   if (!write_status.ok()) return abandon(write_status);
@@ -418,11 +567,6 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     image_digest = full.Finish();
   }
   sum.image_digest = ToHex(image_digest);
-
-  // Make the unlogged data durable before anything refers to it.
-  Status fs = s.db->FlushAll();
-  if (!fs.ok()) return abandon(fs);
-  unflushed.Flushed();
 
   ImportResult result;
   {
@@ -452,7 +596,8 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     bool existing = false;
     Status st = s.StageVolume(&txn, req, base, bs, sum.blocks * bs, "image", sum.image_digest, &rec,
                               &existing);
-    if (st.ok() && existing) st = Status::Aborted("volume " + req.name + " was created concurrently");
+    if (st.ok() && existing)
+      st = Status::Aborted("volume " + req.name + " was created concurrently");
     if (!st.ok()) {
       CatalogTxn dead;
       if (s.KillLayer(&dead, layer).ok()) (void)s.Commit(&dead, what + ": abandon import");

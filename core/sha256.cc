@@ -6,10 +6,30 @@
 
 namespace stellarium {
 
+namespace {
+
+// The SHA-256 implementation, fetched from OpenSSL's provider once (an implicit fetch
+// on every EVP_Digest call costs a lock and a lookup per 4 KiB block).
+const EVP_MD* Sha256Md() {
+  static const EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  return md;
+}
+
+// One digest context per thread, reused for every block that thread hashes.
+struct ThreadContext {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  ~ThreadContext() { EVP_MD_CTX_free(ctx); }
+};
+
+}  // namespace
+
 ChunkId Sha256(const void* data, size_t len) {
+  thread_local ThreadContext t;
   ChunkId id;
   unsigned int out_len = 0;
-  EVP_Digest(data, len, id.data(), &out_len, EVP_sha256(), nullptr);
+  EVP_DigestInit_ex2(t.ctx, Sha256Md(), nullptr);
+  EVP_DigestUpdate(t.ctx, data, len);
+  EVP_DigestFinal_ex(t.ctx, id.data(), &out_len);
   return id;
 }
 
@@ -34,10 +54,14 @@ Result<ChunkId> ChunkIdFromHex(std::string_view hex) {
     for (int j = 0; j < 2; ++j) {
       char c = hex[2 * i + j];
       int d;
-      if (c >= '0' && c <= '9') d = c - '0';
-      else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-      else return Status::InvalidArgument("digest '" + std::string(hex) + "': not hex");
+      if (c >= '0' && c <= '9')
+        d = c - '0';
+      else if (c >= 'a' && c <= 'f')
+        d = c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        d = c - 'A' + 10;
+      else
+        return Status::InvalidArgument("digest '" + std::string(hex) + "': not hex");
       v = v * 16 + d;
     }
     id[i] = static_cast<uint8_t>(v);

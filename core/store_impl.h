@@ -53,12 +53,6 @@ class StoreImpl {
   std::unique_ptr<Db> db;
   std::unique_ptr<ChunkStore> chunks;
 
-  // Imports whose unlogged chunk writes are not flushed yet. While any is, a logged
-  // write that meets an already stored chunk stores its bytes again rather than only a
-  // reference: the chunk it met may still vanish in a crash (docs/FORMAT.md
-  // "Durability"). The extra copy is unreferenced and gc reclaims it.
-  std::atomic<int> unflushed_imports{0};
-
   std::mutex catalog_mu;
   uint64_t next_layer = 1;                                           // GUARDED_BY(catalog_mu)
   std::map<std::string, std::weak_ptr<VolumeState>> open_volumes;    // GUARDED_BY(catalog_mu)
@@ -108,22 +102,6 @@ class StoreImpl {
   Status FlattenIfDeep(const std::string& id, uint32_t depth_after_next);
   Result<std::shared_ptr<VolumeState>> AcquireState(const std::string& id);
   void ReleaseState(const std::shared_ptr<VolumeState>& st);
-};
-
-// Counts an import in StoreImpl::unflushed_imports from construction until Flushed().
-// An import whose data could not be flushed stays counted for the life of the store.
-class UnflushedImport {
- public:
-  explicit UnflushedImport(StoreImpl* s) : s_(s) { ++s_->unflushed_imports; }
-  void Flushed() {
-    if (s_ != nullptr) --s_->unflushed_imports;
-    s_ = nullptr;
-  }
-  UnflushedImport(const UnflushedImport&) = delete;
-  UnflushedImport& operator=(const UnflushedImport&) = delete;
-
- private:
-  StoreImpl* s_;
 };
 
 std::shared_ptr<Volume> MakeVolumeHandle(StoreImpl* impl, std::shared_ptr<VolumeState> state,

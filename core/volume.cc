@@ -124,7 +124,7 @@ class VolumeHandle : public Volume {
       ChunkId id = Sha256(content, bs);
       if (had_chunk && format::MapValueId(old->second) == AsBytes(id)) continue;
       ASSIGN_OR_RETURN(uint64_t hint, impl_->chunks->Locate(id));
-      if (hint != 0 && impl_->unflushed_imports.load() == 0) {
+      if (hint != 0) {
         impl_->chunks->AddRef(&batch, id, {});
       } else {
         if (place.next == place.end) place = impl_->chunks->Reserve(b1 - b);

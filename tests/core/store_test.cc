@@ -2,11 +2,15 @@
 #include "core/store.h"
 
 #include <fcntl.h>
+#include <rocksdb/db.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
 #include <map>
-
-#include <rocksdb/db.h>
+#include <thread>
 
 #include "core/image_source.h"
 #include "core/sha256.h"
@@ -267,7 +271,8 @@ TEST_F(StoreTest, ChainDepthIsBoundedByFlatten) {
   EXPECT_EQ(ReadAll(v.id), model);
   CreateVolumeRequest r;
   r.name = "c";
-  auto c = Unwrap(store_->CreateVolumeFromSnapshot(r, Unwrap(store_->FindSnapshotByName("s11")).id));
+  auto c =
+      Unwrap(store_->CreateVolumeFromSnapshot(r, Unwrap(store_->FindSnapshotByName("s11")).id));
   EXPECT_LE(Unwrap(store_->GetVolumeStats(c.id)).chain_depth, 4u);
   EXPECT_EQ(ReadAll(c.id), model);
   ExpectFsckClean();
@@ -346,7 +351,8 @@ TEST_F(StoreTest, ChunkWithWrongContentIsDetected) {
     // (docs/FORMAT.md); find them by content and change one bit.
     size_t data_cf = std::find(names.begin(), names.end(), "data") - names.begin();
     ASSERT_LT(data_cf, names.size());
-    std::unique_ptr<rocksdb::Iterator> it(raw->NewIterator(rocksdb::ReadOptions(), handles[data_cf]));
+    std::unique_ptr<rocksdb::Iterator> it(
+        raw->NewIterator(rocksdb::ReadOptions(), handles[data_cf]));
     std::string key;
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       if (it->value() == rocksdb::Slice(good)) key = it->key().ToString();
@@ -385,7 +391,7 @@ TEST_F(StoreTest, SecondOpenOfTheSameStoreIsRefused) {
 // against an in-memory model after every step.
 TEST_F(StoreTest, CowIsolationAgainstModel) {
   const uint64_t kBlocks = 24, kBs = 4096;
-  std::map<std::string, std::string> model;     // volume id -> bytes
+  std::map<std::string, std::string> model;      // volume id -> bytes
   std::map<std::string, std::string> snapshots;  // snapshot id -> bytes
   auto v0 = Blank("v0", kBlocks * kBs);
   model[v0.id] = std::string(kBlocks * kBs, '\0');
@@ -428,7 +434,8 @@ TEST_F(StoreTest, CowIsolationAgainstModel) {
       model[c.id] = model[vid];
     }
     if (step % 25 == 0 || step == 299) {
-      for (const auto& [id, bytes] : model) ASSERT_EQ(ReadAll(id), bytes) << "volume " << id << " step " << step;
+      for (const auto& [id, bytes] : model)
+        ASSERT_EQ(ReadAll(id), bytes) << "volume " << id << " step " << step;
       for (const auto& [sid, bytes] : snapshots) {
         CreateVolumeRequest r;
         r.name = "check" + std::to_string(names++);
@@ -475,9 +482,9 @@ TEST_F(StoreTest, ImportSameBytesTwiceAddsNothing) {
 TEST_F(StoreTest, NewVersionOfAnImageStoresOnlyItsChangedBlocks) {
   std::string v1 = RandomBytes(rng_, 200 * 4096) + std::string(56 * 4096, '\0');
   std::string v2 = v1;
-  v2.replace(10 * 4096, 4096, RandomBytes(rng_, 4096));  // one block changed
-  v2.replace(20 * 4096, 4096, std::string(4096, '\0'));  // one block zeroed
-  v2.replace(230 * 4096, 4096, RandomBytes(rng_, 4096)); // one block filled
+  v2.replace(10 * 4096, 4096, RandomBytes(rng_, 4096));   // one block changed
+  v2.replace(20 * 4096, 4096, std::string(4096, '\0'));   // one block zeroed
+  v2.replace(230 * 4096, 4096, RandomBytes(rng_, 4096));  // one block filled
   ImportOptions o;
   o.volume.name = "v1";
   auto a = Unwrap(store_->ImportImage(*NewMemoryImageSource("v1", v1), o));
@@ -558,6 +565,191 @@ TEST_F(StoreTest, SparseFileImportSkipsHoles) {
   std::string out(8192, '\0');
   ASSERT_OK(h->Read(100 << 20, 8192, out.data()));
   EXPECT_EQ(out, data);
+}
+
+// An image source over bytes in memory that can stop midway: it serves `pause_at`
+// bytes, then waits until Resume() (or fails there when told to).
+class PausingSource : public ImageSource {
+ public:
+  PausingSource(std::string bytes, uint64_t pause_at, bool fail_there = false)
+      : bytes_(std::move(bytes)), pause_at_(pause_at), fail_there_(fail_there) {}
+  std::string Describe() const override { return "pausing.img"; }
+  std::optional<uint64_t> Size() const override { return bytes_.size(); }
+  Result<size_t> Next(char* buf, size_t max, bool* hole) override {
+    *hole = false;
+    if (pos_ == pause_at_) {
+      paused_.set_value();
+      if (fail_there_)
+        return Status::Unavailable("pausing.img: connection dropped at " + std::to_string(pos_));
+      resume_.get_future().wait();
+    }
+    uint64_t end = pos_ < pause_at_ ? pause_at_ : bytes_.size();
+    size_t n = static_cast<size_t>(std::min<uint64_t>(max, end - pos_));
+    std::memcpy(buf, bytes_.data() + pos_, n);
+    pos_ += n;
+    return n;
+  }
+  void WaitPaused() { paused_future_.wait(); }
+  void Resume() { resume_.set_value(); }
+
+ private:
+  std::string bytes_;
+  uint64_t pause_at_, pos_ = 0;
+  bool fail_there_;
+  std::promise<void> paused_, resume_;
+  std::future<void> paused_future_ = paused_.get_future();
+};
+
+// Runs an import on a thread of its own until its source pauses.
+struct BackgroundImport {
+  BackgroundImport(Store* store, PausingSource* src, const ImportOptions& o)
+      : thread([=, this] { result = store->ImportImage(*src, o); }) {
+    src->WaitPaused();
+  }
+  Result<ImportResult> Finish() {
+    thread.join();
+    return std::move(result);
+  }
+  Result<ImportResult> result = Status::Internal("not run");
+  std::thread thread;
+};
+
+// Periods small enough that an import of a few hundred blocks ingests many of them.
+ImportOptions SmallPeriods(const std::string& name) {
+  ImportOptions o;
+  o.volume.name = name;
+  o.data_period_bytes = 16 * 4096;
+  o.index_period_blocks = 40;
+  return o;
+}
+
+// An image of `blocks` 4 KiB blocks: random blocks, zero blocks, and two blocks that
+// recur all over it (in every period). Returns the number of distinct non-zero blocks.
+std::string MixedImage(std::mt19937_64& rng, size_t blocks, size_t* distinct) {
+  std::string a = RandomBytes(rng, 4096), b = RandomBytes(rng, 4096), img;
+  *distinct = 2;
+  for (size_t i = 0; i < blocks; ++i) {
+    switch (rng() % 5) {
+      case 0:
+        img += std::string(4096, '\0');
+        break;
+      case 1:
+        img += a;
+        break;
+      case 2:
+        img += b;
+        break;
+      default:
+        img += RandomBytes(rng, 4096);
+        ++*distinct;
+        break;
+    }
+  }
+  return img;
+}
+
+TEST_F(StoreTest, ImportAcrossManyPeriodsCountsEveryReference) {
+  size_t distinct = 0;
+  std::string img = MixedImage(rng_, 600, &distinct);
+  size_t nonzero = 0;
+  for (size_t i = 0; i < 600; ++i) nonzero += !IsAllZero(img.data() + i * 4096, 4096);
+  auto r = Unwrap(store_->ImportImage(*NewMemoryImageSource("mixed", img), SmallPeriods("m")));
+  EXPECT_EQ(r.summary.new_chunks, distinct);
+  EXPECT_EQ(r.summary.duplicate_blocks, nonzero - distinct);
+  EXPECT_EQ(Chunks(), distinct);
+  EXPECT_EQ(ReadAll(r.volume.id), img);
+  ExpectFsckClean();  // every chunk's count equals the map entries naming it
+  // The same bytes through other periods make the same image (the digest does not
+  // depend on how the import was cut).
+  ImportOptions whole;
+  whole.volume.name = "w";
+  auto w = Unwrap(store_->ImportImage(*NewMemoryImageSource("mixed", img), whole));
+  EXPECT_EQ(w.summary.image_digest, r.summary.image_digest);
+  EXPECT_TRUE(w.summary.reused_image);
+  Reopen();
+  EXPECT_EQ(ReadAll(r.volume.id), img);
+  ASSERT_OK(store_->DeleteVolume(r.volume.id));
+  ASSERT_OK(store_->DeleteVolume(w.volume.id));
+  ASSERT_OK(store_->Gc());
+  EXPECT_EQ(Chunks(), 0u);
+  ExpectFsckClean();
+}
+
+TEST_F(StoreTest, ImportFailingAfterIngestedPeriodsLeavesNothingAfterGc) {
+  size_t distinct = 0;
+  std::string img = MixedImage(rng_, 400, &distinct);
+  PausingSource src(img, 300 * 4096, /*fail_there=*/true);
+  auto r = store_->ImportImage(src, SmallPeriods("x"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(r.status().message().find("pausing.img"), std::string::npos) << r.status().ToString();
+  EXPECT_TRUE(Unwrap(store_->ListVolumes()).empty());
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ / "store/import")) << "no table file left behind";
+  ASSERT_OK(store_->Gc());
+  EXPECT_EQ(Chunks(), 0u);
+  EXPECT_EQ(Unwrap(store_->GetStats()).chunk_bytes, 0u);
+  ExpectFsckClean();
+}
+
+TEST_F(StoreTest, GcWaitsForARunningImportAndLosesNothing) {
+  size_t distinct = 0;
+  std::string img = MixedImage(rng_, 400, &distinct);
+  // Chunk bytes of the first 300 blocks are ingested, their index records are not yet
+  // (one index period for the whole image): a gc now would take them for garbage.
+  PausingSource src(img, 300 * 4096);
+  ImportOptions o;
+  o.volume.name = "x";
+  o.data_period_bytes = 16 * 4096;
+  BackgroundImport import(store_.get(), &src, o);
+  std::atomic<bool> gc_done{false};
+  std::thread gc([&] {
+    EXPECT_TRUE(store_->Gc().ok());
+    gc_done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_FALSE(gc_done.load()) << "gc ran while the import held chunks it had not indexed yet";
+  src.Resume();
+  auto r = import.Finish();
+  gc.join();
+  ASSERT_OK(r);
+  EXPECT_EQ(ReadAll(r->volume.id), img);
+  EXPECT_EQ(Chunks(), distinct);
+  ExpectFsckClean();
+}
+
+TEST_F(StoreTest, VolumeWriteRacingAnImportOfTheSameChunkKeepsBoth) {
+  std::string block = RandomBytes(rng_, 4096);
+  std::string img = RandomBytes(rng_, 40 * 4096) + block + RandomBytes(rng_, 40 * 4096);
+  // The import has ingested `block`'s bytes but not its index record when the volume
+  // writes the same bytes: the volume stores its own copy.
+  PausingSource src(img, 60 * 4096);
+  ImportOptions o;
+  o.volume.name = "img";
+  o.data_period_bytes = 8 * 4096;
+  BackgroundImport import(store_.get(), &src, o);
+  auto v = Blank("v", 4 * 4096);
+  WriteAt(v.id, 4096, block);
+  src.Resume();
+  auto r = import.Finish();
+  ASSERT_OK(r);
+  ExpectFsckClean();
+  ASSERT_OK(store_->Gc());  // one of the two copies is unreferenced
+  EXPECT_EQ(ReadAll(r->volume.id), img);
+  EXPECT_EQ(ReadAll(v.id).substr(4096, 4096), block);
+  ASSERT_OK(store_->DeleteVolume(r->volume.id));
+  ASSERT_OK(store_->Gc());
+  EXPECT_EQ(ReadAll(v.id).substr(4096, 4096), block);
+  EXPECT_EQ(Chunks(), 1u);
+  ExpectFsckClean();
+}
+
+TEST_F(StoreTest, TableFilesOfAnInterruptedImportGoAtOpen) {
+  store_.reset();
+  std::string stale = dir_ / "store/import/123-0.sst";
+  { std::ofstream(stale) << "half a table"; }
+  Reopen();
+  EXPECT_FALSE(std::filesystem::exists(stale));
+  ExpectFsckClean();
 }
 
 }  // namespace
