@@ -245,6 +245,7 @@ std::unique_ptr<IngestBatch> Db::NewIngestBatch(const std::string& what) {
 
 IngestBatch::IngestBatch(Db* db, std::string what) : db_(db), what_(std::move(what)) {
   tables_.resize(static_cast<size_t>(Cf::kCount));
+  compressibility_.resize(static_cast<size_t>(Cf::kCount));
 }
 
 IngestBatch::~IngestBatch() = default;
@@ -257,6 +258,14 @@ Result<IngestBatch::Table*> IngestBatch::Open(Cf which) {
                 std::to_string(db_->next_table_++) + ".sst";
   rocksdb::ColumnFamilyHandle* cf = db_->cf(which);
   rocksdb::Options options = db_->raw()->GetOptions(cf);
+  // Adaptive compression: after a table of this family that compression did not shrink
+  // (random bytes, already compressed data), the next ones skip the compressor, except
+  // every kProbeEvery-th, which checks whether the data has become compressible again.
+  Compressibility& c = compressibility_[static_cast<size_t>(which)];
+  if (options.compression != rocksdb::kNoCompression && c.incompressible &&
+      ++c.skipped % kProbeEvery != 0) {
+    options.compression = rocksdb::kNoCompression;
+  }
   rocksdb::EnvOptions env(db_->raw()->GetDBOptions());
   // Leave the written pages to the kernel: a volume is often read right after its import.
   table->writer = std::make_unique<rocksdb::SstFileWriter>(env, options, cf,
@@ -291,9 +300,13 @@ Status IngestBatch::Ingest() {
   std::vector<rocksdb::IngestExternalFileArg> args;
   for (size_t i = 0; i < tables_.size(); ++i) {
     if (!tables_[i]) continue;
+    rocksdb::ExternalSstFileInfo info;
     RETURN_IF_ERROR(
-        FromRocks(tables_[i]->writer->Finish(), what_ + ": finish " + tables_[i]->path));
+        FromRocks(tables_[i]->writer->Finish(&info), what_ + ": finish " + tables_[i]->path));
     tables_[i]->writer.reset();
+    // Shrunk by less than a tenth: not worth compressing (RocksDB stored most blocks
+    // as they were anyway).
+    compressibility_[i].incompressible = info.file_size * 10 > tables_[i]->value_bytes * 9;
     rocksdb::IngestExternalFileArg arg;
     arg.column_family = db_->cf(static_cast<Cf>(i));
     arg.external_files = {tables_[i]->path};

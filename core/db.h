@@ -48,7 +48,8 @@ class Db;
 // Table files of several column families, each built outside the database in strictly
 // increasing key order, then ingested together: all their entries become durable and
 // visible in one step, with no memtable, WAL or flush in between. Destroying a batch
-// drops the files it did not ingest.
+// drops the files it did not ingest. A batch reused for many ingests stops compressing
+// a family whose tables do not shrink (and probes again every few tables).
 class IngestBatch {
  public:
   ~IngestBatch();
@@ -69,9 +70,16 @@ class IngestBatch {
   explicit IngestBatch(Db* db, std::string what);
   Result<Table*> Open(Cf which);
   Status Add(Cf which, std::string_view key, std::string_view value, bool merge);
+  // What the last table of a family showed, for the next ones (see Open).
+  struct Compressibility {
+    bool incompressible = false;
+    uint64_t skipped = 0;
+  };
+  static constexpr uint64_t kProbeEvery = 8;
   Db* db_;
   std::string what_;
-  std::vector<std::unique_ptr<Table>> tables_;  // by Cf; null until used
+  std::vector<std::unique_ptr<Table>> tables_;    // by Cf; null until used
+  std::vector<Compressibility> compressibility_;  // by Cf
 };
 
 Status FromRocks(const rocksdb::Status& s, const std::string& context);

@@ -752,5 +752,33 @@ TEST_F(StoreTest, TableFilesOfAnInterruptedImportGoAtOpen) {
   ExpectFsckClean();
 }
 
+TEST_F(StoreTest, IncompressibleChunksDoNotTurnCompressionOffForGood) {
+  // A table of chunk bytes per 4 MiB segment: 10 of random blocks, then 30 of text. The
+  // import stops compressing the random tables and must notice when the text comes.
+  constexpr size_t kSegment = 1024 * 4096, kRandom = 10 * kSegment, kText = 30 * kSegment;
+  std::string img = RandomBytes(rng_, kRandom);
+  img.reserve(kRandom + kText);
+  for (int b = 0; img.size() < kRandom + kText; ++b) {
+    std::string block;
+    for (int line = 0; block.size() < 4096; ++line) {
+      block += "block " + std::to_string(b) + " line " + std::to_string(line) + ": lorem ipsum\n";
+    }
+    img.append(block, 0, 4096);
+  }
+  ImportOptions o;
+  o.volume.name = "mixed";
+  o.data_period_bytes = 1;  // every segment ends a data period
+  auto r = Unwrap(store_->ImportImage(*NewMemoryImageSource("mixed", img), o));
+  EXPECT_EQ(ReadAll(r.volume.id), img);
+  store_.reset();  // closed: the store's data is in its table files
+  uint64_t tables = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir_ / "store/db")) {
+    if (e.path().extension() == ".sst") tables += e.file_size();
+  }
+  EXPECT_LT(tables, kRandom + kText / 2) << "the text was stored uncompressed";
+  Reopen();
+  ExpectFsckClean();
+}
+
 }  // namespace
 }  // namespace stellarium
