@@ -422,7 +422,7 @@ TEST_F(Qcow2Test, TableMemoryIsBounded) {
       << r.status.ToString();
 }
 
-TEST_F(Qcow2Test, InternalSnapshotsAndCopiedL2Tables) {
+TEST_F(Qcow2Test, InternalSnapshotsBitmapsAndCopiedL2Tables) {
   // A snapshot makes every cluster shared (refcount 2, no copied flag); writing after it
   // copies the L2 table to the end of the file, after the data it maps. With the
   // snapshot kept, its tables are skipped; with it deleted, the old L2 is garbage.
@@ -433,6 +433,8 @@ TEST_F(Qcow2Test, InternalSnapshotsAndCopiedL2Tables) {
     const std::string name = keep ? "snap-kept.qcow2" : "snap-deleted.qcow2";
     MustRun({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4k", raw,
              Www(name)});
+    MustRun({"qemu-img", "bitmap", "--add", Www(name),
+             "b0"});  // a persistent dirty bitmap, skipped too
     MustRun({"qemu-img", "snapshot", "-c", "s1", Www(name)});
     MustRun({"qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 8k", "-c", "write -P 0x5b 6M 4k",
              "-c", "write -z 3M 64k", Www(name)});
