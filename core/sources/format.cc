@@ -1,19 +1,13 @@
 #include "core/sources/format.h"
 
-#include <fcntl.h>
 #include <lzma.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
 
-#include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
-#include "core/image_source.h"
-#include "core/process.h"
+#include "core/sources/qcow2.h"
 
 namespace stellarium {
 namespace {
@@ -23,17 +17,6 @@ constexpr int kMaxNesting = 2;  // e.g. gzip around qcow2; deeper is refused
 
 bool HasPrefix(const std::string& s, std::string_view magic, size_t at = 0) {
   return s.size() >= at + magic.size() && std::string_view(s).substr(at, magic.size()) == magic;
-}
-
-uint64_t Be64(const std::string& s, size_t at) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(s[at + i]);
-  return v;
-}
-uint32_t Be32(const std::string& s, size_t at) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v = (v << 8) | static_cast<uint8_t>(s[at + i]);
-  return v;
 }
 
 // Replays the bytes read for detection, then the rest of the inner source.
@@ -302,158 +285,6 @@ class ZstdSource : public DecompressingSource {
   size_t last_ = 1;
 };
 
-// A qcow2 image: the header fields we check before spending a download on it.
-struct Qcow2Header {
-  uint32_t version = 0;
-  uint64_t size = 0;
-};
-
-Result<Qcow2Header> ParseQcow2Header(const std::string& head, const std::string& what) {
-  if (head.size() < 72) return Status::InvalidArgument(what + ": qcow2 header is truncated");
-  Qcow2Header h;
-  h.version = Be32(head, 4);
-  if (h.version != 2 && h.version != 3) {
-    return Status::InvalidArgument(what + ": qcow2 version " + std::to_string(h.version) +
-                                   " is not supported (2 or 3)");
-  }
-  if (Be64(head, 8) != 0) {
-    return Status::InvalidArgument(what + ": qcow2 image has a backing file; import a standalone image "
-                                   "(qemu-img convert -O qcow2 flattens it)");
-  }
-  uint32_t cluster_bits = Be32(head, 20);
-  if (cluster_bits < 9 || cluster_bits > 21) {
-    return Status::InvalidArgument(what + ": qcow2 cluster_bits " + std::to_string(cluster_bits) +
-                                   " is out of range (malformed header)");
-  }
-  h.size = Be64(head, 24);
-  if (h.size == 0) return Status::InvalidArgument(what + ": qcow2 virtual size is 0");
-  if (Be32(head, 32) != 0) {
-    return Status::InvalidArgument(what + ": qcow2 image is encrypted; encrypted images are not supported");
-  }
-  if (h.version == 3) {
-    if (head.size() < 104) return Status::InvalidArgument(what + ": qcow2 v3 header is truncated");
-    uint64_t incompatible = Be64(head, 72);
-    if (incompatible & (1u << 2)) {
-      return Status::InvalidArgument(what + ": qcow2 image uses an external data file; not supported");
-    }
-  }
-  return h;
-}
-
-std::string ScratchDir(const std::string& configured) {
-  if (!configured.empty()) return configured;
-  const char* t = std::getenv("TMPDIR");
-  return t && *t ? t : "/var/tmp";
-}
-
-// A qcow2 stream: spooled to a scratch file, converted with qemu-img to a sparse raw
-// scratch file on the first Next(), then read from there. Both files are removed as soon
-// as they are no longer needed (the raw one right after it is opened).
-class Qcow2Source : public ImageSource {
- public:
-  Qcow2Source(std::unique_ptr<ImageSource> inner, Qcow2Header header, std::string scratch_dir,
-              std::string local_path)
-      : inner_(std::move(inner)), header_(header), scratch_dir_(std::move(scratch_dir)),
-        local_path_(std::move(local_path)), what_("image " + inner_->Describe()) {}
-  ~Qcow2Source() override {
-    if (!spool_path_.empty()) ::unlink(spool_path_.c_str());
-    if (!raw_path_.empty()) ::unlink(raw_path_.c_str());
-  }
-  std::string Describe() const override { return inner_->Describe(); }
-  std::optional<uint64_t> Size() const override { return header_.size; }
-
-  Result<size_t> Next(char* buf, size_t max, bool* hole) override {
-    if (!raw_) RETURN_IF_ERROR(Convert());
-    return raw_->Next(buf, max, hole);
-  }
-
- private:
-  Status MakeScratch(const char* kind, std::string* path, int* fd) {
-    std::string tmpl = scratch_dir_ + "/stellarium-" + kind + "-XXXXXX";
-    std::vector<char> name(tmpl.begin(), tmpl.end());
-    name.push_back('\0');
-    *fd = ::mkstemp(name.data());
-    if (*fd < 0) return Status::FromErrno(errno, what_ + ": scratch file in " + scratch_dir_);
-    *path = name.data();
-    return Status::Ok();
-  }
-
-  Status Spool() {
-    int fd = -1;
-    RETURN_IF_ERROR(MakeScratch("qcow2", &spool_path_, &fd));
-    std::vector<char> buf(4u << 20);
-    uint64_t off = 0;
-    Status st;
-    while (st.ok()) {
-      bool hole = false;
-      auto n = inner_->Next(buf.data(), buf.size(), &hole);
-      if (!n.ok()) {
-        st = n.status();
-        break;
-      }
-      if (*n == 0) break;
-      if (!hole) {
-        for (size_t done = 0; done < *n;) {
-          ssize_t w = ::pwrite(fd, buf.data() + done, *n - done, static_cast<off_t>(off + done));
-          if (w < 0 && errno == EINTR) continue;
-          if (w < 0) {
-            st = Status::FromErrno(errno, what_ + ": write scratch file " + spool_path_);
-            break;
-          }
-          done += static_cast<size_t>(w);
-        }
-      }
-      off += *n;
-    }
-    if (st.ok() && ::ftruncate(fd, static_cast<off_t>(off)) != 0) {
-      st = Status::FromErrno(errno, what_ + ": truncate scratch file " + spool_path_);
-    }
-    ::close(fd);
-    return st;
-  }
-
-  Status Convert() {
-    if (local_path_.empty()) RETURN_IF_ERROR(Spool());
-    int fd = -1;
-    RETURN_IF_ERROR(MakeScratch("raw", &raw_path_, &fd));
-    ::close(fd);
-    // -f qcow2: never probe the format; the output is sparse (zeros become holes).
-    auto run = RunProgram({"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw",
-                           local_path_.empty() ? spool_path_ : local_path_, raw_path_});
-    if (!spool_path_.empty()) ::unlink(spool_path_.c_str());
-    spool_path_.clear();
-    if (!run.ok()) {
-      if (run.status().IsNotFound()) {
-        return Status::FailedPrecondition(what_ + ": qcow2 needs qemu-img, which is not installed "
-                                          "(Debian package qemu-utils)");
-      }
-      return run.status().Annotate(what_);
-    }
-    if (run->exit_code != 0) {
-      std::string out = run->output;
-      while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-      return Status::InvalidArgument(what_ + ": malformed qcow2 image (qemu-img convert: " + out + ")");
-    }
-    ASSIGN_OR_RETURN(raw_, OpenFileImageSource(raw_path_));
-    ::unlink(raw_path_.c_str());  // the open file stays readable; nothing is left behind
-    raw_path_.clear();
-    if (!raw_->Size() || *raw_->Size() != header_.size) {
-      return Status::InvalidArgument(what_ + ": qcow2 converted to " +
-                                     std::to_string(raw_->Size().value_or(0)) + " bytes, header says " +
-                                     std::to_string(header_.size));
-    }
-    return Status::Ok();
-  }
-
-  std::unique_ptr<ImageSource> inner_;
-  Qcow2Header header_;
-  std::string scratch_dir_;
-  std::string local_path_;  // convert from here instead of spooling, when set
-  std::string what_;
-  std::string spool_path_, raw_path_;
-  std::unique_ptr<ImageSource> raw_;
-};
-
 Result<std::unique_ptr<ImageSource>> Wrap(std::unique_ptr<ImageSource> src, const FormatOptions& opts,
                                           ImageFormat* detected, int depth) {
   const std::string what = "image " + src->Describe();
@@ -480,13 +311,17 @@ Result<std::unique_ptr<ImageSource>> Wrap(std::unique_ptr<ImageSource> src, cons
     case ImageFormat::kZstd:
       return Wrap(std::make_unique<ZstdSource>(std::move(peeked), opts.max_raw_bytes), opts, detected, depth + 1);
     case ImageFormat::kQcow2: {
-      ASSIGN_OR_RETURN(Qcow2Header h, ParseQcow2Header(head, what));
-      if (opts.max_raw_bytes && h.size > opts.max_raw_bytes) {
-        return Status::OutOfRange(what + ": qcow2 virtual size " + std::to_string(h.size) +
+      ASSIGN_OR_RETURN(uint64_t size, Qcow2VirtualSize(head, what));
+      if (opts.max_raw_bytes && size > opts.max_raw_bytes) {
+        return Status::OutOfRange(what + ": qcow2 virtual size " + std::to_string(size) +
                                   " is larger than the maximum image size " + std::to_string(opts.max_raw_bytes));
       }
-      return std::unique_ptr<ImageSource>(new Qcow2Source(std::move(peeked), h, ScratchDir(opts.scratch_dir),
-                                                          depth == 0 ? opts.local_path : ""));
+      Qcow2Options q;
+      q.scratch_dir = opts.scratch_dir;
+      q.reorder_memory_bytes = opts.qcow2_reorder_memory_bytes;
+      q.max_table_memory_bytes = opts.qcow2_max_table_memory_bytes;
+      q.stats = opts.qcow2_stats;
+      return OpenQcow2Source(std::move(peeked), head, q);
     }
   }
   return Status::Internal(what + ": unhandled format");

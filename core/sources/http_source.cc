@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -13,6 +14,11 @@
 
 namespace stellarium {
 namespace {
+
+// A waiting consumer is woken when this much arrived, when the transfer ended, or after
+// kBatchWait with whatever arrived.
+constexpr size_t kBatchBytes = 1u << 20;
+constexpr std::chrono::milliseconds kBatchWait{20};
 
 void GlobalInitOnce() {
   static std::once_flag once;
@@ -150,23 +156,47 @@ class HttpImageSource::Impl {
     return Status::Ok();
   }
 
+  // Hands the next bytes to the consumer. With bytes in the ring it copies those (the
+  // ring is only filled while the consumer is busy elsewhere). With an empty ring it
+  // waits, and meanwhile the curl thread copies straight into `buf` (one copy instead of
+  // two) until a batch is there, so the consumer wakes once per batch rather than once
+  // per network read.
   Result<size_t> Next(char* buf, size_t max) {
     std::unique_lock lock(mu_);
-    data_cv_.wait(lock, [&] { return used_ > 0 || done_; });
-    if (used_ == 0) {
+    if (used_ == 0 && !done_) {
+      direct_buf_ = buf;
+      direct_cap_ = max;
+      direct_len_ = 0;
+      direct_want_ = std::min(max, kBatchBytes);
+      auto ready = [&] { return done_ || (!copying_ && (direct_len_ >= direct_want_ || used_ > 0)); };
+      while (!ready()) {
+        // On a slow link a partial batch is taken after a short while.
+        if (data_cv_.wait_for(lock, kBatchWait) == std::cv_status::timeout && !copying_ && direct_len_ > 0) break;
+      }
+      direct_buf_ = nullptr;
+    }
+    size_t n = direct_len_;
+    direct_len_ = 0;
+    if (n == 0 && used_ == 0) {
       // done_ and drained: the transfer's verdict decides between EOF and an error.
       if (!final_.ok()) return final_;
       return size_t{0};
     }
-    size_t n = std::min(max, used_);
-    size_t first = std::min(n, ring_.size() - head_);
-    std::memcpy(buf, ring_.data() + head_, first);
-    if (n > first) std::memcpy(buf + first, ring_.data(), n - first);
-    head_ = (head_ + n) % ring_.size();
-    used_ -= n;
+    // Then what the ring holds (it only fills after the direct buffer was full, so the
+    // order is kept). Only this thread moves head_, so the copy runs unlocked.
+    size_t k = std::min(max - n, used_);
+    const size_t head = head_, cap = ring_.size();
     lock.unlock();
-    space_cv_.notify_one();
-    return n;
+    const size_t first = std::min(k, cap - head);
+    std::memcpy(buf + n, ring_.data() + head, first);
+    if (k > first) std::memcpy(buf + n + first, ring_.data(), k - first);
+    lock.lock();
+    head_ = (head_ + k) % cap;
+    used_ -= k;
+    const bool wake = space_want_ > 0 && cap - used_ >= space_want_;
+    lock.unlock();
+    if (wake) space_cv_.notify_one();
+    return n + k;
   }
 
   std::optional<uint64_t> size() const {
@@ -277,19 +307,42 @@ class HttpImageSource::Impl {
     }
     size_t off = 0;
     while (off < len) {
-      self->space_cv_.wait(lock, [&] { return self->used_ < self->ring_.size() || self->cancelled_; });
       if (self->cancelled_) {
         self->own_error_ = Status(StatusCode::kCancelled, self->what_ + ": download cancelled");
         return 0;
       }
       const size_t cap = self->ring_.size();
-      size_t tail = (self->head_ + self->used_) % cap;
-      size_t room = std::min(cap - self->used_, cap - tail);
-      size_t k = std::min(room, len - off);
+      if (self->direct_buf_ && self->used_ == 0 && self->direct_len_ < self->direct_cap_) {
+        // The consumer waits on an empty ring: copy straight into its buffer. It cannot
+        // return while copying_ is set.
+        const size_t k = std::min(len - off, self->direct_cap_ - self->direct_len_);
+        char* dst = self->direct_buf_ + self->direct_len_;
+        self->copying_ = true;
+        lock.unlock();
+        std::memcpy(dst, data + off, k);
+        lock.lock();
+        self->copying_ = false;
+        self->direct_len_ += k;
+        off += k;
+        if (self->direct_len_ >= self->direct_want_) self->data_cv_.notify_one();
+        continue;
+      }
+      if (self->used_ == cap) {
+        // Full: wait until a good part is free, not for every byte the consumer takes.
+        self->space_want_ = std::min(len - off, cap / 4);
+        self->space_cv_.wait(lock, [&] { return cap - self->used_ >= self->space_want_ || self->cancelled_; });
+        self->space_want_ = 0;
+        continue;
+      }
+      // Only this thread writes past the used part, so the copy runs unlocked.
+      const size_t tail = (self->head_ + self->used_) % cap;
+      const size_t k = std::min({cap - self->used_, cap - tail, len - off});
+      lock.unlock();
       std::memcpy(self->ring_.data() + tail, data + off, k);
+      lock.lock();
       self->used_ += k;
       off += k;
-      self->data_cv_.notify_one();
+      if (self->direct_buf_) self->data_cv_.notify_one();
     }
     return len;
   }
@@ -374,8 +427,15 @@ class HttpImageSource::Impl {
 
   mutable std::mutex mu_;
   std::condition_variable started_cv_, data_cv_, space_cv_;
-  std::vector<char> ring_;           // GUARDED_BY(mu_)
+  // The ring: bytes [head_, head_ + used_) are the consumer's; it copies them out
+  // unlocked, as the curl thread copies into the free part. ring_ never changes size.
+  std::vector<char> ring_;
   size_t head_ = 0, used_ = 0;       // GUARDED_BY(mu_)
+  size_t space_want_ = 0;            // GUARDED_BY(mu_): free bytes the full producer waits for
+  // The consumer's buffer while it waits on an empty ring (Next()).
+  char* direct_buf_ = nullptr;       // GUARDED_BY(mu_)
+  size_t direct_cap_ = 0, direct_len_ = 0, direct_want_ = 0;  // GUARDED_BY(mu_)
+  bool copying_ = false;             // GUARDED_BY(mu_): the curl thread writes into direct_buf_
   bool body_started_ = false;        // GUARDED_BY(mu_)
   bool done_ = false;                // GUARDED_BY(mu_)
   bool cancelled_ = false;           // GUARDED_BY(mu_)

@@ -99,7 +99,6 @@ Result<OpenedImageSource> OpenImageSource(const ImageSourceSpec& spec) {
   FormatOptions f;
   f.scratch_dir = spec.scratch_dir;
   f.max_raw_bytes = spec.max_size_bytes;
-  if (!spec.path.empty() && spec.expected_sha256.empty()) f.local_path = spec.path;
   ASSIGN_OR_RETURN(out.source, OpenFormatted(std::move(raw), f, &out.format));
   return out;
 }
