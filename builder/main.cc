@@ -168,7 +168,8 @@ int main(int argc, char** argv) {
       ->needs(fu);
   build->add_option("--header", url_headers, "extra request header 'Name: value' (repeatable)")->needs(fu);
   build->add_option("--scratch-dir", scratch_dir,
-                    "where a qcow2 download is converted (default: the store's parent directory)")
+                    "where a qcow2 whose data comes before its tables spills its reorder buffer "
+                    "(default: the store's parent directory)")
       ->needs(fu);
   build->add_option("--name", name, "volume name")->required();
   build->add_option("--size", size_text, "image size for --from-dir (default: tree + headroom)");
