@@ -5,26 +5,31 @@
 //                     import), and one MultiGet of the chunk index for the segment
 //                     (one worker per core)
 //   this thread    -> in image order: which blocks bring new chunks (the first
-//                     occurrence, in image order, of a chunk the store lacks), their
-//                     bytes at consecutive locators, the map entries and reference
-//                     counts, into the period's IngestBatch; the image's content
-//                     digest, the summary, progress
+//                     occurrence, in image order, of a chunk the store lacks) and their
+//                     locators (consecutive, in image order), the map entries and the
+//                     reference counts; the image's content digest, the summary,
+//                     progress
+//   data writers   -> a data period's new chunk bytes (32 MiB) into a table file,
+//                     ingested (two threads, a period each)
+//   index writer   -> the map entries into a table file; at the end of an index period
+//                     (512 Ki map entries, and at the end) the chunk index records (a
+//                     chunk's references of the period summed into one operand) into
+//                     another, both ingested together once the data periods before
+//                     them are
 //
-// Every ~64 MiB of new bytes (a "period") the period is ingested (Db's IngestBatch: table
-// files built in key order, no memtable, no WAL): the new chunks' bytes, the index
-// records (each chunk's references of the period summed into one operand) and the map
-// entries, all visible and durable in one step. So the index never names bytes that are
-// not in the store, and map entries never exist without the counts they hold.
+// Ingesting (Db's IngestBatch: table files built in key order, no memtable, no WAL)
+// makes a table durable and visible in one step. So the index never names bytes that
+// are not in the store, and map entries never exist without the counts they hold.
 //
-// Durability: each period is durable once ingested; after the last one the importer
-// commits, in one synced batch, the layer's state, the image record and the volume. A
-// crash before that commit leaves a layer in kImporting, which the next Open() declares
-// dead; gc then drops its map entries with the references they hold, and the chunk
-// bytes nothing names. The import holds the chunk store's sweep lock shared from its
-// first index lookup to its last ingest, so gc (which takes it exclusively) waits for a
-// running import rather than deleting bytes the import is about to index.
-// Memory is bounded by the segments and table work in flight, the index period's table
-// of chunks and the table of ids this import has met (kKnownCap).
+// Durability: after the last ingest the importer commits, in one synced batch, the
+// layer's state, the image record and the volume. A crash before that commit leaves a
+// layer in kImporting, which the next Open() declares dead; gc then drops its map
+// entries with the references they hold, and the chunk bytes nothing names. The import
+// holds the chunk store's sweep lock shared from its first index lookup to its last
+// ingest, so gc (which takes it exclusively) waits for a running import rather than
+// deleting bytes the import is about to index.
+// Memory is bounded by the segments, data periods and index work in flight, the index
+// period's table of chunks and the table of ids this import has met (kKnownCap).
 #include <absl/container/flat_hash_map.h>
 
 #include <algorithm>
@@ -34,6 +39,7 @@
 #include <deque>
 #include <map>
 #include <queue>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -89,33 +95,45 @@ struct MapEntry {
   bool zero = false;  // an explicit zero marker
 };
 
-// What the decisions about one segment produce for the table thread: the new chunks'
-// bytes and locators, the map entries, and at the end of a period what ends with it.
-struct TableWork {
-  std::string bytes;               // new chunks' bytes, one block each, back to back
-  std::vector<uint64_t> locators;  // per new chunk
-  std::vector<MapEntry> maps;      // in block order
-  bool end_data_period = false;    // ingest the chunk bytes so far
-  bool end_index_period = false;   // ... and then `refs` with the map entries so far
-  std::vector<std::pair<ChunkId, PeriodRef>> refs;
+// One data period: the new chunks' bytes (one block each, back to back) and their
+// locators, written into one table by one of the data writers.
+struct DataWork {
+  uint64_t period = 0;  // data periods are numbered from 0 in image order
+  std::string bytes;
+  std::vector<uint64_t> locators;
   void Clear() {
     bytes.clear();
     locators.clear();
+  }
+};
+
+// What the decisions about one segment produce for the index writer: map entries, and
+// at the end of an index period the period's chunks and how many data periods must be
+// ingested before them.
+struct IndexWork {
+  std::vector<MapEntry> maps;  // in block order
+  bool end_index_period = false;
+  uint64_t data_periods = 0;  // with end_index_period: data periods [0, this) first
+  std::vector<std::pair<ChunkId, PeriodRef>> refs;
+  void Clear() {
     maps.clear();
-    end_data_period = end_index_period = false;
+    end_index_period = false;
     refs.clear();
   }
 };
 
 // Chunk bytes are ingested every data period (a table of their own, straight into the
-// bottom level); map entries and index records every index period (two tables ingested
-// together); ImportOptions sets both. Few, large index tables keep the "is this chunk
+// bottom level), by kDataWriters threads in parallel; map entries and index records
+// every index period (two tables ingested together, after the data periods they name).
+// ImportOptions sets both periods. Few, large index tables keep the "is this chunk
 // stored?" lookups cheap; the index period's chunk table is the memory it costs.
-constexpr uint64_t kDefaultDataPeriodBytes = 64u << 20;
+constexpr uint64_t kDefaultDataPeriodBytes = 32u << 20;
 constexpr uint64_t kDefaultIndexPeriodBlocks = 512u << 10;
 constexpr size_t kKnownCap = 512u << 10;  // ids remembered across index periods
 constexpr size_t kPlacementRun = 16384;   // locators reserved at a time
-constexpr size_t kTableWorkInFlight = 8;
+constexpr unsigned kDataWriters = 2;
+constexpr size_t kDataWorkInFlight = kDataWriters + 1;  // one being filled
+constexpr size_t kIndexWorkInFlight = 8;
 
 // A bounded hand-off queue between pipeline stages.
 template <typename T>
@@ -391,42 +409,79 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     });
   }
 
-  // Table thread: writes what the decisions produce into table files and ingests them,
-  // in order: chunk bytes first, then (at the end of an index period) the map entries
-  // and the index records, so the index never names bytes that are not stored.
-  Channel<std::unique_ptr<TableWork>> table_free, table_q;
-  for (size_t i = 0; i < kTableWorkInFlight; ++i) table_free.Push(std::make_unique<TableWork>());
-  std::thread table_thread([&] {
-    std::unique_ptr<IngestBatch> data = s.db->NewIngestBatch(what);
-    std::unique_ptr<IngestBatch> index = s.db->NewIngestBatch(what);
-    auto write = [&](TableWork& w) -> Status {
-      for (size_t k = 0; k < w.locators.size(); ++k) {
-        RETURN_IF_ERROR(s.chunks->StageBytes(data.get(), w.locators[k],
-                                             std::string_view(w.bytes.data() + k * bs, bs)));
+  // Data writers: each data period's chunk bytes into a table, ingested; periods finish
+  // in any order, and `data_done` counts those finished without a gap.
+  Channel<std::unique_ptr<DataWork>> data_free, data_q;
+  for (size_t i = 0; i < kDataWorkInFlight; ++i) data_free.Push(std::make_unique<DataWork>());
+  std::mutex data_mu;
+  std::condition_variable data_cv;
+  uint64_t data_done = 0;              // GUARDED_BY(data_mu)
+  std::set<uint64_t> data_done_after;  // GUARDED_BY(data_mu): finished past a gap
+  std::vector<std::thread> data_writers;
+  for (unsigned t = 0; t < kDataWriters; ++t) {
+    data_writers.emplace_back([&] {
+      std::unique_ptr<IngestBatch> batch = s.db->NewIngestBatch(what);
+      auto write = [&](DataWork& d) -> Status {
+        for (size_t k = 0; k < d.locators.size(); ++k) {
+          RETURN_IF_ERROR(s.chunks->StageBytes(batch.get(), d.locators[k],
+                                               std::string_view(d.bytes.data() + k * bs, bs)));
+        }
+        return batch->Ingest();
+      };
+      std::unique_ptr<DataWork> d;
+      while (data_q.Pop(&d)) {
+        if (!stop.load()) {
+          Status st = write(*d);
+          if (!st.ok()) fail(st);
+        }
+        {
+          std::lock_guard l(data_mu);
+          data_done_after.insert(d->period);
+          while (!data_done_after.empty() && *data_done_after.begin() == data_done) {
+            data_done_after.erase(data_done_after.begin());
+            ++data_done;
+          }
+        }
+        data_cv.notify_all();
+        d->Clear();
+        data_free.Push(std::move(d));
       }
+    });
+  }
+
+  // Index writer: the map entries into a table; at the end of an index period, once the
+  // data periods before it are ingested, the index records, and both tables ingested
+  // together: the index never names bytes that are not stored.
+  Channel<std::unique_ptr<IndexWork>> index_free, index_q;
+  for (size_t i = 0; i < kIndexWorkInFlight; ++i) index_free.Push(std::make_unique<IndexWork>());
+  std::thread index_writer([&] {
+    std::unique_ptr<IngestBatch> batch = s.db->NewIngestBatch(what);
+    auto write = [&](IndexWork& w) -> Status {
       for (const MapEntry& m : w.maps) {
-        RETURN_IF_ERROR(index->Put(Cf::kMaps, format::MapKey(layer, m.block),
+        RETURN_IF_ERROR(batch->Put(Cf::kMaps, format::MapKey(layer, m.block),
                                    m.zero ? std::string() : format::EncodeMapValue(m.id, m.hint)));
       }
-      if (w.end_data_period || w.end_index_period) RETURN_IF_ERROR(data->Ingest());
-      if (w.end_index_period) {
-        std::sort(w.refs.begin(), w.refs.end(),
-                  [](const auto& a, const auto& b) { return a.first < b.first; });
-        for (const auto& [id, ref] : w.refs) {
-          RETURN_IF_ERROR(s.chunks->StageRefs(index.get(), id, ref.count, ref.stored_at));
-        }
-        RETURN_IF_ERROR(index->Ingest());
+      if (!w.end_index_period) return Status::Ok();
+      std::sort(w.refs.begin(), w.refs.end(),
+                [](const auto& a, const auto& b) { return a.first < b.first; });
+      for (const auto& [id, ref] : w.refs) {
+        RETURN_IF_ERROR(s.chunks->StageRefs(batch.get(), id, ref.count, ref.stored_at));
       }
-      return Status::Ok();
+      {
+        std::unique_lock l(data_mu);
+        data_cv.wait(l, [&] { return data_done >= w.data_periods || stop.load(); });
+      }
+      if (stop.load()) return Status::Ok();  // the failure is reported already
+      return batch->Ingest();
     };
-    std::unique_ptr<TableWork> w;
-    while (table_q.Pop(&w)) {
+    std::unique_ptr<IndexWork> w;
+    while (index_q.Pop(&w)) {
       if (!stop.load()) {
         Status st = write(*w);
         if (!st.ok()) fail(st);
       }
       w->Clear();
-      table_free.Push(std::move(w));
+      index_free.Push(std::move(w));
     }
   });
 
@@ -446,16 +501,32 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
       opts.data_period_bytes ? opts.data_period_bytes : kDefaultDataPeriodBytes;
   const uint64_t index_period_limit =
       opts.index_period_blocks ? opts.index_period_blocks : kDefaultIndexPeriodBlocks;
-  Placement placement;  // where the data period's new chunks go
-  uint64_t data_period_bytes = 0;
+  Placement placement;        // where the data period's new chunks go
+  uint64_t data_periods = 0;  // handed to the data writers so far
   uint64_t index_period_blocks = 0;
   absl::flat_hash_map<ChunkId, PeriodRef, ChunkIdHash> period;  // the index period's chunks
   absl::flat_hash_map<ChunkId, uint64_t, ChunkIdHash> known;    // earlier periods': hint
-  // Decides one segment's blocks and hands the result to the table thread; `last`
-  // ends every period.
+  std::unique_ptr<DataWork> data;                               // the data period being filled
+  // A data period's bytes fit its buffer from the start: no regrowth, no copies.
+  auto take_data_buffer = [&]() -> bool {
+    if (!data_free.Pop(&data)) return false;
+    data->bytes.reserve(data_period_limit + seg_bytes);
+    return true;
+  };
+  if (!take_data_buffer()) return Status::Internal(what + ": no data buffer");
+  auto end_data_period = [&]() -> Status {
+    if (data->locators.empty()) return Status::Ok();
+    data->period = data_periods++;
+    data_q.Push(std::move(data));
+    if (!take_data_buffer()) return Status::Aborted(what + ": import stopped");
+    placement = {};  // the next data table's keys start above everything so far
+    return Status::Ok();
+  };
+  // Decides one segment's blocks and hands the results to the writers; `last` ends
+  // every period.
   auto place = [&](Segment* seg, bool last) -> Status {
-    std::unique_ptr<TableWork> w;
-    if (!table_free.Pop(&w)) return Status::Aborted(what + ": import stopped");
+    std::unique_ptr<IndexWork> w;
+    if (!index_free.Pop(&w)) return Status::Aborted(what + ": import stopped");
     for (size_t i = 0; seg != nullptr && i < seg->nblocks; ++i) {
       if (seg->kind[i] == kSkip) continue;
       MapEntry m;
@@ -478,9 +549,8 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
           // The first time this import meets a chunk the store lacks: store it.
           if (placement.next == placement.end) placement = s.chunks->Reserve(kPlacementRun);
           ref.stored_at = ref.hint = placement.next++;
-          w->locators.push_back(ref.stored_at);
-          w->bytes.append(seg->buf.data() + i * bs, bs);
-          data_period_bytes += bs;
+          data->locators.push_back(ref.stored_at);
+          data->bytes.append(seg->buf.data() + i * bs, bs);
           ++sum.new_chunks;
           sum.bytes_added += bs;
         }
@@ -492,20 +562,18 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
       w->maps.push_back(m);
     }
     if (seg != nullptr) sum.duplicate_blocks += seg->same_as_base;
-    if (last || data_period_bytes >= data_period_limit) {
-      w->end_data_period = true;
-      data_period_bytes = 0;
-      placement = {};  // the next data table's keys start above everything so far
-    }
-    if (last || index_period_blocks >= index_period_limit) {
+    const bool end_index = last || index_period_blocks >= index_period_limit;
+    if (end_index || data->bytes.size() >= data_period_limit) RETURN_IF_ERROR(end_data_period());
+    if (end_index) {
       w->end_index_period = true;
+      w->data_periods = data_periods;
       index_period_blocks = 0;
       w->refs.assign(period.begin(), period.end());
       if (known.size() + period.size() > kKnownCap) known.clear();
       for (const auto& [pid, ref] : period) known[pid] = ref.hint;
       period.clear();
     }
-    table_q.Push(std::move(w));
+    index_q.Push(std::move(w));
     return Status::Ok();
   };
 
@@ -548,8 +616,10 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     Status st = place(nullptr, true);  // the last periods end
     if (!st.ok()) fail(st);
   }
-  table_q.Close();
-  table_thread.join();  // its tables are ingested, or dropped after a failure
+  data_q.Close();
+  index_q.Close();
+  for (auto& t : data_writers) t.join();  // their tables are ingested, or dropped after a
+  index_writer.join();                    // failure
   stop = true;
   sweep.unlock();
 
