@@ -9,7 +9,7 @@
 //                     locators (consecutive, in image order), the map entries and the
 //                     reference counts; the image's content digest, the summary,
 //                     progress
-//   data writers   -> a data period's new chunk bytes (32 MiB) into a table file,
+//   data writers   -> a data period's new chunk bytes (16 MiB) into a table file,
 //                     ingested (two threads, a period each)
 //   index writer   -> the map entries into a table file; at the end of an index period
 //                     (512 Ki map entries, and at the end) the chunk index records (a
@@ -127,7 +127,7 @@ struct IndexWork {
 // every index period (two tables ingested together, after the data periods they name).
 // ImportOptions sets both periods. Few, large index tables keep the "is this chunk
 // stored?" lookups cheap; the index period's chunk table is the memory it costs.
-constexpr uint64_t kDefaultDataPeriodBytes = 32u << 20;
+constexpr uint64_t kDefaultDataPeriodBytes = 16u << 20;
 constexpr uint64_t kDefaultIndexPeriodBlocks = 512u << 10;
 constexpr size_t kKnownCap = 512u << 10;  // ids remembered across index periods
 constexpr size_t kPlacementRun = 16384;   // locators reserved at a time

@@ -160,7 +160,7 @@ struct ImportOptions {
   // and leaves nothing behind).
   const std::atomic<bool>* cancel = nullptr;
   // Tuning (0 = the default). An import makes its work durable in periods: new chunk
-  // bytes every data_period_bytes (32 MiB), map entries and reference counts every
+  // bytes every data_period_bytes (16 MiB), map entries and reference counts every
   // index_period_blocks map entries (512 Ki). Smaller periods hold less memory; a larger
   // index period leaves the chunk index in fewer tables. docs/FORMAT.md "Durability".
   uint64_t data_period_bytes = 0;
