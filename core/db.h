@@ -118,6 +118,7 @@ class Db {
   std::string dir_;
   std::string import_dir_;  // <dir>/import: table files being built (emptied at open)
   std::atomic<uint64_t> next_table_{0};
+  std::atomic<bool> direct_writes_{true};  // false once the filesystem refused O_DIRECT
   int lock_fd_ = -1;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;

@@ -3,9 +3,11 @@
 
 #include <fcntl.h>
 #include <rocksdb/db.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -778,6 +780,36 @@ TEST_F(StoreTest, IncompressibleChunksDoNotTurnCompressionOffForGood) {
   EXPECT_LT(tables, kRandom + kText / 2) << "the text was stored uncompressed";
   Reopen();
   ExpectFsckClean();
+}
+
+TEST_F(StoreTest, ImportOnAFilesystemWithoutDirectIoWritesBuffered) {
+  // Chunk bytes are written with O_DIRECT where the filesystem allows it; ramfs refuses
+  // it, and the import must still work there.
+  std::string mnt = dir_ / "ramfs";
+  std::filesystem::create_directories(mnt);
+  if (::mount("ramfs", mnt.c_str(), "ramfs", 0, nullptr) != 0) {
+    GTEST_SKIP() << "cannot mount a ramfs here (" << std::strerror(errno) << "); needs root";
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  {
+    StoreOptions so;
+    so.path = mnt + "/store";
+    auto store = Unwrap(Store::Open(so));
+    size_t distinct = 0;
+    std::string img = MixedImage(rng_, 300, &distinct);
+    auto r = Unwrap(store->ImportImage(*NewMemoryImageSource("on-ramfs", img), SmallPeriods("t")));
+    EXPECT_EQ(r.summary.new_chunks, distinct);
+    auto v = Unwrap(store->OpenVolume(r.volume.id));
+    std::string out(img.size(), '\0');
+    ASSERT_OK(v->Read(0, out.size(), out.data()));
+    EXPECT_EQ(out, img);
+    v.reset();
+    auto fsck = Unwrap(store->Fsck());
+    EXPECT_TRUE(fsck.ok()) << (fsck.errors.empty() ? "" : fsck.errors[0]);
+  }
 }
 
 }  // namespace
