@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <future>
 #include <mutex>
+#include <thread>
 
 #include "core/db.h"
 #include "core/format.h"
+#include "core/presence_filter.h"
 
 namespace stellarium {
 namespace {
@@ -14,7 +17,18 @@ namespace {
 // format.h and docs/FORMAT.md.
 class RocksChunkStore : public ChunkStore {
  public:
-  RocksChunkStore(Db* db, uint64_t next_locator) : db_(db), next_locator_(next_locator) {}
+  // The presence filter is sized for twice the chunks stored now (at least a million,
+  // at most kFilterMaxBytes) and filled from the index by a background scan.
+  RocksChunkStore(Db* db, uint64_t next_locator, uint64_t chunks_now)
+      : db_(db),
+        next_locator_(next_locator),
+        filter_(std::max<uint64_t>(1u << 20, 2 * chunks_now), kFilterMaxBytes) {
+    scan_ = std::thread([this] { ScanIntoFilter(); });
+  }
+  ~RocksChunkStore() override {
+    stop_scan_ = true;
+    scan_.join();
+  }
 
   Status Read(const ChunkId& id, std::string* out, const std::string& context) override {
     return ReadMany({ChunkRef{id, 0}}, context, [&](size_t, std::string_view data) {
@@ -79,29 +93,34 @@ class RocksChunkStore : public ChunkStore {
   }
 
   Result<uint64_t> Locate(const ChunkId& id) override {
+    if (!filter_.MayContain(id)) return uint64_t{0};
     ASSIGN_OR_RETURN(auto r, Record(id));
     return r ? r->locator : 0;  // a count without bytes stores nothing
   }
 
   Status LocateMany(const std::vector<ChunkId>& ids, std::vector<uint64_t>* locators) override {
-    const size_t n = ids.size();
-    locators->assign(n, 0);
+    locators->assign(ids.size(), 0);
+    std::vector<size_t> ask;  // the ids the filter cannot rule out
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (filter_.MayContain(ids[i])) ask.push_back(i);
+    }
+    const size_t n = ask.size();
     if (n == 0) return Status::Ok();
     std::vector<rocksdb::Slice> keys(n);
     std::vector<rocksdb::PinnableSlice> records(n);
     std::vector<rocksdb::Status> statuses(n);
-    for (size_t i = 0; i < n; ++i) keys[i] = Key(ids[i]);
+    for (size_t k = 0; k < n; ++k) keys[k] = Key(ids[ask[k]]);
     db_->raw()->MultiGet(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), n, keys.data(),
                          records.data(), statuses.data());
-    for (size_t i = 0; i < n; ++i) {
-      if (statuses[i].IsNotFound()) continue;
-      if (!statuses[i].ok()) return FromRocks(statuses[i], "chunk " + ToHex(ids[i]));
+    for (size_t k = 0; k < n; ++k) {
+      const ChunkId& id = ids[ask[k]];
+      if (statuses[k].IsNotFound()) continue;
+      if (!statuses[k].ok()) return FromRocks(statuses[k], "chunk " + ToHex(id));
       format::ChunkRecord r;
-      if (!format::DecodeChunkRecord(records[i].ToStringView(), &r)) {
-        return Status::Corruption("chunk " + ToHex(ids[i]) +
-                                  ": undecodable index record; run fsck");
+      if (!format::DecodeChunkRecord(records[k].ToStringView(), &r)) {
+        return Status::Corruption("chunk " + ToHex(id) + ": undecodable index record; run fsck");
       }
-      (*locators)[i] = r.locator;
+      (*locators)[ask[k]] = r.locator;
     }
     return Status::Ok();
   }
@@ -117,6 +136,7 @@ class RocksChunkStore : public ChunkStore {
       txn->Merge(db_->cf(Cf::kChunks), Key(id), kPlusOne);
       return 0;
     }
+    filter_.Add(id);  // before the chunk can be seen in the index
     uint64_t loc = placement != nullptr && placement->next < placement->end
                        ? placement->next++
                        : next_locator_.fetch_add(1);
@@ -131,6 +151,7 @@ class RocksChunkStore : public ChunkStore {
 
   Status StageRefs(IngestBatch* batch, const ChunkId& id, int64_t delta,
                    uint64_t locator) override {
+    if (locator != 0) filter_.Add(id);  // before the chunk can be seen in the index
     return batch->Merge(Cf::kChunks, std::string_view(Key(id).data(), kChunkIdSize),
                         format::EncodeChunkRecord({delta, locator}));
   }
@@ -288,8 +309,27 @@ class RocksChunkStore : public ChunkStore {
 
   const std::string kPlusOne = format::EncodeChunkRecord({1, 0});
   const std::string kMinusOne = format::EncodeChunkRecord({-1, 0});
+  // Adds every chunk of the index to the filter, then declares it complete.
+  void ScanIntoFilter() {
+    auto it = db_->NewIterator(Cf::kChunks, /*fill_cache=*/false);
+    for (it->SeekToFirst(); it->Valid() && !stop_scan_.load(); it->Next()) {
+      filter_.Add(ChunkIdFromBytes(it->key().ToStringView()));
+    }
+    // A failed scan leaves the filter incomplete: it then answers "maybe" to everything.
+    if (it->status().ok() && !stop_scan_.load()) filter_.MarkComplete();
+    scan_done_.set_value();
+  }
+
+  void WaitForPresenceFilter() override { scan_finished_.wait(); }
+
+  static constexpr uint64_t kFilterMaxBytes = 256u << 20;  // 170 million chunks' worth
   Db* db_;
   std::atomic<uint64_t> next_locator_;
+  PresenceFilter filter_;
+  std::atomic<bool> stop_scan_{false};
+  std::promise<void> scan_done_;
+  std::shared_future<void> scan_finished_ = scan_done_.get_future().share();
+  std::thread scan_;  // runs ScanIntoFilter
 };
 
 }  // namespace
@@ -300,7 +340,9 @@ Result<std::unique_ptr<ChunkStore>> NewRocksChunkStore(Db* db) {
   it->SeekToLast();
   RETURN_IF_ERROR(FromRocks(it->status(), "store " + db->dir() + ": find the last chunk"));
   uint64_t next = it->Valid() ? format::DecodeDataKey(it->key().ToStringView()) + 1 : 1;
-  return std::unique_ptr<ChunkStore>(std::make_unique<RocksChunkStore>(db, next));
+  auto chunks = db->EstimateKeys(Cf::kChunks);
+  return std::unique_ptr<ChunkStore>(
+      std::make_unique<RocksChunkStore>(db, next, chunks.ok() ? *chunks : 0));
 }
 
 }  // namespace stellarium

@@ -113,6 +113,10 @@ class ChunkStore {
   // the first error fn returns or the backend reports.
   virtual Status ForEach(
       const std::function<Status(const ChunkId&, std::string_view, int64_t)>& fn) = 0;
+  // Waits until the store answers "is it stored?" for absent chunks from memory (the
+  // chunks stored before open have been loaded into the backend's presence filter).
+  // Answers are right before that too, only slower. For tests and benchmarks.
+  virtual void WaitForPresenceFilter() {}
   // How many chunks and stored bytes there are (one scan, no hash checks).
   virtual Result<ChunkTotals> Totals() = 0;
 

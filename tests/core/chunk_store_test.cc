@@ -108,13 +108,52 @@ TEST_F(ChunkStoreTest, WrongBytesAtTheIndexedPlaceAreDataLoss) {
   uint64_t loc = Put(a);
   std::string bad = a;
   bad[100] ^= 1;
-  ASSERT_TRUE(db_->raw()->Put(rocksdb::WriteOptions(), db_->cf(Cf::kData), format::DataKey(loc), bad).ok());
+  ASSERT_TRUE(
+      db_->raw()->Put(rocksdb::WriteOptions(), db_->cf(Cf::kData), format::DataKey(loc), bad).ok());
   for (uint64_t hint : {loc, uint64_t{0}}) {
     auto r = ReadAll({{id, hint}});
     ASSERT_FALSE(r.ok()) << "hint " << hint;
     EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
     EXPECT_NE(r.status().message().find(ToHex(id)), std::string::npos) << r.status().message();
   }
+}
+
+// The presence filter answers "not stored" without the index; it must never say so of
+// a stored chunk: one stored before the store was opened (loaded by the scan), one
+// stored with a volume write's batch, one ingested by an import.
+TEST_F(ChunkStoreTest, PresenceFilterNeverHidesAStoredChunk) {
+  std::vector<ChunkId> before;
+  for (int i = 0; i < 3000; ++i) {
+    std::string d = RandomBytes(rng_, 4096);
+    before.push_back(Sha256(d.data(), d.size()));
+    Put(d);
+  }
+  chunks_.reset();
+  db_.reset();
+  SetUp();
+  chunks_->WaitForPresenceFilter();
+  std::vector<uint64_t> locs;
+  ASSERT_OK(chunks_->LocateMany(before, &locs));
+  for (size_t i = 0; i < before.size(); ++i) ASSERT_NE(locs[i], 0u) << "chunk " << i << " hidden";
+  for (const ChunkId& id : before) ASSERT_NE(Unwrap(chunks_->Locate(id)), 0u);
+
+  std::string w = RandomBytes(rng_, 4096);
+  ChunkId wid = Sha256(w.data(), w.size());
+  Put(w);
+  EXPECT_NE(Unwrap(chunks_->Locate(wid)), 0u);
+
+  std::string g = RandomBytes(rng_, 4096);
+  ChunkId gid = Sha256(g.data(), g.size());
+  auto batch = db_->NewIngestBatch("test");
+  Placement p = chunks_->Reserve(1);
+  ASSERT_OK(chunks_->StageBytes(batch.get(), p.next, g));
+  ASSERT_OK(chunks_->StageRefs(batch.get(), gid, 1, p.next));
+  ASSERT_OK(batch->Ingest());
+  EXPECT_EQ(Unwrap(chunks_->Locate(gid)), p.next);
+  EXPECT_EQ(Unwrap(ReadAll({{gid, 0}}))[0], g);
+
+  std::string absent = RandomBytes(rng_, 4096);
+  EXPECT_EQ(Unwrap(chunks_->Locate(Sha256(absent.data(), absent.size()))), 0u);
 }
 
 }  // namespace
