@@ -11,10 +11,10 @@
 // bytes under their locator in a family of their own, locators handed out in write
 // order so that blocks written together are read together (docs/FORMAT.md). "Is it
 // stored?" for a chunk that is not is answered from an in-memory presence filter
-// (presence_filter.h) rather than the index. The interface is deliberately small (read, contains,
-// add/drop a reference inside a transaction, sweep, visit) so that a distributed object store
-// (chunks as objects named by digest, put-if-absent, counts in omap) can implement it later with
-// its own Txn.
+// (presence_filter.h) rather than the index. The interface is deliberately small
+// (read, contains, add/drop a reference inside a transaction, sweep, visit) so that a
+// distributed object store (chunks as objects named by digest, put-if-absent, counts
+// in omap) can implement it later with its own Txn.
 //
 // Thread-safety: all methods are safe to call concurrently. Writers that add references
 // hold a shared SweepGuard while staging and committing so a concurrent Sweep() cannot
