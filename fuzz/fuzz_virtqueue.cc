@@ -34,9 +34,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   q.set_last_avail_idx(start);
   fuzz::FuzzMemIo io(64 * 1024, ro);
   BlkDeviceInfo info{(64 * 1024) / 512, ro, "fuzz-serial"};
-  for (int round = 0; round < 2; ++round) {
-    auto r = q.Process(gm, io, info);
-    (void)r;
+  // Round 1 as the server's own thread does it; round 2 as with I/O threads: take
+  // what is available, then complete it in reverse order (used entries out of order).
+  auto r = q.Process(gm, io, info);
+  (void)r;
+  std::vector<PoppedRequest> taken;
+  for (uint32_t i = 0; i < qsize; ++i) {
+    PoppedRequest p;
+    auto got = q.Pop(gm, &p);
+    if (!got.ok() || !*got) break;
+    taken.push_back(std::move(p));
+  }
+  for (auto it = taken.rbegin(); it != taken.rend(); ++it) {
+    uint32_t used_len = ExecutePopped(io, info, *it);
+    if (used_len > it->req.data_len + 1) __builtin_trap();
+    q.PushUsed(it->head, used_len);
   }
   // Parse every head directly too (covers chains the avail ring did not name).
   std::vector<Segment> chain;

@@ -167,7 +167,8 @@ uint8_t ExecuteBlkRequest(BlockIo& io, const BlkDeviceInfo& info, const BlkReque
     case kVirtioBlkTOut: {
       bool is_read = req.type == kVirtioBlkTIn;
       if (!is_read && info.read_only) return kVirtioBlkSIoErr;
-      if (req.data_len == 0 || req.data_len % kSectorSize != 0 || req.data_len > kBlkMaxRequestBytes) {
+      if (req.data_len == 0 || req.data_len % kSectorSize != 0 ||
+          req.data_len > kBlkMaxRequestBytes) {
         return kVirtioBlkSIoErr;
       }
       uint64_t sectors = req.data_len / kSectorSize;
@@ -259,54 +260,68 @@ void SplitQueue::Reset() {
   broken_ = false;
 }
 
+uint32_t ExecutePopped(BlockIo& io, const BlkDeviceInfo& info, const PoppedRequest& p) {
+  if (p.parsed.ok()) {
+    uint32_t written = 0;
+    *p.req.status = ExecuteBlkRequest(io, info, p.req, &written);
+    return written + 1;
+  }
+  if (p.req.status == nullptr) return 0;  // nowhere to report: returned unused
+  *p.req.status = kVirtioBlkSIoErr;
+  return 1;
+}
+
+Result<bool> SplitQueue::Pop(const GuestMemory& mem, PoppedRequest* out) {
+  if (!configured()) return Status::FailedPrecondition("virtqueue: not configured");
+  if (broken_) return Status::FailedPrecondition("virtqueue: broken by an earlier corrupt ring");
+  uint16_t avail_idx = LoadU16Acquire(avail_ + 2);
+  if (avail_idx == last_avail_idx_) return false;
+  if (static_cast<uint16_t>(avail_idx - last_avail_idx_) > size_) {
+    broken_ = true;
+    return Status::FailedPrecondition(
+        "virtqueue: available index jumped by more than the queue size");
+  }
+  uint16_t head;
+  memcpy(&head, avail_ + kAvailHeader + 2 * (last_avail_idx_ % size_), 2);
+  if (head >= size_) {
+    broken_ = true;
+    return Status::FailedPrecondition("virtqueue: available ring names descriptor " +
+                                      std::to_string(head) + " past the table");
+  }
+  ++last_avail_idx_;
+  out->head = head;
+  out->req = BlkRequest();
+  Status chain_ok = ReadDescriptorChain(mem, desc_, size_, head, &chain_);
+  out->parsed = chain_ok.ok() ? ParseBlkRequest(chain_, &out->req) : chain_ok;
+  return true;
+}
+
+bool SplitQueue::HasAvailable() const {
+  return configured() && !broken_ && LoadU16Acquire(avail_ + 2) != last_avail_idx_;
+}
+
+void SplitQueue::PushUsed(uint16_t head, uint32_t len) {
+  uint8_t* elem = used_ + kUsedHeader + kUsedElemSize * (used_idx_ % size_);
+  uint32_t id = head;
+  memcpy(elem, &id, 4);
+  memcpy(elem + 4, &len, 4);
+  ++used_idx_;
+  StoreU16Release(used_ + 2, used_idx_);
+}
+
 Result<uint32_t> SplitQueue::Process(const GuestMemory& mem, BlockIo& io,
                                      const BlkDeviceInfo& info) {
   if (!configured()) return Status::FailedPrecondition("virtqueue: not configured");
   if (broken_) return Status::FailedPrecondition("virtqueue: broken by an earlier corrupt ring");
   uint32_t done = 0;
+  PoppedRequest p;
   // At most one ring's worth per call, so a guest that keeps adding requests cannot
   // keep this thread from its other work (the caller calls again when done == size).
   while (done < size_) {
-    uint16_t avail_idx = LoadU16Acquire(avail_ + 2);
-    if (avail_idx == last_avail_idx_) break;
-    if (static_cast<uint16_t>(avail_idx - last_avail_idx_) > size_) {
-      broken_ = true;
-      StoreU16Release(used_ + 2, used_idx_);
-      return Status::FailedPrecondition(
-          "virtqueue: available index jumped by more than the "
-          "queue size");
-    }
-    while (last_avail_idx_ != avail_idx && done < size_) {
-      uint16_t head;
-      memcpy(&head, avail_ + kAvailHeader + 2 * (last_avail_idx_ % size_), 2);
-      if (head >= size_) {
-        broken_ = true;
-        StoreU16Release(used_ + 2, used_idx_);  // what was completed stays completed
-        return Status::FailedPrecondition("virtqueue: available ring names descriptor " +
-                                          std::to_string(head) + " past the table");
-      }
-      uint32_t used_len = 0;
-      Status chain_ok = ReadDescriptorChain(mem, desc_, size_, head, &chain_);
-      BlkRequest req;
-      Status parse_ok = chain_ok.ok() ? ParseBlkRequest(chain_, &req) : chain_ok;
-      if (parse_ok.ok()) {
-        uint32_t written = 0;
-        uint8_t status = ExecuteBlkRequest(io, info, req, &written);
-        *req.status = status;
-        used_len = written + 1;
-      } else if (req.status != nullptr) {
-        *req.status = kVirtioBlkSIoErr;
-        used_len = 1;
-      }
-      uint8_t* elem = used_ + kUsedHeader + kUsedElemSize * (used_idx_ % size_);
-      uint32_t id = head;
-      memcpy(elem, &id, 4);
-      memcpy(elem + 4, &used_len, 4);
-      ++used_idx_;
-      ++last_avail_idx_;
-      ++done;
-    }
-    StoreU16Release(used_ + 2, used_idx_);
+    ASSIGN_OR_RETURN(bool got, Pop(mem, &p));
+    if (!got) break;
+    PushUsed(p.head, ExecutePopped(io, info, p));
+    ++done;
   }
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return done;

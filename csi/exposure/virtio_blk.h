@@ -118,7 +118,26 @@ struct BlkDeviceInfo {
 uint8_t ExecuteBlkRequest(BlockIo& io, const BlkDeviceInfo& info, const BlkRequest& req,
                           uint32_t* written);
 
+// A request taken off a queue's available ring by SplitQueue::Pop, not yet completed.
+// Its segments point into guest memory: it must be completed (PushUsed) before that
+// memory is unmapped or the queue reconfigured.
+struct PoppedRequest {
+  uint16_t head = 0;  // the chain's head descriptor: the id to put on the used ring
+  Status parsed;      // OK if the chain and header were valid; `req` is then complete
+  BlkRequest req;     // req.status may be set even when !parsed.ok()
+};
+
+// Executes a popped request (or, when it did not parse, reports IOERR through its
+// status byte if it has one) and returns the length to put on the used ring: the data
+// bytes written plus the status byte, or 0 when there was no status byte to write.
+uint32_t ExecutePopped(BlockIo& io, const BlkDeviceInfo& info, const PoppedRequest& p);
+
 // One split virtqueue, owned by the device side.
+//
+// Thread-safety: Configure/Reset/set_last_avail_idx/Process need exclusive access.
+// Otherwise Pop (the available side) and PushUsed (the used side) touch disjoint state
+// and ring parts: one thread may Pop while another PushUsed-s, each serialized with
+// itself. Completions may be pushed in any order (VIRTIO_F_IN_ORDER is not offered).
 class SplitQueue {
  public:
   // Sets size and addresses and translates them. INVALID_ARGUMENT if the size is not a
@@ -135,7 +154,17 @@ class SplitQueue {
   // completed (put on the used ring); when that is size(), more may be waiting and the
   // caller should call again. FAILED_PRECONDITION if the ring itself is corrupt (the
   // queue is then marked broken and processes nothing more until reconfigured).
+  // Pop + ExecutePopped + PushUsed in the calling thread.
   Result<uint32_t> Process(const GuestMemory& mem, BlockIo& io, const BlkDeviceInfo& info);
+
+  // Takes the next available request into *out. Returns false when the available ring
+  // is empty; FAILED_PRECONDITION if the ring is corrupt (the queue is then broken). A
+  // chain that does not parse is still taken (out->parsed says why) and must be pushed.
+  Result<bool> Pop(const GuestMemory& mem, PoppedRequest* out);
+  // Puts `head` on the used ring with `len` and publishes the used index (release).
+  void PushUsed(uint16_t head, uint32_t len);
+  // True if the available ring holds requests not yet taken (Pop's side).
+  bool HasAvailable() const;
 
  private:
   uint32_t size_ = 0;

@@ -240,6 +240,35 @@ TEST_F(VirtqueueTest, ProcessesAtMostOneRingPerCall) {
   EXPECT_EQ(drv.StatusAfter(d, 512), kVirtioBlkSOk);
 }
 
+// Requests taken off the ring and completed in another order (as I/O threads do):
+// each used entry names its own chain with its own length.
+TEST_F(VirtqueueTest, RequestsCompletedOutOfOrderKeepTheirIdsAndLengths) {
+  FakeDriver drv(buf_.data());
+  std::vector<char> data = PatternBytes(16384, 8);
+  ASSERT_TRUE(io_->Write(0, data.data(), data.size()).ok());
+  uint64_t a = drv.Request(0, kVirtioBlkTIn, 0, 4096);
+  uint64_t b = drv.Request(3, kVirtioBlkTIn, 8, 8192, 0x40000);
+  drv.Publish(0);
+  drv.Publish(3);
+  EXPECT_TRUE(queue_.HasAvailable());
+  PoppedRequest pa, pb, none;
+  ASSERT_TRUE(*queue_.Pop(mem_, &pa));
+  ASSERT_TRUE(*queue_.Pop(mem_, &pb));
+  EXPECT_FALSE(*queue_.Pop(mem_, &none));
+  EXPECT_FALSE(queue_.HasAvailable());
+  EXPECT_EQ(pa.head, 0);
+  EXPECT_EQ(pb.head, 3);
+  queue_.PushUsed(pb.head, ExecutePopped(*io_, info_, pb));
+  EXPECT_EQ(drv.UsedIdx(), 1);
+  EXPECT_EQ(drv.StatusAfter(a, 4096), 0xff);  // A not executed yet
+  queue_.PushUsed(pa.head, ExecutePopped(*io_, info_, pa));
+  EXPECT_EQ(drv.UsedIdx(), 2);
+  EXPECT_EQ(drv.Used(0), std::make_pair(3u, 8192u + 1));
+  EXPECT_EQ(drv.Used(1), std::make_pair(0u, 4096u + 1));
+  EXPECT_EQ(memcmp(buf_.data() + a, data.data(), 4096), 0);
+  EXPECT_EQ(memcmp(buf_.data() + b, data.data() + 4096, 8192), 0);
+}
+
 TEST_F(VirtqueueTest, CorruptAvailableRingStopsTheQueue) {
   FakeDriver drv(buf_.data());
   drv.SetAvailIdx(kQ + 5);  // more entries than the queue holds
