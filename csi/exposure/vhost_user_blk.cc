@@ -25,6 +25,7 @@ void UniqueFd::Reset() {
 namespace {
 
 constexpr uint32_t kBlkSizeAdvertised = 512;  // logical block size the guest uses
+constexpr uint32_t kMaxIoThreads = 16;
 
 bool Has(uint64_t features, int bit) { return (features >> bit) & 1; }
 
@@ -41,9 +42,64 @@ VhostUserBlkSession::VhostUserBlkSession(std::shared_ptr<BlockIo> io,
   info_.read_only = options_.read_only || io_->read_only();
   info_.serial = options_.serial;
   queues_.resize(options_.num_queues);
+  options_.io_threads = std::min<uint32_t>(options_.io_threads, kMaxIoThreads);
+  if (options_.io_threads > 0) {
+    wake_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_.valid()) options_.io_threads = 0;  // no eventfd: run requests inline
+  }
+  for (uint32_t i = 0; i < options_.io_threads; ++i) workers_.emplace_back([this] { Worker(); });
 }
 
-VhostUserBlkSession::~VhostUserBlkSession() { UnmapAll(); }
+VhostUserBlkSession::~VhostUserBlkSession() {
+  {
+    std::lock_guard<std::mutex> lock(exec_mu_);
+    stopping_ = true;  // workers finish the tasks queued, then exit
+  }
+  work_.notify_all();
+  for (auto& t : workers_) t.join();
+  UnmapAll();
+}
+
+void VhostUserBlkSession::Drain() {
+  std::unique_lock<std::mutex> lock(exec_mu_);
+  idle_.wait(lock, [this] { return in_flight_ == 0; });
+}
+
+void VhostUserBlkSession::Signal(uint32_t queue) {
+  const Queue& q = queues_[queue];
+  if (!q.call.valid()) return;
+  uint64_t one = 1;
+  ssize_t n = write(q.call.get(), &one, sizeof(one));
+  (void)n;
+}
+
+void VhostUserBlkSession::Worker() {
+  std::unique_lock<std::mutex> lock(exec_mu_);
+  for (;;) {
+    work_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
+    if (tasks_.empty()) return;  // stopping, nothing left
+    Task t = std::move(tasks_.front());
+    tasks_.pop_front();
+    lock.unlock();
+    const uint32_t used_len = ExecutePopped(target(), info_, t.request);
+    lock.lock();
+    Queue& q = queues_[t.queue];
+    q.ring.PushUsed(t.request.head, used_len);
+    lock.unlock();
+    // Still counted in flight: no message can replace the call fd meanwhile.
+    Signal(t.queue);
+    lock.lock();
+    --q.in_flight;
+    --in_flight_;
+    if (q.throttled) {
+      q.throttled = false;
+      uint64_t one = 1;
+      ssize_t n = write(wake_.get(), &one, sizeof(one));
+      (void)n;
+    }
+    if (in_flight_ == 0) idle_.notify_all();
+  }
+}
 
 uint64_t VhostUserBlkSession::offered_features() const {
   uint64_t f = (1ull << kVirtioFVersion1) | (1ull << kVhostUserFProtocolFeatures) |
@@ -146,13 +202,63 @@ Result<uint32_t> VhostUserBlkSession::ProcessQueue(uint32_t index) {
   if (index >= queues_.size()) return Status::InvalidArgument("vring index out of range");
   Queue& q = queues_[index];
   if (!q.ring.configured() || !q.enabled) return 0u;
-  Result<uint32_t> done = q.ring.Process(memory_, *io_, info_);
-  if (done.ok() && *done > 0 && q.call.valid()) {
-    uint64_t one = 1;
-    ssize_t n = write(q.call.get(), &one, sizeof(one));
-    (void)n;
+  if (workers_.empty()) {
+    Result<uint32_t> done = q.ring.Process(memory_, target(), info_);
+    if (done.ok() && *done > 0) Signal(index);
+    return done;
   }
-  return done;
+  uint32_t taken = 0;
+  bool completed_here = false;
+  Status ring_error;
+  while (taken < q.ring.size()) {
+    {
+      std::lock_guard<std::mutex> lock(exec_mu_);
+      if (q.in_flight >= q.ring.size()) {  // a guest cannot have more: it republished heads
+        q.throttled = true;                // a completion wakes the server again
+        break;
+      }
+    }
+    PoppedRequest p;
+    Result<bool> got = q.ring.Pop(memory_, &p);
+    if (!got.ok()) {
+      ring_error = got.status();
+      break;
+    }
+    if (!*got) break;
+    ++taken;
+    const bool io = p.parsed.ok() && (p.req.type == kVirtioBlkTIn || p.req.type == kVirtioBlkTOut);
+    if (!io) {
+      // Errors, GET_ID and unknown types are answered at once. A FLUSH makes durable
+      // every write completed before it: wait for the writes in flight first.
+      if (p.parsed.ok() && p.req.type == kVirtioBlkTFlush) Drain();
+      const uint32_t used_len = ExecutePopped(target(), info_, p);
+      std::lock_guard<std::mutex> lock(exec_mu_);
+      q.ring.PushUsed(p.head, used_len);
+      completed_here = true;
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(exec_mu_);
+      // A lone request (nothing else in flight or waiting: a guest reading at depth 1)
+      // runs here: handing it to a worker would only add a thread switch.
+      if (in_flight_ > 0 || taken > 1 || q.ring.HasAvailable()) {
+        ++q.in_flight;
+        ++in_flight_;
+        tasks_.push_back(Task{index, std::move(p)});
+        work_.notify_one();
+        continue;
+      }
+    }
+    const uint32_t used_len = ExecutePopped(target(), info_, p);
+    {
+      std::lock_guard<std::mutex> lock(exec_mu_);
+      q.ring.PushUsed(p.head, used_len);
+    }
+    Signal(index);
+  }
+  if (completed_here) Signal(index);
+  if (!ring_error.ok()) return ring_error;
+  return taken;
 }
 
 Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vector<UniqueFd> fds,
@@ -160,6 +266,7 @@ Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vect
   const uint32_t req = msg.header.request;
   const uint32_t nq = static_cast<uint32_t>(queues_.size());
   bool replied = false;
+  Drain();  // requests in flight use the memory and rings a message may change
   auto reply_u64 = [&](uint64_t v) {
     std::vector<uint8_t> r = EncodeReply(req, &v, sizeof(v));
     reply->insert(reply->end(), r.begin(), r.end());
@@ -420,7 +527,10 @@ Status VhostUserBlkServer::Serve(int conn) {
   const int stop = stop_fd_.get();
   std::vector<uint32_t> again;  // queues that had a full batch: more may be waiting
   for (;;) {
-    std::vector<struct pollfd> pfds = {{stop, POLLIN, 0}, {conn, POLLIN, 0}};
+    // stop, the connection, the session's wake fd (-1: ignored by poll), the kicks.
+    constexpr size_t kFirstKick = 3;
+    std::vector<struct pollfd> pfds = {
+        {stop, POLLIN, 0}, {conn, POLLIN, 0}, {session.wake_fd(), POLLIN, 0}};
     std::vector<uint32_t> queue_of;
     for (uint32_t i = 0; i < session.num_queues(); ++i) {
       int k = session.kick_fd(i);
@@ -440,12 +550,18 @@ Status VhostUserBlkServer::Serve(int conn) {
     }
     std::vector<uint32_t> to_process;
     to_process.swap(again);
-    for (size_t j = 2; j < pfds.size(); ++j) {
+    if (pfds[2].revents & POLLIN) {  // a queue that was full has room again
+      uint64_t count;
+      ssize_t n = read(pfds[2].fd, &count, sizeof(count));
+      (void)n;
+      for (uint32_t i = 0; i < session.num_queues(); ++i) to_process.push_back(i);
+    }
+    for (size_t j = kFirstKick; j < pfds.size(); ++j) {
       if (!(pfds[j].revents & POLLIN)) continue;
       uint64_t count;
       ssize_t n = read(pfds[j].fd, &count, sizeof(count));
       (void)n;
-      to_process.push_back(queue_of[j - 2]);
+      to_process.push_back(queue_of[j - kFirstKick]);
     }
     std::sort(to_process.begin(), to_process.end());
     to_process.erase(std::unique(to_process.begin(), to_process.end()), to_process.end());

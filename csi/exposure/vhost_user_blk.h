@@ -17,12 +17,21 @@
 // that shrinks its own memfd afterwards could make this process fault (SIGBUS). The
 // region sizes are checked against the fd's size when mapped.
 //
+// How requests are read (see docs/EXPOSURE.md, "vhost-user-blk"): the thread serving
+// a connection takes requests off the rings and hands reads and writes to a few I/O
+// threads (VhostUserBlkOptions::io_threads), so the several requests a guest makes of
+// one large read are read from the store at once and complete in any order.
+//
 // Thread-safety: the server runs one thread that serves one connection at a time
-// (messages and queue processing in that thread). Start/Stop from any one thread.
+// (messages, taking requests off the rings); requests run on the session's I/O
+// threads. Start/Stop from any one thread.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -68,6 +77,10 @@ struct VhostUserBlkOptions {
   uint32_t num_queues = 4;  // the most a front-end may use (GET_QUEUE_NUM)
   bool read_only = false;   // also forced on when the BlockIo is read-only
   std::string serial{};     // GET_ID answer (at most 20 bytes used)
+  // Threads executing a connection's reads and writes (shared by its queues): up to
+  // this many requests are read or written at once, and complete in any order. 0
+  // executes every request in the thread that took it off the ring, one at a time.
+  uint32_t io_threads = 2;
 };
 
 // The state of one front-end connection. Pure protocol logic plus the mappings and
@@ -81,14 +94,23 @@ class VhostUserBlkSession {
 
   // Handles one message. `fds` are the descriptors that came with it (taken over).
   // Appends any reply bytes to *reply. A non-OK status means: close the connection.
+  // Waits first for every request in flight (a message may remap memory or move rings).
   Status HandleMessage(const VhostUserMessage& msg, std::vector<UniqueFd> fds,
                        std::vector<uint8_t>* reply);
-  // Processes queue `index` after its kick fd fired (or when it becomes enabled) and
-  // signals its call fd. Returns the number of requests completed.
+  // Processes queue `index` after its kick fd fired (or when it becomes enabled):
+  // takes its available requests, at most queue-size of them in flight per queue, and
+  // executes them (on the I/O threads if any; each completion signals the call fd).
+  // Returns the number of requests taken off the ring; when that is the queue size the
+  // caller should call again.
   Result<uint32_t> ProcessQueue(uint32_t index);
+  // Waits until no request is in flight.
+  void Drain();
 
-  // For the server's poll loop: the kick fd of each started queue (-1 if none).
+  // For the server's poll loop: the kick fd of each started queue (-1 if none), and an
+  // eventfd that fires when a queue that had its queue size in flight has room again
+  // (-1 without I/O threads); call ProcessQueue for every queue then.
   int kick_fd(uint32_t index) const;
+  int wake_fd() const { return wake_.get(); }
   uint32_t num_queues() const { return static_cast<uint32_t>(queues_.size()); }
   // The configured size of a started queue (0 if not started).
   uint32_t queue_size(uint32_t index) const;
@@ -110,12 +132,24 @@ class VhostUserBlkSession {
     SplitQueue ring;
     UniqueFd kick, call, err;
     bool enabled = false;
+    uint32_t in_flight = 0;  // GUARDED_BY(exec_mu_); taken, not yet on the used ring
+    bool throttled = false;  // GUARDED_BY(exec_mu_); stopped taking at `size` in flight
+  };
+  struct Task {
+    uint32_t queue = 0;
+    PoppedRequest request;
   };
 
   Status SetMemTable(const VhostUserMessage& msg, std::vector<UniqueFd>& fds);
   void UnmapAll();
   Status StartQueueIfReady(uint32_t index);
   void StopQueue(uint32_t index);
+  // Puts a finished request on its used ring and signals the queue's call fd.
+  void Complete(uint32_t queue, uint16_t head, uint32_t used_len);
+  void Signal(uint32_t queue);
+  void Worker();
+  // What requests read and write.
+  BlockIo& target() { return *io_; }
 
   std::shared_ptr<BlockIo> io_;
   VhostUserBlkOptions options_;
@@ -126,6 +160,19 @@ class VhostUserBlkSession {
   GuestMemory memory_;
   std::vector<Mapping> mappings_;
   std::vector<Queue> queues_;
+
+  // Requests run on workers_ while the connection's thread keeps taking new ones.
+  // Messages are handled only with nothing in flight (Drain), so a worker may use the
+  // memory, rings and call fds of its queue without further locking; used rings are
+  // written under exec_mu_.
+  std::mutex exec_mu_;
+  std::condition_variable work_;  // tasks_ has work, or stopping
+  std::condition_variable idle_;  // in_flight_ dropped to 0
+  std::deque<Task> tasks_;        // GUARDED_BY(exec_mu_)
+  uint32_t in_flight_ = 0;        // GUARDED_BY(exec_mu_); over all queues
+  bool stopping_ = false;         // GUARDED_BY(exec_mu_)
+  std::vector<std::thread> workers_;
+  UniqueFd wake_;
 };
 
 class VhostUserBlkServer {

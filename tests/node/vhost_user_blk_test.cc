@@ -12,7 +12,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <thread>
 
 #include "tests/node/test_util.h"
 
@@ -108,6 +112,67 @@ class VirtqueueTest : public ::testing::Test {
   std::shared_ptr<MemBlockIo> io_ = std::make_shared<MemBlockIo>(1 << 20);
   BlkDeviceInfo info_;
   FakeDriver drv_{nullptr};
+};
+
+// A MemBlockIo that can hold reads or writes of a chosen range: a held read has
+// already copied its bytes (so a read-ahead window held here carries the bytes from
+// before any write made meanwhile); a held write has not written yet. Logs writes
+// done and flushes, in order.
+class GatedBlockIo : public MemBlockIo {
+ public:
+  using MemBlockIo::MemBlockIo;
+  void HoldReads(uint64_t from, uint64_t to) { Hold(&read_gate_, from, to); }
+  void HoldWrites(uint64_t from, uint64_t to) { Hold(&write_gate_, from, to); }
+  void Release() {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    read_gate_ = write_gate_ = {0, 0};
+    cv_.notify_all();
+  }
+  // Waits until `n` operations are held (false after 30 s).
+  bool WaitHeld(int n) {
+    std::unique_lock<std::mutex> lock(gate_mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(30), [&] { return held_ >= n; });
+  }
+  std::string Events() {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    return events_;
+  }
+  Status Read(uint64_t offset, size_t len, char* out) override {
+    Status s = MemBlockIo::Read(offset, len, out);
+    Wait(read_gate_, offset, len);
+    return s;
+  }
+  Status Write(uint64_t offset, const char* data, size_t len) override {
+    Wait(write_gate_, offset, len);
+    Status s = MemBlockIo::Write(offset, data, len);
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    events_ += "write-done ";
+    return s;
+  }
+  Status Flush() override {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    events_ += "flush ";
+    return MemBlockIo::Flush();
+  }
+
+ private:
+  using Gate = std::pair<uint64_t, uint64_t>;
+  void Hold(Gate* g, uint64_t from, uint64_t to) {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    *g = {from, to};
+  }
+  void Wait(const Gate& g, uint64_t offset, size_t len) {
+    std::unique_lock<std::mutex> lock(gate_mu_);
+    if (!(offset < g.second && offset + len > g.first)) return;
+    ++held_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !(offset < g.second && offset + len > g.first); });
+  }
+  std::mutex gate_mu_;
+  std::condition_variable cv_;
+  Gate read_gate_{0, 0}, write_gate_{0, 0};
+  int held_ = 0;
+  std::string events_;
 };
 
 TEST(GuestMemoryTest, TranslatesOnlyWhollyContainedRanges) {
@@ -414,6 +479,71 @@ class Frontend {
   bool connected_ = false;
 };
 
+// Guest memory and one started queue (queue 0, kQ entries) of a connected front-end.
+struct StartedQueue {
+  uint8_t* mem = nullptr;
+  int kick = -1, call = -1;
+  ~StartedQueue() {
+    if (mem != nullptr) munmap(mem, kMemSize);
+    if (kick >= 0) close(kick);
+    if (call >= 0) close(call);
+  }
+  // Kicks the queue.
+  bool Kick() {
+    uint64_t one = 1;
+    return write(kick, &one, 8) == 8;
+  }
+  // Waits (up to 30 s) for the back-end to signal the call eventfd.
+  bool WaitCall() {
+    struct pollfd p = {call, POLLIN, 0};
+    uint64_t got;
+    return poll(&p, 1, 30000) == 1 && read(call, &got, 8) == 8;
+  }
+};
+
+// What QEMU does at start: features, protocol features, a memfd memory table, one
+// queue's size, base, addresses, kick and call eventfds, enable. `features_out` gets
+// GET_FEATURES' answer.
+void StartQueue(Frontend& fe, StartedQueue* q, uint64_t* features_out = nullptr) {
+  ASSERT_TRUE(fe.Send(kVhostUserGetFeatures, nullptr, 0));
+  uint64_t features = fe.ReplyU64();
+  if (features_out != nullptr) *features_out = features;
+  ASSERT_TRUE(fe.Send(kVhostUserSetOwner, nullptr, 0));
+  ASSERT_TRUE(fe.Send(kVhostUserGetProtocolFeatures, nullptr, 0));
+  uint64_t pf = fe.ReplyU64();
+  ASSERT_TRUE(pf & (1ull << kVhostUserProtocolFConfig));
+  ASSERT_TRUE(fe.Send(kVhostUserSetProtocolFeatures, &pf, 8));
+  uint64_t acked = features & ~(1ull << kVirtioBlkFMq);
+  ASSERT_TRUE(fe.Send(kVhostUserSetFeatures, &acked, 8));
+  // Guest memory: a memfd, as QEMU's memory-backend-memfd.
+  int memfd = memfd_create("guest", MFD_CLOEXEC);
+  ASSERT_EQ(ftruncate(memfd, kMemSize), 0);
+  q->mem =
+      static_cast<uint8_t*>(mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0));
+  ASSERT_NE(q->mem, MAP_FAILED);
+  uint64_t table[1 + 4] = {1, kGuestBase, kMemSize, kUserBase, 0};
+  ASSERT_TRUE(fe.Send(kVhostUserSetMemTable, table, 8 + 32, {memfd}, 1 | kVhostUserNeedReplyFlag));
+  EXPECT_EQ(fe.ReplyU64(), 0u);  // REPLY_ACK: success
+  close(memfd);
+  uint32_t num[2] = {0, kQ}, base[2] = {0, 0};
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringNum, num, 8));
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringBase, base, 8));
+  uint8_t addr[40] = {};
+  uint64_t desc = kUserBase + kDescOff, used = kUserBase + kUsedOff, avail = kUserBase + kAvailOff;
+  memcpy(addr + 8, &desc, 8);
+  memcpy(addr + 16, &used, 8);
+  memcpy(addr + 24, &avail, 8);
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringAddr, addr, 40));
+  q->kick = eventfd(0, EFD_CLOEXEC);
+  q->call = eventfd(0, EFD_CLOEXEC);
+  uint64_t q0 = 0;
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringKick, &q0, 8, {q->kick}));
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringCall, &q0, 8, {q->call}));
+  uint32_t enable[2] = {0, 1};
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringEnable, enable, 8, {}, 1 | kVhostUserNeedReplyFlag));
+  EXPECT_EQ(fe.ReplyU64(), 0u);
+}
+
 TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
   TempDir tmp;
   auto io = std::make_shared<MemBlockIo>(8 << 20);
@@ -424,16 +554,6 @@ TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
   for (int round = 0; round < 2; ++round) {  // the second round is a "restarted VMM"
     Frontend fe(sock);
     ASSERT_TRUE(fe.connected());
-    ASSERT_TRUE(fe.Send(kVhostUserGetFeatures, nullptr, 0));
-    uint64_t features = fe.ReplyU64();
-    EXPECT_TRUE(features & (1ull << kVirtioFVersion1));
-    EXPECT_TRUE(features & (1ull << kVhostUserFProtocolFeatures));
-    EXPECT_FALSE(features & (1ull << kVirtioBlkFRo));
-    ASSERT_TRUE(fe.Send(kVhostUserSetOwner, nullptr, 0));
-    ASSERT_TRUE(fe.Send(kVhostUserGetProtocolFeatures, nullptr, 0));
-    uint64_t pf = fe.ReplyU64();
-    ASSERT_TRUE(pf & (1ull << kVhostUserProtocolFConfig));
-    ASSERT_TRUE(fe.Send(kVhostUserSetProtocolFeatures, &pf, 8));
     ASSERT_TRUE(fe.Send(kVhostUserGetQueueNum, nullptr, 0));
     EXPECT_EQ(fe.ReplyU64(), 2u);
     uint32_t cfg_req[3 + 4] = {0, 16, 0};  // read capacity..seg_max
@@ -443,57 +563,28 @@ TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
     uint64_t capacity;
     memcpy(&capacity, cfg.data() + 24, 8);
     EXPECT_EQ(capacity, (8u << 20) / 512);
-    uint64_t acked = features & ~(1ull << kVirtioBlkFMq);
-    ASSERT_TRUE(fe.Send(kVhostUserSetFeatures, &acked, 8));
-
-    // Guest memory: a memfd, as QEMU's memory-backend-memfd.
-    int memfd = memfd_create("guest", MFD_CLOEXEC);
-    ASSERT_EQ(ftruncate(memfd, kMemSize), 0);
-    uint8_t* mem = static_cast<uint8_t*>(
-        mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0));
-    ASSERT_NE(mem, MAP_FAILED);
-    uint64_t table[1 + 4] = {1, kGuestBase, kMemSize, kUserBase, 0};
-    ASSERT_TRUE(
-        fe.Send(kVhostUserSetMemTable, table, 8 + 32, {memfd}, 1 | kVhostUserNeedReplyFlag));
-    EXPECT_EQ(fe.ReplyU64(), 0u);  // REPLY_ACK: success
-    close(memfd);
-    uint32_t num[2] = {0, kQ}, base[2] = {0, 0};
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringNum, num, 8));
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringBase, base, 8));
-    uint8_t addr[40] = {};
-    uint64_t desc = kUserBase + kDescOff, used = kUserBase + kUsedOff,
-             avail = kUserBase + kAvailOff;
-    memcpy(addr + 8, &desc, 8);
-    memcpy(addr + 16, &used, 8);
-    memcpy(addr + 24, &avail, 8);
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringAddr, addr, 40));
-    int kick = eventfd(0, EFD_CLOEXEC), call = eventfd(0, EFD_CLOEXEC);
-    uint64_t q0 = 0;
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringKick, &q0, 8, {kick}));
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringCall, &q0, 8, {call}));
-    uint32_t enable[2] = {0, 1};
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringEnable, enable, 8, {}, 1 | kVhostUserNeedReplyFlag));
-    EXPECT_EQ(fe.ReplyU64(), 0u);
+    StartedQueue q;
+    uint64_t features = 0;
+    ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q, &features));
+    EXPECT_TRUE(features & (1ull << kVirtioFVersion1));
+    EXPECT_TRUE(features & (1ull << kVhostUserFProtocolFeatures));
+    EXPECT_FALSE(features & (1ull << kVirtioBlkFRo));
 
     // A write then a read, each kicked and waited for on the call eventfd.
-    FakeDriver drv(mem);
+    FakeDriver drv(q.mem);
     std::vector<char> data = PatternBytes(65536, 40 + round);
     uint64_t d = drv.Request(0, kVirtioBlkTOut, 2048, 65536);
-    memcpy(mem + d, data.data(), data.size());
+    memcpy(q.mem + d, data.data(), data.size());
     drv.Publish(0);
-    uint64_t one = 1, got;
-    ASSERT_EQ(write(kick, &one, 8), 8);
-    struct pollfd p = {call, POLLIN, 0};
-    ASSERT_EQ(poll(&p, 1, 30000), 1);
-    ASSERT_EQ(read(call, &got, 8), 8);
+    ASSERT_TRUE(q.Kick());
+    ASSERT_TRUE(q.WaitCall());
     EXPECT_EQ(drv.StatusAfter(d, 65536), kVirtioBlkSOk);
     uint64_t r = drv.Request(3, kVirtioBlkTIn, 2048, 65536, 0x80000);
     drv.Publish(3);
-    ASSERT_EQ(write(kick, &one, 8), 8);
-    ASSERT_EQ(poll(&p, 1, 30000), 1);
-    ASSERT_EQ(read(call, &got, 8), 8);
+    ASSERT_TRUE(q.Kick());
+    ASSERT_TRUE(q.WaitCall());
     EXPECT_EQ(drv.StatusAfter(r, 65536), kVirtioBlkSOk);
-    EXPECT_EQ(memcmp(mem + r, data.data(), 65536), 0);
+    EXPECT_EQ(memcmp(q.mem + r, data.data(), 65536), 0);
     std::vector<char> vol = io->Snapshot();
     EXPECT_TRUE(std::equal(data.begin(), data.end(), vol.begin() + 2048 * 512));
 
@@ -504,12 +595,117 @@ TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
     uint32_t last_avail;
     memcpy(&last_avail, vb.data() + 16, 4);
     EXPECT_EQ(last_avail, 2u);
-    munmap(mem, kMemSize);
-    close(kick);
-    close(call);
   }
   EXPECT_EQ((*server)->connections(), 2u);
   EXPECT_EQ((*server)->last_error(), "");
+}
+
+// Two reads on one queue: the first is held inside the volume, the second completes
+// first. The used ring names each request by its own head with its own length, and
+// both guests buffers get their own bytes.
+TEST(VhostUserBlkServerTest, RequestsCompleteOutOfOrderWithTheirOwnUsedEntries) {
+  TempDir tmp;
+  auto io = std::make_shared<GatedBlockIo>(8 << 20);
+  std::vector<char> content = PatternBytes(8 << 20, 77);
+  ASSERT_TRUE(io->Write(0, content.data(), content.size()).ok());
+  std::string sock = tmp.path() + "/blk.sock";
+  auto server = VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  Frontend fe(sock);
+  StartedQueue q;
+  ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q));
+  FakeDriver drv(q.mem);
+  io->HoldReads(0, 4096);  // request A reads sector 0..
+  uint64_t a = drv.Request(0, kVirtioBlkTIn, 0, 8192);
+  uint64_t b = drv.Request(3, kVirtioBlkTIn, 4096, 16384, 0x80000);  // .. B elsewhere
+  drv.Publish(0);
+  drv.Publish(3);
+  ASSERT_TRUE(q.Kick());
+  ASSERT_TRUE(io->WaitHeld(1));
+  ASSERT_TRUE(q.WaitCall());
+  ASSERT_EQ(drv.UsedIdx(), 1);
+  EXPECT_EQ(drv.Used(0).first, 3u);  // B first
+  EXPECT_EQ(drv.Used(0).second, 16384u + 1);
+  EXPECT_EQ(drv.StatusAfter(b, 16384), kVirtioBlkSOk);
+  EXPECT_EQ(memcmp(q.mem + b, content.data() + 4096 * 512, 16384), 0);
+  EXPECT_EQ(drv.StatusAfter(a, 8192), 0xff);  // A still held
+  io->Release();
+  ASSERT_TRUE(q.WaitCall());
+  ASSERT_EQ(drv.UsedIdx(), 2);
+  EXPECT_EQ(drv.Used(1).first, 0u);
+  EXPECT_EQ(drv.Used(1).second, 8192u + 1);
+  EXPECT_EQ(drv.StatusAfter(a, 8192), kVirtioBlkSOk);
+  EXPECT_EQ(memcmp(q.mem + a, content.data(), 8192), 0);
+  EXPECT_EQ((*server)->last_error(), "");
+}
+
+// A FLUSH is executed only after the writes taken before it have completed, even when
+// those run on other threads.
+TEST(VhostUserBlkServerTest, FlushWaitsForTheWritesInFlight) {
+  TempDir tmp;
+  auto io = std::make_shared<GatedBlockIo>(8 << 20);
+  std::string sock = tmp.path() + "/blk.sock";
+  auto server = VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  Frontend fe(sock);
+  StartedQueue q;
+  ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q));
+  FakeDriver drv(q.mem);
+  io->HoldWrites(100 * 512, 101 * 512);
+  uint64_t w = drv.Request(0, kVirtioBlkTOut, 100, 4096);
+  memset(q.mem + w, 'w', 4096);
+  drv.Publish(0);
+  // FLUSH: header and status only.
+  uint8_t* hdr = q.mem + 0xA0000;
+  uint32_t type = kVirtioBlkTFlush;
+  memset(hdr, 0, 16);
+  memcpy(hdr, &type, 4);
+  q.mem[0xA0010] = 0xff;
+  drv.Desc(3, kGuestBase + 0xA0000, 16, kVirtqDescFNext, 4);
+  drv.Desc(4, kGuestBase + 0xA0010, 1, kVirtqDescFWrite, 0);
+  drv.Publish(3);
+  ASSERT_TRUE(q.Kick());
+  ASSERT_TRUE(io->WaitHeld(1));
+  io->Release();
+  while (drv.UsedIdx() < 2) ASSERT_TRUE(q.WaitCall());
+  EXPECT_EQ(q.mem[0xA0010], kVirtioBlkSOk);
+  EXPECT_EQ(drv.StatusAfter(w, 4096), kVirtioBlkSOk);
+  EXPECT_EQ(io->Events(), "write-done flush ");
+}
+
+// A message that may remap memory or stop a ring (here GET_VRING_BASE) is answered
+// only once the requests in flight are on the used ring.
+TEST(VhostUserBlkServerTest, MessagesWaitForTheRequestsInFlight) {
+  TempDir tmp;
+  auto io = std::make_shared<GatedBlockIo>(8 << 20);
+  std::string sock = tmp.path() + "/blk.sock";
+  auto server = VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  Frontend fe(sock);
+  StartedQueue q;
+  ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q));
+  FakeDriver drv(q.mem);
+  // Two reads, so they run on the I/O threads (a lone one runs in the server's).
+  io->HoldReads(0, 8192);
+  uint64_t r1 = drv.Request(0, kVirtioBlkTIn, 0, 4096);
+  uint64_t r2 = drv.Request(3, kVirtioBlkTIn, 8, 4096, 0x80000);
+  drv.Publish(0);
+  drv.Publish(3);
+  ASSERT_TRUE(q.Kick());
+  ASSERT_TRUE(io->WaitHeld(2));
+  uint32_t state[2] = {0, 0};
+  ASSERT_TRUE(fe.Send(kVhostUserGetVringBase, state, 8));
+  struct pollfd p = {fe.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 200), 0) << "answered while requests were in flight";
+  io->Release();
+  std::vector<uint8_t> vb = fe.Reply();
+  ASSERT_EQ(vb.size(), 20u);
+  EXPECT_EQ(drv.UsedIdx(), 2);  // on the used ring before the answer
+  EXPECT_EQ(drv.StatusAfter(r1, 4096), kVirtioBlkSOk);
+  EXPECT_EQ(drv.StatusAfter(r2, 4096), kVirtioBlkSOk);
+  uint32_t last_avail;
+  memcpy(&last_avail, vb.data() + 16, 4);
+  EXPECT_EQ(last_avail, 2u);
 }
 
 TEST(VhostUserBlkServerTest, ProtocolViolationsCloseTheConnectionButNotTheServer) {
