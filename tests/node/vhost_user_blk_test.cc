@@ -175,6 +175,180 @@ class GatedBlockIo : public MemBlockIo {
   std::string events_;
 };
 
+// A MemBlockIo whose reads touching [bad, bad+1) fail, as a chunk failing its hash.
+class FailingBlockIo : public MemBlockIo {
+ public:
+  FailingBlockIo(uint64_t size, uint64_t bad) : MemBlockIo(size), bad_(bad) {}
+  Status Read(uint64_t offset, size_t len, char* out) override {
+    if (offset <= bad_ && bad_ < offset + len) return Status::Corruption("test: bad chunk");
+    return MemBlockIo::Read(offset, len, out);
+  }
+
+ private:
+  uint64_t bad_;
+};
+
+// ---- ReadAheadBlockIo ----
+
+constexpr uint64_t kRaVolume = 64 << 20;
+
+template <typename T>
+std::shared_ptr<T> PatternVolume(std::shared_ptr<T> io, uint64_t seed) {
+  std::vector<char> content = PatternBytes(io->size(), seed);
+  EXPECT_TRUE(io->Write(0, content.data(), content.size()).ok());
+  return io;
+}
+
+// Reads [offset, offset+len) through `ra` and compares with `io`'s bytes.
+void ExpectReadMatches(BlockIo& ra, MemBlockIo& io, uint64_t offset, size_t len) {
+  std::vector<char> got(len), want(len);
+  ASSERT_TRUE(ra.Read(offset, len, got.data()).ok()) << "read at " << offset;
+  ASSERT_TRUE(io.MemBlockIo::Read(offset, len, want.data()).ok());
+  ASSERT_TRUE(got == want) << "bytes differ in the read at " << offset << " length " << len;
+}
+
+// Waits until `ra` has read `n` windows (false after 30 s).
+bool WaitWindowsRead(const ReadAheadBlockIo& ra, uint64_t n) {
+  for (int i = 0; i < 30000; ++i) {
+    if (ra.stats().windows_read >= n) return true;
+    usleep(1000);
+  }
+  return false;
+}
+
+TEST(ReadAheadTest, SequentialReadsComeFromWindowsWithinTheMemoryBound) {
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRaVolume), 1);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 2});
+  for (uint64_t off = 0; off < (32u << 20); off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+    EXPECT_LE(ra.stats().bytes_held, 4u << 20);
+  }
+  ReadAheadBlockIo::Stats st = ra.stats();
+  // The first three reads establish the stream; every later one finds its window.
+  EXPECT_EQ(st.reads_through, 3u);
+  EXPECT_EQ(st.reads_from_windows, 64u - 3);
+  EXPECT_EQ(st.windows_discarded, 0u);
+}
+
+TEST(ReadAheadTest, RandomReadsDoNotReadAhead) {
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRaVolume), 2);
+  ReadAheadBlockIo ra(io, {});
+  uint64_t x = 42;
+  for (int i = 0; i < 2000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, (x % (kRaVolume / 4096)) * 4096, 4096));
+  }
+  EXPECT_EQ(ra.stats().windows_read, 0u);
+  EXPECT_EQ(ra.stats().bytes_held, 0u);
+}
+
+// A write into a range already read ahead: the window goes, and the read returns the
+// written bytes.
+TEST(ReadAheadTest, WriteIntoAReadWindowIsReadBack) {
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRaVolume), 3);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 2});
+  for (uint64_t off = 0; off < (2u << 20); off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+  }
+  ASSERT_TRUE(WaitWindowsRead(ra, 2));  // [2 MiB, 4 MiB) or more is in memory
+  std::vector<char> fresh = PatternBytes(4096, 99);
+  const uint64_t at = (3u << 20) + 8192;
+  ASSERT_TRUE(ra.Write(at, fresh.data(), fresh.size()).ok());
+  EXPECT_GE(ra.stats().windows_discarded, 1u);
+  for (uint64_t off = 2u << 20; off < (4u << 20); off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+  }
+  std::vector<char> back(4096);
+  ASSERT_TRUE(ra.Read(at, back.size(), back.data()).ok());
+  EXPECT_EQ(back, fresh);
+}
+
+// A write while the window over it is being read (the window's bytes are from before
+// the write): the window is thrown away and the reader gets the written bytes.
+TEST(ReadAheadTest, WriteWhileItsWindowIsBeingReadIsNotShadowed) {
+  auto io = PatternVolume(std::make_shared<GatedBlockIo>(kRaVolume), 4);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 2});
+  // Reads of 512 KiB from 0: the third schedules windows from 1.5 MiB.
+  const uint64_t window_start = 3 * (512u << 10);
+  io->HoldReads(window_start, window_start + 4096);
+  for (uint64_t off = 0; off < window_start; off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+  }
+  ASSERT_TRUE(io->WaitHeld(1));  // a helper holds the old bytes of the window
+  std::vector<char> fresh = PatternBytes(4096, 98);
+  const uint64_t at = window_start + 65536;
+  ASSERT_TRUE(ra.Write(at, fresh.data(), fresh.size()).ok());
+  io->Release();
+  // The helper finishes its read of the window: it must throw the bytes away.
+  for (int i = 0; i < 30000 && ra.stats().windows_discarded == 0; ++i) usleep(1000);
+  EXPECT_EQ(ra.stats().windows_discarded, 1u);
+  std::vector<char> back(512 << 10);
+  ASSERT_TRUE(ra.Read(window_start, back.size(), back.data()).ok());
+  EXPECT_TRUE(std::equal(fresh.begin(), fresh.end(), back.begin() + 65536));
+  ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, window_start, 512 << 10));
+}
+
+// A window whose read fails is dropped: the reader that needs it reads the range
+// itself and gets the error, never zeros or stale bytes; other reads are unaffected.
+TEST(ReadAheadTest, AFailedWindowReadSurfacesAsTheReadersError) {
+  const uint64_t bad = (5u << 20) + 100;
+  auto io = PatternVolume(std::make_shared<FailingBlockIo>(kRaVolume, bad), 5);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 2});
+  std::vector<char> buf(512 << 10);
+  for (uint64_t off = 0; off < (8u << 20); off += buf.size()) {
+    Status s = ra.Read(off, buf.size(), buf.data());
+    if (off <= bad && bad < off + buf.size()) {
+      EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+    } else {
+      ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, buf.size()));
+    }
+  }
+}
+
+// Several threads, each reading its own region over and over in sequence and writing
+// blocks of it now and then; windows span regions, so a neighbour's write must drop
+// them. Every read must return exactly what its thread last wrote.
+TEST(ReadAheadTest, ConcurrentStreamsAndWritesNeverSeeStaleBytes) {
+  constexpr uint64_t kRegion = 3 << 20;  // not a multiple of the window
+  constexpr int kThreads = 4;
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRegion * kThreads), 6);
+  ReadAheadBlockIo ra(io, {.max_bytes = 2 << 20, .window = 256 << 10, .threads = 2});
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const uint64_t base = t * kRegion;
+      std::vector<char> model = io->Snapshot();  // only [base, base+kRegion) is ours
+      std::vector<char> buf(128 << 10);
+      uint64_t x = 1000 + t;
+      for (int round = 0; round < 6 && failures == 0; ++round) {
+        for (uint64_t off = 0; off < kRegion; off += buf.size()) {
+          if (!ra.Read(base + off, buf.size(), buf.data()).ok() ||
+              memcmp(buf.data(), model.data() + base + off, buf.size()) != 0) {
+            ++failures;
+            return;
+          }
+          x ^= x << 13;
+          x ^= x >> 7;
+          x ^= x << 17;
+          if (x % 3 == 0) {  // a 4 KiB write somewhere in our region, often just ahead
+            uint64_t at = base + (off + buf.size() + (x >> 8) % (1 << 20)) % kRegion / 4096 * 4096;
+            std::vector<char> block = PatternBytes(4096, x);
+            if (!ra.Write(at, block.data(), block.size()).ok()) ++failures;
+            memcpy(model.data() + at, block.data(), block.size());
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_LE(ra.stats().bytes_held, 2u << 20);
+  EXPECT_GT(ra.stats().reads_from_windows, 0u);
+}
+
 TEST(GuestMemoryTest, TranslatesOnlyWhollyContainedRanges) {
   std::vector<uint8_t> buf(4096);
   GuestMemory mem({{0x1000, 4096, 0x9000, buf.data()}});
@@ -609,7 +783,9 @@ TEST(VhostUserBlkServerTest, RequestsCompleteOutOfOrderWithTheirOwnUsedEntries) 
   std::vector<char> content = PatternBytes(8 << 20, 77);
   ASSERT_TRUE(io->Write(0, content.data(), content.size()).ok());
   std::string sock = tmp.path() + "/blk.sock";
-  auto server = VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2});
+  // No read-ahead: the second read must reach the volume itself.
+  auto server =
+      VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2, .readahead_bytes = 0});
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   Frontend fe(sock);
   StartedQueue q;
@@ -679,7 +855,8 @@ TEST(VhostUserBlkServerTest, MessagesWaitForTheRequestsInFlight) {
   TempDir tmp;
   auto io = std::make_shared<GatedBlockIo>(8 << 20);
   std::string sock = tmp.path() + "/blk.sock";
-  auto server = VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2});
+  auto server =
+      VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2, .readahead_bytes = 0});
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   Frontend fe(sock);
   StartedQueue q;
