@@ -14,9 +14,11 @@ using namespace stellarium::exposure;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 4) return 0;
-  // Header: queue size exponent, read-only flag, starting avail index.
+  // Header: queue size exponent, read-only and indirect-descriptor flags, starting
+  // avail index.
   uint32_t qsize = 1u << (data[0] % 9);  // 1..256
   bool ro = data[1] & 1;
+  bool indirect = data[1] & 2;
   uint16_t start;
   memcpy(&start, data + 2, 2);
   data += 4;
@@ -32,6 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Rings at fixed places: desc at 0, avail at 0x2000, used at 0x3000 (fit for 256).
   if (!q.Configure(gm, qsize, {kUva, kUva + 0x2000, kUva + 0x3000}).ok()) __builtin_trap();
   q.set_last_avail_idx(start);
+  q.set_indirect(indirect);
   fuzz::FuzzMemIo io(64 * 1024, ro);
   BlkDeviceInfo info{(64 * 1024) / 512, ro, "fuzz-serial"};
   // Round 1 as the server's own thread does it; round 2 as with I/O threads: take
@@ -53,7 +56,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Parse every head directly too (covers chains the avail ring did not name).
   std::vector<Segment> chain;
   for (uint32_t head = 0; head < qsize; ++head) {
-    if (!ReadDescriptorChain(gm, mem.data(), qsize, static_cast<uint16_t>(head), &chain).ok())
+    if (!ReadDescriptorChain(gm, mem.data(), qsize, static_cast<uint16_t>(head), &chain, indirect)
+             .ok())
       continue;
     for (const Segment& s : chain) {
       if (s.host < mem.data() || s.host + s.len > mem.data() + kMem) __builtin_trap();

@@ -371,8 +371,9 @@ void VhostUserBlkSession::Worker() {
 
 uint64_t VhostUserBlkSession::offered_features() const {
   uint64_t f = (1ull << kVirtioFVersion1) | (1ull << kVhostUserFProtocolFeatures) |
-               (1ull << kVirtioBlkFSizeMax) | (1ull << kVirtioBlkFSegMax) |
-               (1ull << kVirtioBlkFBlkSize) | (1ull << kVirtioBlkFFlush) | (1ull << kVirtioBlkFMq);
+               (1ull << kVirtioRingFIndirectDesc) | (1ull << kVirtioBlkFSizeMax) |
+               (1ull << kVirtioBlkFSegMax) | (1ull << kVirtioBlkFBlkSize) |
+               (1ull << kVirtioBlkFFlush) | (1ull << kVirtioBlkFMq);
   if (info_.read_only) f |= 1ull << kVirtioBlkFRo;
   return f;
 }
@@ -561,6 +562,7 @@ Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vect
                                        std::to_string(f & ~offered_features()));
       }
       acked_features_ = f;
+      for (auto& q : queues_) q.ring.set_indirect(Has(f, kVirtioRingFIndirectDesc));
       if (!Has(f, kVhostUserFProtocolFeatures)) {
         for (auto& q : queues_) q.enabled = true;  // rings start enabled without it
       }

@@ -4,9 +4,9 @@
 //
 // Written from QEMU's docs/interop/vhost-user.rst and the virtio 1.2 block device
 // section. Supported: VIRTIO_F_VERSION_1, VHOST_USER_F_PROTOCOL_FEATURES,
-// VIRTIO_BLK_F_SIZE_MAX/SEG_MAX/BLK_SIZE/FLUSH/MQ and VIRTIO_BLK_F_RO for read-only
-// volumes; protocol features MQ, REPLY_ACK and CONFIG; split virtqueues without
-// indirect descriptors or event index; requests IN, OUT, FLUSH and GET_ID.
+// VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_BLK_F_SIZE_MAX/SEG_MAX/BLK_SIZE/FLUSH/MQ and
+// VIRTIO_BLK_F_RO for read-only volumes; protocol features MQ, REPLY_ACK and CONFIG;
+// split virtqueues without event index; requests IN, OUT, FLUSH and GET_ID.
 //
 // The VMM and its guest are untrusted: VhostUserBlkSession validates every message
 // (vhost_user_protocol.h) and every ring access (virtio_blk.h). A protocol error closes

@@ -62,14 +62,13 @@ uint8_t* GuestMemory::TranslateUser(uint64_t uva, uint64_t len) const {
   return nullptr;
 }
 
-Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, uint32_t queue_size,
-                           uint16_t head, std::vector<Segment>* out) {
-  out->clear();
-  if (head >= queue_size) {
-    return Status::InvalidArgument("virtqueue: head descriptor " + std::to_string(head) +
-                                   " past the table of " + std::to_string(queue_size));
-  }
-  const uint32_t max_descs = std::min<uint32_t>(queue_size, kBlkSegMax + 2);
+namespace {
+
+// Walks a chain through `table` (`entries` descriptors), appending its buffers to *out.
+// `indirect_ok`: the head may be a VIRTQ_DESC_F_INDIRECT descriptor (only in the
+// queue's own table, only alone: not chained, not nested); its table is walked instead.
+Status WalkChain(const GuestMemory& mem, const uint8_t* table, uint32_t entries, uint16_t head,
+                 uint32_t max_descs, bool indirect_ok, std::vector<Segment>* out) {
   uint64_t total = 0;
   bool seen_writable = false;
   uint32_t i = head;
@@ -79,9 +78,28 @@ Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, ui
                                      " is longer than " + std::to_string(max_descs) +
                                      " (a loop or too many segments)");
     }
-    Desc d = LoadDesc(desc_table, i);  // one copy; validated below
+    Desc d = LoadDesc(table, i);  // one copy; validated below
     if (d.flags & kVirtqDescFIndirect) {
-      return Status::InvalidArgument("virtqueue: indirect descriptor (not negotiated)");
+      if (!indirect_ok) {
+        return Status::InvalidArgument(
+            "virtqueue: indirect descriptor (not negotiated, nested or not at the head)");
+      }
+      // virtio 1.2, 2.7.5.3: the driver must not set NEXT with INDIRECT; the table is a
+      // whole number of descriptors, at most as many as one request may use.
+      if ((d.flags & kVirtqDescFNext) || d.len == 0 || d.len % kDescSize != 0 ||
+          d.len / kDescSize > kBlkSegMax + 2) {
+        return Status::InvalidArgument("virtqueue: indirect table of " + std::to_string(d.len) +
+                                       " bytes is empty, chained, not a whole number of "
+                                       "descriptors or longer than " +
+                                       std::to_string(kBlkSegMax + 2));
+      }
+      const uint8_t* inner = mem.TranslateGuest(d.addr, d.len);
+      if (inner == nullptr) {
+        return Status::InvalidArgument("virtqueue: indirect table at guest address " +
+                                       std::to_string(d.addr) + " is outside guest memory");
+      }
+      const uint32_t n = d.len / kDescSize;
+      return WalkChain(mem, inner, n, 0, n, /*indirect_ok=*/false, out);
     }
     if (d.len == 0) return Status::InvalidArgument("virtqueue: zero-length descriptor");
     bool writable = (d.flags & kVirtqDescFWrite) != 0;
@@ -101,14 +119,28 @@ Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, ui
                                      " is outside guest memory");
     }
     out->push_back({host, d.len, writable});
+    indirect_ok = false;  // only a chain's first descriptor may be indirect
     if (!(d.flags & kVirtqDescFNext)) break;
-    if (d.next >= queue_size) {
+    if (d.next >= entries) {
       return Status::InvalidArgument("virtqueue: next descriptor " + std::to_string(d.next) +
                                      " past the table");
     }
     i = d.next;
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, uint32_t queue_size,
+                           uint16_t head, std::vector<Segment>* out, bool indirect_ok) {
+  out->clear();
+  if (head >= queue_size) {
+    return Status::InvalidArgument("virtqueue: head descriptor " + std::to_string(head) +
+                                   " past the table of " + std::to_string(queue_size));
+  }
+  const uint32_t max_descs = std::min<uint32_t>(queue_size, kBlkSegMax + 2);
+  return WalkChain(mem, desc_table, queue_size, head, max_descs, indirect_ok, out);
 }
 
 Status ParseBlkRequest(const std::vector<Segment>& chain, BlkRequest* out) {
@@ -291,7 +323,7 @@ Result<bool> SplitQueue::Pop(const GuestMemory& mem, PoppedRequest* out) {
   ++last_avail_idx_;
   out->head = head;
   out->req = BlkRequest();
-  Status chain_ok = ReadDescriptorChain(mem, desc_, size_, head, &chain_);
+  Status chain_ok = ReadDescriptorChain(mem, desc_, size_, head, &chain_, indirect_);
   out->parsed = chain_ok.ok() ? ParseBlkRequest(chain_, &out->req) : chain_ok;
   return true;
 }

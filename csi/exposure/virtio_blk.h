@@ -43,8 +43,11 @@ inline constexpr uint16_t kVirtqDescFIndirect = 4;
 inline constexpr uint32_t kMaxQueueSize = 32768;
 
 // Limits we advertise (VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX) and enforce.
-inline constexpr uint32_t kBlkSizeMax = 1 << 20;             // bytes in one data descriptor
-inline constexpr uint32_t kBlkSegMax = 128;                  // data descriptors in one request
+inline constexpr uint32_t kBlkSizeMax = 1 << 20;  // bytes in one data descriptor
+// seg_max 254: with the header and status descriptors a chain fits a 256-entry ring
+// without indirect descriptors (Firecracker), and a 1 MiB read of scattered pages is
+// one request with them (QEMU's own virtio-blk advertises the same).
+inline constexpr uint32_t kBlkSegMax = 254;                  // data descriptors in one request
 inline constexpr uint64_t kBlkMaxRequestBytes = 8ull << 20;  // data bytes in one request
 
 // One mapped region of guest memory.
@@ -85,12 +88,15 @@ struct Segment {
 };
 
 // Walks the chain starting at `head` in a descriptor table of `queue_size` entries.
-// INVALID_ARGUMENT on: head or next out of range, a loop (more than queue_size
-// descriptors), an indirect descriptor (not negotiated), a zero-length or untranslatable
-// buffer, a readable descriptor after a writable one, or more than
-// kBlkSegMax + 2 descriptors / kBlkMaxRequestBytes + 17 bytes in total.
+// With `indirect_ok` (VIRTIO_RING_F_INDIRECT_DESC negotiated) the head may instead be
+// one indirect descriptor whose table (in guest memory, a whole number of descriptors,
+// at most kBlkSegMax + 2) holds the chain. INVALID_ARGUMENT on: head or next out of
+// range, a loop (more descriptors than the table or kBlkSegMax + 2), an indirect
+// descriptor that is not negotiated, not alone at the head, or nested, a zero-length or
+// untranslatable buffer or table, a readable descriptor after a writable one, or more
+// than kBlkMaxRequestBytes + 17 bytes in total.
 Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, uint32_t queue_size,
-                           uint16_t head, std::vector<Segment>* out);
+                           uint16_t head, std::vector<Segment>* out, bool indirect_ok = false);
 
 // A virtio-blk request split out of a chain.
 struct BlkRequest {
@@ -145,6 +151,9 @@ class SplitQueue {
   Status Configure(const GuestMemory& mem, uint32_t size, const VringAddresses& addrs);
   bool configured() const { return desc_ != nullptr; }
   void Reset();
+  // Whether chains may use an indirect table (VIRTIO_RING_F_INDIRECT_DESC negotiated).
+  // Kept across Configure/Reset.
+  void set_indirect(bool on) { indirect_ = on; }
   uint16_t last_avail_idx() const { return last_avail_idx_; }
   void set_last_avail_idx(uint16_t idx) { last_avail_idx_ = idx; }
   uint32_t size() const { return size_; }
@@ -174,6 +183,7 @@ class SplitQueue {
   uint16_t last_avail_idx_ = 0;
   uint16_t used_idx_ = 0;  // ours; read from the ring once when configured
   bool broken_ = false;
+  bool indirect_ = false;
   std::vector<Segment> chain_;  // scratch, reused
 };
 

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <thread>
 
 #include "tests/node/test_util.h"
@@ -38,9 +39,10 @@ class FakeDriver {
  public:
   explicit FakeDriver(uint8_t* mem) : mem_(mem) {}
   uint8_t* mem() { return mem_; }
-  // Writes descriptor i.
-  void Desc(uint16_t i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next) {
-    uint8_t* p = mem_ + kDescOff + 16 * i;
+  // Writes descriptor i (of the queue's table, or of a table at `table_off`).
+  void Desc(uint16_t i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next,
+            uint64_t table_off = kDescOff) {
+    uint8_t* p = mem_ + table_off + 16 * i;
     memcpy(p, &gpa, 8);
     memcpy(p + 8, &len, 4);
     memcpy(p + 12, &flags, 2);
@@ -461,6 +463,95 @@ TEST_F(VirtqueueTest, BuffersOutsideGuestMemoryAreRejected) {
   EXPECT_EQ(drv.Used(2).second, 0u);
 }
 
+// An indirect descriptor at the head: its table in guest memory holds the chain. Only
+// accepted once VIRTIO_RING_F_INDIRECT_DESC is negotiated.
+TEST_F(VirtqueueTest, IndirectTablesCarryRequestsOnlyWhenNegotiated) {
+  FakeDriver drv(buf_.data());
+  std::vector<char> data = PatternBytes(8192, 9);
+  ASSERT_TRUE(io_->Write(4096, data.data(), data.size()).ok());
+  // Header at 0x30000, data at 0x31000, status at 0x33000; the table at 0x60000.
+  const uint64_t hdr = 0x30000, dat = 0x31000, st = 0x33000, table = 0x60000;
+  uint32_t type = kVirtioBlkTIn;
+  uint64_t sector = 8;
+  memset(buf_.data() + hdr, 0, 16);
+  memcpy(buf_.data() + hdr, &type, 4);
+  memcpy(buf_.data() + hdr + 8, &sector, 8);
+  buf_[st] = 0xff;
+  drv.Desc(0, kGuestBase + hdr, 16, kVirtqDescFNext, 1, table);
+  drv.Desc(1, kGuestBase + dat, 8192, kVirtqDescFNext | kVirtqDescFWrite, 2, table);
+  drv.Desc(2, kGuestBase + st, 1, kVirtqDescFWrite, 0, table);
+  drv.Desc(5, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+  drv.Publish(5);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.Used(0), std::make_pair(5u, 0u));  // not negotiated: returned unused
+  EXPECT_EQ(buf_[st], 0xff);
+  queue_.set_indirect(true);
+  drv.Publish(5);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.Used(1), std::make_pair(5u, 8192u + 1));
+  EXPECT_EQ(buf_[st], kVirtioBlkSOk);
+  EXPECT_EQ(memcmp(buf_.data() + dat, data.data(), 8192), 0);
+}
+
+// Hostile indirect tables are refused (returned unused), never followed outside guest
+// memory or around a loop.
+TEST_F(VirtqueueTest, HostileIndirectTablesAreRefused) {
+  FakeDriver drv(buf_.data());
+  queue_.set_indirect(true);
+  const uint64_t table = 0x60000, hdr = 0x30000;
+  auto good_table = [&] {
+    drv.Desc(0, kGuestBase + hdr, 16, kVirtqDescFNext, 1, table);
+    drv.Desc(1, kGuestBase + hdr + 16, 512, kVirtqDescFNext | kVirtqDescFWrite, 2, table);
+    drv.Desc(2, kGuestBase + hdr + 1024, 1, kVirtqDescFWrite, 0, table);
+  };
+  struct Case {
+    const char* what;
+    std::function<void()> setup;
+  };
+  std::vector<Case> cases = {
+      {"INDIRECT with NEXT",
+       [&] { drv.Desc(0, kGuestBase + table, 48, kVirtqDescFIndirect | kVirtqDescFNext, 1); }},
+      {"length not a whole number of descriptors",
+       [&] { drv.Desc(0, kGuestBase + table, 40, kVirtqDescFIndirect, 0); }},
+      {"longer than a request may be",
+       [&] { drv.Desc(0, kGuestBase + table, 16 * (kBlkSegMax + 3), kVirtqDescFIndirect, 0); }},
+      {"outside guest memory",
+       [&] { drv.Desc(0, kGuestBase + kMemSize - 32, 48, kVirtqDescFIndirect, 0); }},
+      {"nested",
+       [&] {
+         drv.Desc(1, kGuestBase + table, 48, kVirtqDescFIndirect, 0, table);
+         drv.Desc(0, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+       }},
+      {"a loop inside the table",
+       [&] {
+         drv.Desc(2, kGuestBase + hdr + 1024, 1, kVirtqDescFWrite | kVirtqDescFNext, 0, table);
+         drv.Desc(0, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+       }},
+      {"next past the table",
+       [&] {
+         drv.Desc(1, kGuestBase + hdr + 16, 512, kVirtqDescFNext | kVirtqDescFWrite, 3, table);
+         drv.Desc(0, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+       }},
+      {"not at the head",
+       [&] {
+         drv.Desc(0, kGuestBase + hdr, 16, kVirtqDescFNext, 1);
+         drv.Desc(1, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+       }},
+  };
+  uint16_t slot = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    good_table();
+    c.setup();
+    drv.Publish(0);
+    EXPECT_EQ(Run(), 1u);
+    EXPECT_EQ(drv.Used(slot), std::make_pair(0u, 0u));
+    ++slot;
+  }
+  std::vector<char> vol = io_->Snapshot();
+  EXPECT_EQ(std::count(vol.begin(), vol.end(), 0), static_cast<long>(vol.size()));
+}
+
 TEST_F(VirtqueueTest, ProcessesAtMostOneRingPerCall) {
   FakeDriver drv(buf_.data());
   // A full ring of requests (one chain published kQ times: a driver may not do that,
@@ -737,11 +828,15 @@ TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
     uint64_t capacity;
     memcpy(&capacity, cfg.data() + 24, 8);
     EXPECT_EQ(capacity, (8u << 20) / 512);
+    uint32_t seg_max;
+    memcpy(&seg_max, cfg.data() + 36, 4);
+    EXPECT_EQ(seg_max, 254u);  // 256-entry rings fit a whole chain without indirect tables
     StartedQueue q;
     uint64_t features = 0;
     ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q, &features));
     EXPECT_TRUE(features & (1ull << kVirtioFVersion1));
     EXPECT_TRUE(features & (1ull << kVhostUserFProtocolFeatures));
+    EXPECT_TRUE(features & (1ull << kVirtioRingFIndirectDesc));
     EXPECT_FALSE(features & (1ull << kVirtioBlkFRo));
 
     // A write then a read, each kicked and waited for on the call eventfd.
