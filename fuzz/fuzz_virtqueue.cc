@@ -4,8 +4,10 @@
 // traps on the latter, AddressSanitizer on the former — and must always terminate.
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
+#include "csi/exposure/vhost_user_blk.h"
 #include "csi/exposure/virtio_blk.h"
 #include "fuzz/fuzz_mem_io.h"
 
@@ -14,11 +16,13 @@ using namespace stellarium::exposure;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 4) return 0;
-  // Header: queue size exponent, read-only and indirect-descriptor flags, starting
-  // avail index.
+  // Header: queue size exponent; flags: read-only, indirect descriptors, requests
+  // through the read-ahead layer (reads filled in pieces from its windows straight
+  // into the guest's segments); starting avail index.
   uint32_t qsize = 1u << (data[0] % 9);  // 1..256
   bool ro = data[1] & 1;
   bool indirect = data[1] & 2;
+  bool via_readahead = data[1] & 4;
   uint16_t start;
   memcpy(&start, data + 2, 2);
   data += 4;
@@ -35,7 +39,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!q.Configure(gm, qsize, {kUva, kUva + 0x2000, kUva + 0x3000}).ok()) __builtin_trap();
   q.set_last_avail_idx(start);
   q.set_indirect(indirect);
-  fuzz::FuzzMemIo io(64 * 1024, ro);
+  auto mem_io = std::make_shared<fuzz::FuzzMemIo>(64 * 1024, ro);
+  std::unique_ptr<ReadAheadBlockIo> readahead;
+  if (via_readahead) {
+    readahead = std::make_unique<ReadAheadBlockIo>(
+        mem_io, ReadAheadOptions{.max_bytes = 16 * 1024, .window = 4096, .threads = 1});
+  }
+  BlockIo& io = readahead ? static_cast<BlockIo&>(*readahead) : *mem_io;
   BlkDeviceInfo info{(64 * 1024) / 512, ro, "fuzz-serial"};
   // Round 1 as the server's own thread does it; round 2 as with I/O threads: take
   // what is available, then complete it in reverse order (used entries out of order).

@@ -206,7 +206,24 @@ void ReadAheadBlockIo::Helper() {
 }
 
 Status ReadAheadBlockIo::Read(uint64_t offset, size_t len, char* out) {
-  if (len == 0 || offset > UINT64_MAX - len) return inner_->Read(offset, len, out);
+  return ReadTo(offset, len, out, nullptr);
+}
+
+Status ReadAheadBlockIo::ReadPieces(uint64_t offset, size_t len, const Sink& sink) {
+  return ReadTo(offset, len, nullptr, &sink);
+}
+
+Status ReadAheadBlockIo::ReadTo(uint64_t offset, size_t len, char* out, const Sink* sink) {
+  // A read the inner BlockIo answers: into `out`, or through a buffer to the sink.
+  auto through = [&]() -> Status {
+    if (out != nullptr) return inner_->Read(offset, len, out);
+    thread_local std::string buffer;
+    buffer.resize(len);
+    RETURN_IF_ERROR(inner_->Read(offset, len, buffer.data()));
+    (*sink)(0, buffer.data(), len);
+    return Status::Ok();
+  };
+  if (len == 0 || offset > UINT64_MAX - len) return through();
   const uint64_t end = offset + len;
   const uint64_t size = inner_->size();  // not under mu_: it may wait for a write
   std::unique_lock<std::mutex> lock(mu_);
@@ -255,12 +272,18 @@ Status ReadAheadBlockIo::Read(uint64_t offset, size_t len, char* out) {
     }
     ++stats_.reads_from_windows;
     lock.unlock();
-    for (const Part& p : parts) memcpy(out + p.at, p.data.get() + p.from, p.to - p.from);
+    for (const Part& p : parts) {
+      if (out != nullptr) {
+        memcpy(out + p.at, p.data.get() + p.from, p.to - p.from);
+      } else {
+        (*sink)(p.at, p.data.get() + p.from, p.to - p.from);
+      }
+    }
     return Status::Ok();
   }
   ++stats_.reads_through;
   lock.unlock();
-  return inner_->Read(offset, len, out);
+  return through();
 }
 
 Status ReadAheadBlockIo::Write(uint64_t offset, const char* data, size_t len) {

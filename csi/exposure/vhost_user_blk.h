@@ -112,7 +112,7 @@ struct ReadAheadOptions {
   uint32_t threads = 2;          // helper threads (started at the first read-ahead)
 };
 
-class ReadAheadBlockIo : public BlockIo {
+class ReadAheadBlockIo : public BlockIo, public PieceReader {
  public:
   ReadAheadBlockIo(std::shared_ptr<BlockIo> inner, const ReadAheadOptions& options);
   // Waits for the windows being read.
@@ -126,6 +126,9 @@ class ReadAheadBlockIo : public BlockIo {
   Status Read(uint64_t offset, size_t len, char* out) override;
   Status Write(uint64_t offset, const char* data, size_t len) override;
   Status Flush() override { return inner_->Flush(); }
+  // Read, handing bytes found in windows to `sink` straight from the windows (a read
+  // passed to the inner BlockIo arrives as one piece).
+  Status ReadPieces(uint64_t offset, size_t len, const Sink& sink) override;
 
   // Counters, for tests and benchmarks.
   struct Stats {
@@ -174,6 +177,8 @@ class ReadAheadBlockIo : public BlockIo {
   void Drop(std::map<uint64_t, Window>::iterator it);
   bool Writing(uint64_t from, uint64_t to) const;  // REQUIRES: mu_ held
   void Helper();
+  // Read and ReadPieces: the bytes go to `out` if set, else to `sink`.
+  Status ReadTo(uint64_t offset, size_t len, char* out, const Sink* sink);
 
   std::shared_ptr<BlockIo> inner_;
   ReadAheadOptions options_;

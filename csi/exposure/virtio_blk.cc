@@ -217,6 +217,26 @@ uint8_t ExecuteBlkRequest(BlockIo& io, const BlkDeviceInfo& info, const BlkReque
         Status st = is_read ? io.Read(offset, s.len, reinterpret_cast<char*>(s.host))
                             : io.Write(offset, reinterpret_cast<const char*>(s.host), s.len);
         if (!st.ok()) return kVirtioBlkSIoErr;
+      } else if (PieceReader* pieces = is_read ? dynamic_cast<PieceReader*>(&io) : nullptr) {
+        // Pieces come in order: walk the guest's segments along with them (from the
+        // start again should one come earlier; never past the request).
+        size_t seg = 0;
+        uint64_t seg_start = 0;  // offset of data[seg] within the request
+        Status st =
+            pieces->ReadPieces(offset, req.data_len, [&](uint64_t at, const char* src, size_t n) {
+              if (at < seg_start) seg = 0, seg_start = 0;
+              if (at > req.data_len || n > req.data_len - at) return;
+              while (n > 0) {
+                while (at >= seg_start + req.data[seg].len) seg_start += req.data[seg++].len;
+                const uint64_t in_seg = at - seg_start;
+                const size_t k = std::min<uint64_t>(n, req.data[seg].len - in_seg);
+                memcpy(req.data[seg].host + in_seg, src, k);
+                at += k;
+                src += k;
+                n -= k;
+              }
+            });
+        if (!st.ok()) return kVirtioBlkSIoErr;
       } else {
         // The guest's buffers are usually scattered pages: one read or write of the
         // whole range through a bounce buffer costs the store one lookup of the range

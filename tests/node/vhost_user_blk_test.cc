@@ -292,6 +292,28 @@ TEST(ReadAheadTest, WriteWhileItsWindowIsBeingReadIsNotShadowed) {
   ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, window_start, 512 << 10));
 }
 
+// ReadPieces hands over exactly the range, in order, once: from windows (several
+// pieces) and when read through (one piece).
+TEST(ReadAheadTest, PiecesCoverTheRangeOnceInOrder) {
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRaVolume), 7);
+  ReadAheadBlockIo ra(io, {.max_bytes = 1 << 20, .window = 96 << 10, .threads = 2});
+  for (uint64_t off = 0; off < (4u << 20); off += 40 << 10) {
+    const size_t len = 40 << 10;
+    std::vector<char> got(len, 0), want(len);
+    ASSERT_TRUE(io->MemBlockIo::Read(off, len, want.data()).ok());
+    uint64_t next = 0;
+    ASSERT_TRUE(ra.ReadPieces(off, len, [&](uint64_t at, const char* src, size_t n) {
+                    EXPECT_EQ(at, next) << "a gap, an overlap or out of order";
+                    ASSERT_LE(at + n, len);
+                    memcpy(got.data() + at, src, n);
+                    next = at + n;
+                  }).ok());
+    EXPECT_EQ(next, len);
+    ASSERT_TRUE(got == want) << "at " << off;
+  }
+  EXPECT_GT(ra.stats().reads_from_windows, 0u);
+}
+
 // A window whose read fails is dropped: the reader that needs it reads the range
 // itself and gets the error, never zeros or stale bytes; other reads are unaffected.
 TEST(ReadAheadTest, AFailedWindowReadSurfacesAsTheReadersError) {
@@ -461,6 +483,48 @@ TEST_F(VirtqueueTest, BuffersOutsideGuestMemoryAreRejected) {
   drv.Publish(7);
   EXPECT_EQ(Run(), 1u);
   EXPECT_EQ(drv.Used(2).second, 0u);
+}
+
+// Multi-segment reads through the read-ahead layer are filled piece by piece straight
+// from its windows (no bounce buffer): segments of odd sizes that do not line up with
+// the windows get exactly their bytes.
+TEST_F(VirtqueueTest, ScatteredReadsAreFilledFromReadAheadWindows) {
+  std::vector<char> content = PatternBytes(io_->size(), 21);
+  ASSERT_TRUE(io_->Write(0, content.data(), content.size()).ok());
+  ReadAheadBlockIo ra(io_, {.max_bytes = 256 << 10, .window = 48 << 10, .threads = 1});
+  FakeDriver drv(buf_.data());
+  const uint32_t lens[] = {512, 3584, 10240, 3072, 15360};  // 32 KiB in all
+  const uint64_t hdr = 0x30000, st = 0x30100, data = 0x40000;
+  for (uint64_t req = 0; req < 16; ++req) {
+    const uint64_t sector = req * 64;
+    uint32_t type = kVirtioBlkTIn;
+    memset(buf_.data() + hdr, 0, 16);
+    memcpy(buf_.data() + hdr, &type, 4);
+    memcpy(buf_.data() + hdr + 8, &sector, 8);
+    memset(buf_.data() + data, 0, 1 << 20);
+    // Segments in reverse places in guest memory, so guest order != memory order.
+    drv.Desc(0, kGuestBase + hdr, 16, kVirtqDescFNext, 1);
+    uint64_t at = data + (1 << 19);
+    for (uint16_t i = 0; i < 5; ++i) {
+      at -= lens[i] + 4096;
+      drv.Desc(1 + i, kGuestBase + at, lens[i], kVirtqDescFNext | kVirtqDescFWrite, 2 + i);
+    }
+    buf_[st] = 0xff;
+    drv.Desc(6, kGuestBase + st, 1, kVirtqDescFWrite, 0);
+    drv.Publish(0);
+    auto done = queue_.Process(mem_, ra, info_);
+    ASSERT_TRUE(done.ok() && *done == 1u);
+    ASSERT_EQ(buf_[st], kVirtioBlkSOk);
+    at = data + (1 << 19);
+    uint64_t in_request = 0;
+    for (uint16_t i = 0; i < 5; ++i) {
+      at -= lens[i] + 4096;
+      ASSERT_EQ(memcmp(buf_.data() + at, content.data() + sector * 512 + in_request, lens[i]), 0)
+          << "request " << req << " segment " << i;
+      in_request += lens[i];
+    }
+  }
+  EXPECT_GT(ra.stats().reads_from_windows, 8u);
 }
 
 // An indirect descriptor at the head: its table in guest memory holds the chain. Only
