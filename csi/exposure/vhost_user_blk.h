@@ -167,8 +167,8 @@ class ReadAheadBlockIo : public BlockIo, public PieceReader {
   // REQUIRES: mu_ held. Queues windows ahead of `s` (within the memory bound and
   // the volume's `size`).
   void Schedule(const Stream& s, uint64_t read_len, uint64_t size);
-  // REQUIRES: mu_ held. Makes room for `bytes` more by dropping ready windows no
-  // stream is about to read. False if there is not enough room.
+  // REQUIRES: mu_ held. Makes room for `bytes` more by dropping windows (queued or
+  // read, never being read) no stream is about to read. False if there is no room.
   bool MakeRoom(uint64_t bytes);
   // REQUIRES: lock holds mu_; the window at `offset` is kQueued. Reads it (unlocking
   // meanwhile) and leaves it ready, or drops it.
