@@ -230,6 +230,7 @@ Status ReadAheadBlockIo::ReadTo(uint64_t offset, size_t len, char* out, const Si
   // A read continuing a stream queues the ranges beyond it first, so the helpers read
   // them while this one is answered.
   if (Stream* s = NoteRead(offset, len)) Schedule(*s, len, size);
+  bool waited = false, loaded = false;
   for (;;) {
     // The windows covering [offset, end) without a gap, if any do.
     std::vector<std::map<uint64_t, Window>::iterator> cover;
@@ -250,10 +251,12 @@ Status ReadAheadBlockIo::ReadTo(uint64_t offset, size_t len, char* out, const Si
     }
     if (queued) {  // not started yet: read it here rather than wait for a helper
       Load(lock, *queued);
+      loaded = true;
       continue;
     }
     if (loading) {
       changed_.wait(lock);
+      waited = true;
       continue;
     }
     // All read: copy outside the lock (a ready window's bytes never change; a write
@@ -271,6 +274,8 @@ Status ReadAheadBlockIo::ReadTo(uint64_t offset, size_t len, char* out, const Si
       if (w->second.consumed >= w->second.len) Drop(w);  // read once: done with it
     }
     ++stats_.reads_from_windows;
+    stats_.reads_waited += waited;
+    stats_.reads_loaded += loaded;
     lock.unlock();
     for (const Part& p : parts) {
       if (out != nullptr) {

@@ -133,6 +133,8 @@ class ReadAheadBlockIo : public BlockIo, public PieceReader {
   // Counters, for tests and benchmarks.
   struct Stats {
     uint64_t reads_from_windows = 0;  // reads answered from windows
+    uint64_t reads_waited = 0;        // of those, reads that waited for a window's read
+    uint64_t reads_loaded = 0;        // of those, reads that read a queued window themselves
     uint64_t reads_through = 0;       // reads passed to the inner BlockIo
     uint64_t windows_read = 0;        // windows read into memory
     uint64_t windows_discarded = 0;   // dropped unread (a write, an error, eviction)

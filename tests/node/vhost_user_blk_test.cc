@@ -292,6 +292,32 @@ TEST(ReadAheadTest, WriteWhileItsWindowIsBeingReadIsNotShadowed) {
   ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, window_start, 512 << 10));
 }
 
+// A read whose window is queued but not started (the only helper is busy) reads that
+// window itself instead of waiting; one whose window is being read waits for it.
+TEST(ReadAheadTest, AReadTakesOverAQueuedWindowAndWaitsForOneBeingRead) {
+  auto io = PatternVolume(std::make_shared<GatedBlockIo>(kRaVolume), 8);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 1});
+  const uint64_t first_window = 3 * (512u << 10);  // the third read queues [1.5, 3.5) MiB
+  io->HoldReads(first_window, first_window + 4096);
+  for (uint64_t off = 0; off < first_window; off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+  }
+  ASSERT_TRUE(io->WaitHeld(1));  // the helper holds the first window
+  // The second window, [2.5, 3.5) MiB, is still queued: this read takes it over.
+  ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, first_window + (1 << 20), 512 << 10));
+  EXPECT_EQ(ra.stats().reads_loaded, 1u);
+  EXPECT_EQ(ra.stats().reads_waited, 0u);
+  std::thread release([&] {
+    usleep(50000);  // (usually) after the read below started waiting; either way works
+    io->Release();
+  });
+  // The first window is being read: this read waits for it rather than reading again.
+  ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, first_window, 512 << 10));
+  release.join();
+  EXPECT_LE(ra.stats().reads_waited, 1u);
+  EXPECT_EQ(ra.stats().reads_through, 3u);  // only the three reads before the stream
+}
+
 // ReadPieces hands over exactly the range, in order, once: from windows (several
 // pieces) and when read through (one piece).
 TEST(ReadAheadTest, PiecesCoverTheRangeOnceInOrder) {
