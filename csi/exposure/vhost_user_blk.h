@@ -107,9 +107,9 @@ class UniqueFd {
 //
 // Thread-safety: every method may be called from several threads at once.
 struct ReadAheadOptions {
-  uint64_t max_bytes = 4 << 20;  // read ahead of each stream, and cached in all
+  uint64_t max_bytes = 8 << 20;  // read ahead of each stream, and cached in all
   uint64_t window = 1 << 20;     // the most bytes one helper read covers
-  uint32_t threads = 2;          // helper threads (started at the first read-ahead)
+  uint32_t threads = 3;          // helper threads (started at the first read-ahead)
 };
 
 class ReadAheadBlockIo : public BlockIo, public PieceReader {
@@ -207,7 +207,7 @@ struct VhostUserBlkOptions {
   uint32_t io_threads = 2;
   // Sequential read-ahead per connection (ReadAheadBlockIo): the most bytes held; 0
   // turns it off.
-  uint64_t readahead_bytes = 4 << 20;
+  uint64_t readahead_bytes = 8 << 20;
 };
 
 // The state of one front-end connection. Pure protocol logic plus the mappings and
