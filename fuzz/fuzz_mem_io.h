@@ -1,7 +1,9 @@
 // An in-memory BlockIo for the fuzz targets (the store is not what is being fuzzed).
+// Locked: read-ahead helpers read it while the target writes.
 #pragma once
 
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "core/block_io.h"
@@ -16,17 +18,20 @@ class FuzzMemIo : public BlockIo {
   bool read_only() const override { return ro_; }
   Status Read(uint64_t off, size_t len, char* out) override {
     if (off > data_.size() || len > data_.size() - off) __builtin_trap();  // must never happen
+    std::lock_guard<std::mutex> lock(mu_);
     memcpy(out, data_.data() + off, len);
     return Status::Ok();
   }
   Status Write(uint64_t off, const char* in, size_t len) override {
     if (ro_ || off > data_.size() || len > data_.size() - off) __builtin_trap();
+    std::lock_guard<std::mutex> lock(mu_);
     memcpy(data_.data() + off, in, len);
     return Status::Ok();
   }
   Status Flush() override { return Status::Ok(); }
 
  private:
+  std::mutex mu_;
   std::vector<char> data_;
   bool ro_;
 };

@@ -1,6 +1,7 @@
 // Fuzzes the vhost-user message handling: the input is what a hostile VMM sends. Layout:
-//   u16 n, then n bytes of guest memory content (a memfd handed over with
-//   SET_MEM_TABLE), then a stream of messages (12-byte header + payload).
+//   u16 n, then n & 0x7fff bytes of guest memory content (a memfd handed over with
+//   SET_MEM_TABLE), then a stream of messages (12-byte header + payload). n's top
+//   bit runs requests on I/O threads.
 // SET_MEM_TABLE gets the memfd, SET_VRING_KICK/CALL/ERR an eventfd, so the whole state
 // machine (memory mapping, ring configuration, queue processing) is reachable. Every
 // message is also run through the pure payload parsers.
@@ -39,6 +40,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   memcpy(&n, data, 2);
   data += 2;
   size -= 2;
+  // The top bit of n picks how requests run: in this thread (reproducible) or on two
+  // I/O threads, as the server runs them.
+  const uint32_t io_threads = (n & 0x8000) ? 2 : 0;
+  n &= 0x7fff;
   n = static_cast<uint16_t>(std::min<size_t>(n, size));
   std::vector<uint8_t> content(kMemSize, 0);
   memcpy(content.data(), data, n);
@@ -49,7 +54,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size -= n;
 
   auto io = std::make_shared<fuzz::FuzzMemIo>(64 * 1024);
-  VhostUserBlkSession session(io, {.num_queues = 2, .serial = "fuzz"});
+  VhostUserBlkSession session(io, {.num_queues = 2, .serial = "fuzz", .io_threads = io_threads});
   while (size >= kVhostUserHeaderSize) {
     VhostUserMessage msg;
     if (!ParseVhostUserHeader(data, size, &msg.header).ok()) break;

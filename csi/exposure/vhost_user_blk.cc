@@ -25,12 +25,301 @@ void UniqueFd::Reset() {
 namespace {
 
 constexpr uint32_t kBlkSizeAdvertised = 512;  // logical block size the guest uses
+constexpr uint32_t kMaxIoThreads = 16;
 
 bool Has(uint64_t features, int bit) { return (features >> bit) & 1; }
 
 std::string RequestName(uint32_t r) { return "vhost-user request " + std::to_string(r); }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// ReadAheadBlockIo
+
+namespace {
+
+constexpr size_t kMaxStreams = 4;        // sequential readers followed at once
+constexpr uint32_t kStreamMinReads = 2;  // reads continuing a stream before reading ahead
+
+}  // namespace
+
+ReadAheadBlockIo::ReadAheadBlockIo(std::shared_ptr<BlockIo> inner, const ReadAheadOptions& options)
+    : inner_(std::move(inner)), options_(options) {
+  if (options_.window == 0) options_.window = 1 << 20;
+  options_.window = std::min(options_.window, std::max<uint64_t>(options_.max_bytes, 4096));
+  if (options_.threads == 0) options_.threads = 1;
+}
+
+ReadAheadBlockIo::~ReadAheadBlockIo() {
+  std::vector<std::thread> helpers;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    helpers.swap(helpers_);
+  }
+  changed_.notify_all();
+  for (auto& t : helpers) t.join();
+}
+
+ReadAheadBlockIo::Stats ReadAheadBlockIo::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stats s = stats_;
+  s.bytes_held = bytes_;
+  return s;
+}
+
+ReadAheadBlockIo::Stream* ReadAheadBlockIo::NoteRead(uint64_t offset, uint64_t len) {
+  ++clock_;
+  const uint64_t end = offset + len;
+  // Requests of one stream may arrive a little out of order (several run at once), so
+  // "continues" means: starts within `slack` of where the stream ended.
+  const uint64_t slack = Slack(len);
+  for (Stream& s : streams_) {
+    if (offset > s.end + slack || offset + slack < s.end) continue;
+    s.last_use = clock_;
+    s.len = len;
+    if (end <= s.end) return nullptr;  // inside what the stream already read
+    s.end = end;
+    ++s.count;
+    return &s;
+  }
+  Stream* slot;
+  if (streams_.size() < kMaxStreams) {
+    slot = &streams_.emplace_back();
+  } else {
+    slot = &*std::min_element(
+        streams_.begin(), streams_.end(),
+        [](const Stream& a, const Stream& b) { return a.last_use < b.last_use; });
+  }
+  *slot = Stream{end, len, 0, clock_};
+  return nullptr;
+}
+
+void ReadAheadBlockIo::Drop(std::map<uint64_t, Window>::iterator it) {
+  bytes_ -= it->second.len;
+  windows_.erase(it);
+}
+
+bool ReadAheadBlockIo::Writing(uint64_t from, uint64_t to) const {
+  for (const auto& [a, b] : writing_) {
+    if (a >= to) break;  // sorted by start
+    if (b > from) return true;
+  }
+  return false;
+}
+
+bool ReadAheadBlockIo::MakeRoom(uint64_t bytes) {
+  if (bytes > options_.max_bytes) return false;
+  // Windows a stream is about to read stay (also just behind its end: requests that
+  // run at once may be served out of order); the others (left by a stream that
+  // stopped or jumped) go. Windows being read are never dropped here.
+  auto wanted = [&](uint64_t from, uint64_t to) {
+    for (const Stream& s : streams_) {
+      if (s.count >= kStreamMinReads && from < s.end + options_.max_bytes &&
+          to + Slack(s.len) > s.end) {
+        return true;
+      }
+    }
+    return false;
+  };
+  for (auto it = windows_.begin(); it != windows_.end() && bytes_ + bytes > options_.max_bytes;) {
+    auto next = std::next(it);
+    if (it->second.state != WindowState::kLoading &&
+        !wanted(it->first, it->first + it->second.len)) {
+      ++stats_.windows_discarded;
+      Drop(it);
+    }
+    it = next;
+  }
+  return bytes_ + bytes <= options_.max_bytes;
+}
+
+void ReadAheadBlockIo::Schedule(const Stream& s, uint64_t read_len, uint64_t size) {
+  if (s.count < kStreamMinReads || stopping_) return;
+  // How far ahead: a few reads' worth at first, doubling with every read that
+  // continues the stream (a short sequential run reads little it does not need).
+  const uint64_t ahead =
+      std::min<uint64_t>(options_.max_bytes, read_len << std::min<uint32_t>(s.count, 20));
+  const uint64_t limit = std::min(size, s.end + ahead);
+  const uint64_t step = std::min(options_.window, ahead);
+  uint64_t pos = s.end;
+  bool queued = false;
+  while (pos < limit) {
+    auto it = windows_.upper_bound(pos);
+    uint64_t next_start = it == windows_.end() ? size : it->first;
+    if (it != windows_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second.len > pos) {  // pos is inside a window already
+        if (prev->second.stale) break;             // a write overlaps it: not now
+        pos = prev->first + prev->second.len;
+        continue;
+      }
+    }
+    const uint64_t len = std::min({step, next_start - pos, size - pos});
+    if (Writing(pos, pos + len) || !MakeRoom(len)) break;
+    Window w;
+    w.len = len;
+    windows_[pos] = std::move(w);
+    bytes_ += len;
+    queued_.push_back(pos);
+    queued = true;
+    pos += len;
+  }
+  if (!queued) return;
+  while (helpers_.size() < options_.threads) helpers_.emplace_back([this] { Helper(); });
+  changed_.notify_all();
+}
+
+void ReadAheadBlockIo::Load(std::unique_lock<std::mutex>& lock, uint64_t offset) {
+  auto it = windows_.find(offset);
+  it->second.state = WindowState::kLoading;
+  const uint64_t len = it->second.len;
+  lock.unlock();
+  std::shared_ptr<char[]> data(new char[len]);  // not zeroed: the read fills it
+  Status st = inner_->Read(offset, len, data.get());
+  lock.lock();
+  // Only the loader removes a window being read, so `offset` is still there.
+  it = windows_.find(offset);
+  if (!st.ok() || it->second.stale) {
+    ++stats_.windows_discarded;
+    Drop(it);
+  } else {
+    it->second.state = WindowState::kReady;
+    it->second.data = std::move(data);
+    ++stats_.windows_read;
+  }
+  changed_.notify_all();
+}
+
+void ReadAheadBlockIo::Helper() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    changed_.wait(lock, [this] { return stopping_ || !queued_.empty(); });
+    if (stopping_) return;
+    const uint64_t offset = queued_.front();
+    queued_.pop_front();
+    auto it = windows_.find(offset);
+    // Dropped, or taken over by a reader that needed it first.
+    if (it == windows_.end() || it->second.state != WindowState::kQueued) continue;
+    Load(lock, offset);
+  }
+}
+
+Status ReadAheadBlockIo::Read(uint64_t offset, size_t len, char* out) {
+  return ReadTo(offset, len, out, nullptr);
+}
+
+Status ReadAheadBlockIo::ReadPieces(uint64_t offset, size_t len, const Sink& sink) {
+  return ReadTo(offset, len, nullptr, &sink);
+}
+
+Status ReadAheadBlockIo::ReadTo(uint64_t offset, size_t len, char* out, const Sink* sink) {
+  // A read the inner BlockIo answers: into `out`, or through a buffer to the sink.
+  auto through = [&]() -> Status {
+    if (out != nullptr) return inner_->Read(offset, len, out);
+    thread_local std::string buffer;
+    buffer.resize(len);
+    RETURN_IF_ERROR(inner_->Read(offset, len, buffer.data()));
+    (*sink)(0, buffer.data(), len);
+    return Status::Ok();
+  };
+  if (len == 0 || offset > UINT64_MAX - len) return through();
+  const uint64_t end = offset + len;
+  const uint64_t size = inner_->size();  // not under mu_: it may wait for a write
+  std::unique_lock<std::mutex> lock(mu_);
+  // A read continuing a stream queues the ranges beyond it first, so the helpers read
+  // them while this one is answered.
+  if (Stream* s = NoteRead(offset, len)) Schedule(*s, len, size);
+  bool waited = false, loaded = false;
+  for (;;) {
+    // The windows covering [offset, end) without a gap, if any do.
+    std::vector<std::map<uint64_t, Window>::iterator> cover;
+    uint64_t pos = offset;
+    auto it = windows_.upper_bound(offset);
+    if (it != windows_.begin()) --it;
+    for (; pos < end && it != windows_.end(); ++it) {
+      if (it->first > pos || it->first + it->second.len <= pos || it->second.stale) break;
+      cover.push_back(it);
+      pos = it->first + it->second.len;
+    }
+    if (pos < end) break;
+    bool loading = false;
+    std::optional<uint64_t> queued;
+    for (auto w : cover) {
+      if (w->second.state == WindowState::kLoading) loading = true;
+      if (w->second.state == WindowState::kQueued && !queued) queued = w->first;
+    }
+    if (queued) {  // not started yet: read it here rather than wait for a helper
+      Load(lock, *queued);
+      loaded = true;
+      continue;
+    }
+    if (loading) {
+      changed_.wait(lock);
+      waited = true;
+      continue;
+    }
+    // All read: copy outside the lock (a ready window's bytes never change; a write
+    // racing with this read may drop the window, and the copy keeps it alive).
+    struct Part {
+      std::shared_ptr<char[]> data;
+      uint64_t from, to, at;
+    };
+    std::vector<Part> parts;
+    for (auto w : cover) {
+      const uint64_t lo = std::max(offset, w->first);
+      const uint64_t hi = std::min(end, w->first + w->second.len);
+      parts.push_back({w->second.data, lo - w->first, hi - w->first, lo - offset});
+      w->second.consumed += hi - lo;
+      if (w->second.consumed >= w->second.len) Drop(w);  // read once: done with it
+    }
+    ++stats_.reads_from_windows;
+    stats_.reads_waited += waited;
+    stats_.reads_loaded += loaded;
+    lock.unlock();
+    for (const Part& p : parts) {
+      if (out != nullptr) {
+        memcpy(out + p.at, p.data.get() + p.from, p.to - p.from);
+      } else {
+        (*sink)(p.at, p.data.get() + p.from, p.to - p.from);
+      }
+    }
+    return Status::Ok();
+  }
+  ++stats_.reads_through;
+  lock.unlock();
+  return through();
+}
+
+Status ReadAheadBlockIo::Write(uint64_t offset, const char* data, size_t len) {
+  if (len == 0 || offset > UINT64_MAX - len) return inner_->Write(offset, data, len);
+  const uint64_t end = offset + len;
+  std::multimap<uint64_t, uint64_t>::iterator mine;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    mine = writing_.emplace(offset, end);
+    auto it = windows_.upper_bound(offset);
+    if (it != windows_.begin()) --it;
+    while (it != windows_.end() && it->first < end) {
+      auto next = std::next(it);
+      if (it->first + it->second.len > offset) {
+        if (it->second.state == WindowState::kLoading) {
+          it->second.stale = true;  // its loader drops it
+        } else {
+          ++stats_.windows_discarded;
+          Drop(it);
+        }
+      }
+      it = next;
+    }
+  }
+  Status st = inner_->Write(offset, data, len);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_.erase(mine);
+  }
+  return st;
+}
 
 VhostUserBlkSession::VhostUserBlkSession(std::shared_ptr<BlockIo> io,
                                          const VhostUserBlkOptions& options)
@@ -41,14 +330,78 @@ VhostUserBlkSession::VhostUserBlkSession(std::shared_ptr<BlockIo> io,
   info_.read_only = options_.read_only || io_->read_only();
   info_.serial = options_.serial;
   queues_.resize(options_.num_queues);
+  if (options_.readahead_bytes > 0) {
+    ReadAheadOptions ra;
+    ra.max_bytes = options_.readahead_bytes;
+    readahead_ = std::make_shared<ReadAheadBlockIo>(io_, ra);
+  }
+  options_.io_threads = std::min<uint32_t>(options_.io_threads, kMaxIoThreads);
+  if (options_.io_threads > 0) {
+    wake_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!wake_.valid()) options_.io_threads = 0;  // no eventfd: run requests inline
+  }
+  for (uint32_t i = 0; i < options_.io_threads; ++i) workers_.emplace_back([this] { Worker(); });
 }
 
-VhostUserBlkSession::~VhostUserBlkSession() { UnmapAll(); }
+VhostUserBlkSession::~VhostUserBlkSession() {
+  {
+    std::lock_guard<std::mutex> lock(exec_mu_);
+    stopping_ = true;  // workers finish the tasks queued, then exit
+  }
+  work_.notify_all();
+  for (auto& t : workers_) t.join();
+  readahead_.reset();
+  UnmapAll();
+}
+
+BlockIo& VhostUserBlkSession::target() { return readahead_ ? *readahead_ : *io_; }
+
+void VhostUserBlkSession::Drain() {
+  std::unique_lock<std::mutex> lock(exec_mu_);
+  idle_.wait(lock, [this] { return in_flight_ == 0; });
+}
+
+void VhostUserBlkSession::Signal(uint32_t queue) {
+  const Queue& q = queues_[queue];
+  if (!q.call.valid()) return;
+  uint64_t one = 1;
+  ssize_t n = write(q.call.get(), &one, sizeof(one));
+  (void)n;
+}
+
+void VhostUserBlkSession::Worker() {
+  std::unique_lock<std::mutex> lock(exec_mu_);
+  for (;;) {
+    work_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
+    if (tasks_.empty()) return;  // stopping, nothing left
+    Task t = std::move(tasks_.front());
+    tasks_.pop_front();
+    lock.unlock();
+    const uint32_t used_len = ExecutePopped(target(), info_, t.request);
+    lock.lock();
+    Queue& q = queues_[t.queue];
+    q.ring.PushUsed(t.request.head, used_len);
+    lock.unlock();
+    // Still counted in flight: no message can replace the call fd meanwhile.
+    Signal(t.queue);
+    lock.lock();
+    --q.in_flight;
+    --in_flight_;
+    if (q.throttled) {
+      q.throttled = false;
+      uint64_t one = 1;
+      ssize_t n = write(wake_.get(), &one, sizeof(one));
+      (void)n;
+    }
+    if (in_flight_ == 0) idle_.notify_all();
+  }
+}
 
 uint64_t VhostUserBlkSession::offered_features() const {
   uint64_t f = (1ull << kVirtioFVersion1) | (1ull << kVhostUserFProtocolFeatures) |
-               (1ull << kVirtioBlkFSizeMax) | (1ull << kVirtioBlkFSegMax) |
-               (1ull << kVirtioBlkFBlkSize) | (1ull << kVirtioBlkFFlush) | (1ull << kVirtioBlkFMq);
+               (1ull << kVirtioRingFIndirectDesc) | (1ull << kVirtioBlkFSizeMax) |
+               (1ull << kVirtioBlkFSegMax) | (1ull << kVirtioBlkFBlkSize) |
+               (1ull << kVirtioBlkFFlush) | (1ull << kVirtioBlkFMq);
   if (info_.read_only) f |= 1ull << kVirtioBlkFRo;
   return f;
 }
@@ -146,13 +499,63 @@ Result<uint32_t> VhostUserBlkSession::ProcessQueue(uint32_t index) {
   if (index >= queues_.size()) return Status::InvalidArgument("vring index out of range");
   Queue& q = queues_[index];
   if (!q.ring.configured() || !q.enabled) return 0u;
-  Result<uint32_t> done = q.ring.Process(memory_, *io_, info_);
-  if (done.ok() && *done > 0 && q.call.valid()) {
-    uint64_t one = 1;
-    ssize_t n = write(q.call.get(), &one, sizeof(one));
-    (void)n;
+  if (workers_.empty()) {
+    Result<uint32_t> done = q.ring.Process(memory_, target(), info_);
+    if (done.ok() && *done > 0) Signal(index);
+    return done;
   }
-  return done;
+  uint32_t taken = 0;
+  bool completed_here = false;
+  Status ring_error;
+  while (taken < q.ring.size()) {
+    {
+      std::lock_guard<std::mutex> lock(exec_mu_);
+      if (q.in_flight >= q.ring.size()) {  // a guest cannot have more: it republished heads
+        q.throttled = true;                // a completion wakes the server again
+        break;
+      }
+    }
+    PoppedRequest p;
+    Result<bool> got = q.ring.Pop(memory_, &p);
+    if (!got.ok()) {
+      ring_error = got.status();
+      break;
+    }
+    if (!*got) break;
+    ++taken;
+    const bool io = p.parsed.ok() && (p.req.type == kVirtioBlkTIn || p.req.type == kVirtioBlkTOut);
+    if (!io) {
+      // Errors, GET_ID and unknown types are answered at once. A FLUSH makes durable
+      // every write completed before it: wait for the writes in flight first.
+      if (p.parsed.ok() && p.req.type == kVirtioBlkTFlush) Drain();
+      const uint32_t used_len = ExecutePopped(target(), info_, p);
+      std::lock_guard<std::mutex> lock(exec_mu_);
+      q.ring.PushUsed(p.head, used_len);
+      completed_here = true;
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(exec_mu_);
+      // A lone request (nothing else in flight or waiting: a guest reading at depth 1)
+      // runs here: handing it to a worker would only add a thread switch.
+      if (in_flight_ > 0 || taken > 1 || q.ring.HasAvailable()) {
+        ++q.in_flight;
+        ++in_flight_;
+        tasks_.push_back(Task{index, std::move(p)});
+        work_.notify_one();
+        continue;
+      }
+    }
+    const uint32_t used_len = ExecutePopped(target(), info_, p);
+    {
+      std::lock_guard<std::mutex> lock(exec_mu_);
+      q.ring.PushUsed(p.head, used_len);
+    }
+    Signal(index);
+  }
+  if (completed_here) Signal(index);
+  if (!ring_error.ok()) return ring_error;
+  return taken;
 }
 
 Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vector<UniqueFd> fds,
@@ -160,6 +563,7 @@ Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vect
   const uint32_t req = msg.header.request;
   const uint32_t nq = static_cast<uint32_t>(queues_.size());
   bool replied = false;
+  Drain();  // requests in flight use the memory and rings a message may change
   auto reply_u64 = [&](uint64_t v) {
     std::vector<uint8_t> r = EncodeReply(req, &v, sizeof(v));
     reply->insert(reply->end(), r.begin(), r.end());
@@ -186,6 +590,7 @@ Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vect
                                        std::to_string(f & ~offered_features()));
       }
       acked_features_ = f;
+      for (auto& q : queues_) q.ring.set_indirect(Has(f, kVirtioRingFIndirectDesc));
       if (!Has(f, kVhostUserFProtocolFeatures)) {
         for (auto& q : queues_) q.enabled = true;  // rings start enabled without it
       }
@@ -420,7 +825,10 @@ Status VhostUserBlkServer::Serve(int conn) {
   const int stop = stop_fd_.get();
   std::vector<uint32_t> again;  // queues that had a full batch: more may be waiting
   for (;;) {
-    std::vector<struct pollfd> pfds = {{stop, POLLIN, 0}, {conn, POLLIN, 0}};
+    // stop, the connection, the session's wake fd (-1: ignored by poll), the kicks.
+    constexpr size_t kFirstKick = 3;
+    std::vector<struct pollfd> pfds = {
+        {stop, POLLIN, 0}, {conn, POLLIN, 0}, {session.wake_fd(), POLLIN, 0}};
     std::vector<uint32_t> queue_of;
     for (uint32_t i = 0; i < session.num_queues(); ++i) {
       int k = session.kick_fd(i);
@@ -440,12 +848,18 @@ Status VhostUserBlkServer::Serve(int conn) {
     }
     std::vector<uint32_t> to_process;
     to_process.swap(again);
-    for (size_t j = 2; j < pfds.size(); ++j) {
+    if (pfds[2].revents & POLLIN) {  // a queue that was full has room again
+      uint64_t count;
+      ssize_t n = read(pfds[2].fd, &count, sizeof(count));
+      (void)n;
+      for (uint32_t i = 0; i < session.num_queues(); ++i) to_process.push_back(i);
+    }
+    for (size_t j = kFirstKick; j < pfds.size(); ++j) {
       if (!(pfds[j].revents & POLLIN)) continue;
       uint64_t count;
       ssize_t n = read(pfds[j].fd, &count, sizeof(count));
       (void)n;
-      to_process.push_back(queue_of[j - 2]);
+      to_process.push_back(queue_of[j - kFirstKick]);
     }
     std::sort(to_process.begin(), to_process.end());
     to_process.erase(std::unique(to_process.begin(), to_process.end()), to_process.end());

@@ -52,6 +52,7 @@ inline constexpr int kVirtioBlkFRo = 5;
 inline constexpr int kVirtioBlkFBlkSize = 6;
 inline constexpr int kVirtioBlkFFlush = 9;
 inline constexpr int kVirtioBlkFMq = 12;
+inline constexpr int kVirtioRingFIndirectDesc = 28;
 inline constexpr int kVhostUserFProtocolFeatures = 30;
 inline constexpr int kVirtioFVersion1 = 32;
 

@@ -62,14 +62,13 @@ uint8_t* GuestMemory::TranslateUser(uint64_t uva, uint64_t len) const {
   return nullptr;
 }
 
-Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, uint32_t queue_size,
-                           uint16_t head, std::vector<Segment>* out) {
-  out->clear();
-  if (head >= queue_size) {
-    return Status::InvalidArgument("virtqueue: head descriptor " + std::to_string(head) +
-                                   " past the table of " + std::to_string(queue_size));
-  }
-  const uint32_t max_descs = std::min<uint32_t>(queue_size, kBlkSegMax + 2);
+namespace {
+
+// Walks a chain through `table` (`entries` descriptors), appending its buffers to *out.
+// `indirect_ok`: the head may be a VIRTQ_DESC_F_INDIRECT descriptor (only in the
+// queue's own table, only alone: not chained, not nested); its table is walked instead.
+Status WalkChain(const GuestMemory& mem, const uint8_t* table, uint32_t entries, uint16_t head,
+                 uint32_t max_descs, bool indirect_ok, std::vector<Segment>* out) {
   uint64_t total = 0;
   bool seen_writable = false;
   uint32_t i = head;
@@ -79,9 +78,28 @@ Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, ui
                                      " is longer than " + std::to_string(max_descs) +
                                      " (a loop or too many segments)");
     }
-    Desc d = LoadDesc(desc_table, i);  // one copy; validated below
+    Desc d = LoadDesc(table, i);  // one copy; validated below
     if (d.flags & kVirtqDescFIndirect) {
-      return Status::InvalidArgument("virtqueue: indirect descriptor (not negotiated)");
+      if (!indirect_ok) {
+        return Status::InvalidArgument(
+            "virtqueue: indirect descriptor (not negotiated, nested or not at the head)");
+      }
+      // virtio 1.2, 2.7.5.3: the driver must not set NEXT with INDIRECT; the table is a
+      // whole number of descriptors, at most as many as one request may use.
+      if ((d.flags & kVirtqDescFNext) || d.len == 0 || d.len % kDescSize != 0 ||
+          d.len / kDescSize > kBlkSegMax + 2) {
+        return Status::InvalidArgument("virtqueue: indirect table of " + std::to_string(d.len) +
+                                       " bytes is empty, chained, not a whole number of "
+                                       "descriptors or longer than " +
+                                       std::to_string(kBlkSegMax + 2));
+      }
+      const uint8_t* inner = mem.TranslateGuest(d.addr, d.len);
+      if (inner == nullptr) {
+        return Status::InvalidArgument("virtqueue: indirect table at guest address " +
+                                       std::to_string(d.addr) + " is outside guest memory");
+      }
+      const uint32_t n = d.len / kDescSize;
+      return WalkChain(mem, inner, n, 0, n, /*indirect_ok=*/false, out);
     }
     if (d.len == 0) return Status::InvalidArgument("virtqueue: zero-length descriptor");
     bool writable = (d.flags & kVirtqDescFWrite) != 0;
@@ -101,14 +119,28 @@ Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, ui
                                      " is outside guest memory");
     }
     out->push_back({host, d.len, writable});
+    indirect_ok = false;  // only a chain's first descriptor may be indirect
     if (!(d.flags & kVirtqDescFNext)) break;
-    if (d.next >= queue_size) {
+    if (d.next >= entries) {
       return Status::InvalidArgument("virtqueue: next descriptor " + std::to_string(d.next) +
                                      " past the table");
     }
     i = d.next;
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, uint32_t queue_size,
+                           uint16_t head, std::vector<Segment>* out, bool indirect_ok) {
+  out->clear();
+  if (head >= queue_size) {
+    return Status::InvalidArgument("virtqueue: head descriptor " + std::to_string(head) +
+                                   " past the table of " + std::to_string(queue_size));
+  }
+  const uint32_t max_descs = std::min<uint32_t>(queue_size, kBlkSegMax + 2);
+  return WalkChain(mem, desc_table, queue_size, head, max_descs, indirect_ok, out);
 }
 
 Status ParseBlkRequest(const std::vector<Segment>& chain, BlkRequest* out) {
@@ -167,7 +199,8 @@ uint8_t ExecuteBlkRequest(BlockIo& io, const BlkDeviceInfo& info, const BlkReque
     case kVirtioBlkTOut: {
       bool is_read = req.type == kVirtioBlkTIn;
       if (!is_read && info.read_only) return kVirtioBlkSIoErr;
-      if (req.data_len == 0 || req.data_len % kSectorSize != 0 || req.data_len > kBlkMaxRequestBytes) {
+      if (req.data_len == 0 || req.data_len % kSectorSize != 0 ||
+          req.data_len > kBlkMaxRequestBytes) {
         return kVirtioBlkSIoErr;
       }
       uint64_t sectors = req.data_len / kSectorSize;
@@ -183,6 +216,26 @@ uint8_t ExecuteBlkRequest(BlockIo& io, const BlkDeviceInfo& info, const BlkReque
         const Segment& s = req.data[0];
         Status st = is_read ? io.Read(offset, s.len, reinterpret_cast<char*>(s.host))
                             : io.Write(offset, reinterpret_cast<const char*>(s.host), s.len);
+        if (!st.ok()) return kVirtioBlkSIoErr;
+      } else if (PieceReader* pieces = is_read ? dynamic_cast<PieceReader*>(&io) : nullptr) {
+        // Pieces come in order: walk the guest's segments along with them (from the
+        // start again should one come earlier; never past the request).
+        size_t seg = 0;
+        uint64_t seg_start = 0;  // offset of data[seg] within the request
+        Status st =
+            pieces->ReadPieces(offset, req.data_len, [&](uint64_t at, const char* src, size_t n) {
+              if (at < seg_start) seg = 0, seg_start = 0;
+              if (at > req.data_len || n > req.data_len - at) return;
+              while (n > 0) {
+                while (at >= seg_start + req.data[seg].len) seg_start += req.data[seg++].len;
+                const uint64_t in_seg = at - seg_start;
+                const size_t k = std::min<uint64_t>(n, req.data[seg].len - in_seg);
+                memcpy(req.data[seg].host + in_seg, src, k);
+                at += k;
+                src += k;
+                n -= k;
+              }
+            });
         if (!st.ok()) return kVirtioBlkSIoErr;
       } else {
         // The guest's buffers are usually scattered pages: one read or write of the
@@ -259,54 +312,68 @@ void SplitQueue::Reset() {
   broken_ = false;
 }
 
+uint32_t ExecutePopped(BlockIo& io, const BlkDeviceInfo& info, const PoppedRequest& p) {
+  if (p.parsed.ok()) {
+    uint32_t written = 0;
+    *p.req.status = ExecuteBlkRequest(io, info, p.req, &written);
+    return written + 1;
+  }
+  if (p.req.status == nullptr) return 0;  // nowhere to report: returned unused
+  *p.req.status = kVirtioBlkSIoErr;
+  return 1;
+}
+
+Result<bool> SplitQueue::Pop(const GuestMemory& mem, PoppedRequest* out) {
+  if (!configured()) return Status::FailedPrecondition("virtqueue: not configured");
+  if (broken_) return Status::FailedPrecondition("virtqueue: broken by an earlier corrupt ring");
+  uint16_t avail_idx = LoadU16Acquire(avail_ + 2);
+  if (avail_idx == last_avail_idx_) return false;
+  if (static_cast<uint16_t>(avail_idx - last_avail_idx_) > size_) {
+    broken_ = true;
+    return Status::FailedPrecondition(
+        "virtqueue: available index jumped by more than the queue size");
+  }
+  uint16_t head;
+  memcpy(&head, avail_ + kAvailHeader + 2 * (last_avail_idx_ % size_), 2);
+  if (head >= size_) {
+    broken_ = true;
+    return Status::FailedPrecondition("virtqueue: available ring names descriptor " +
+                                      std::to_string(head) + " past the table");
+  }
+  ++last_avail_idx_;
+  out->head = head;
+  out->req = BlkRequest();
+  Status chain_ok = ReadDescriptorChain(mem, desc_, size_, head, &chain_, indirect_);
+  out->parsed = chain_ok.ok() ? ParseBlkRequest(chain_, &out->req) : chain_ok;
+  return true;
+}
+
+bool SplitQueue::HasAvailable() const {
+  return configured() && !broken_ && LoadU16Acquire(avail_ + 2) != last_avail_idx_;
+}
+
+void SplitQueue::PushUsed(uint16_t head, uint32_t len) {
+  uint8_t* elem = used_ + kUsedHeader + kUsedElemSize * (used_idx_ % size_);
+  uint32_t id = head;
+  memcpy(elem, &id, 4);
+  memcpy(elem + 4, &len, 4);
+  ++used_idx_;
+  StoreU16Release(used_ + 2, used_idx_);
+}
+
 Result<uint32_t> SplitQueue::Process(const GuestMemory& mem, BlockIo& io,
                                      const BlkDeviceInfo& info) {
   if (!configured()) return Status::FailedPrecondition("virtqueue: not configured");
   if (broken_) return Status::FailedPrecondition("virtqueue: broken by an earlier corrupt ring");
   uint32_t done = 0;
+  PoppedRequest p;
   // At most one ring's worth per call, so a guest that keeps adding requests cannot
   // keep this thread from its other work (the caller calls again when done == size).
   while (done < size_) {
-    uint16_t avail_idx = LoadU16Acquire(avail_ + 2);
-    if (avail_idx == last_avail_idx_) break;
-    if (static_cast<uint16_t>(avail_idx - last_avail_idx_) > size_) {
-      broken_ = true;
-      StoreU16Release(used_ + 2, used_idx_);
-      return Status::FailedPrecondition(
-          "virtqueue: available index jumped by more than the "
-          "queue size");
-    }
-    while (last_avail_idx_ != avail_idx && done < size_) {
-      uint16_t head;
-      memcpy(&head, avail_ + kAvailHeader + 2 * (last_avail_idx_ % size_), 2);
-      if (head >= size_) {
-        broken_ = true;
-        StoreU16Release(used_ + 2, used_idx_);  // what was completed stays completed
-        return Status::FailedPrecondition("virtqueue: available ring names descriptor " +
-                                          std::to_string(head) + " past the table");
-      }
-      uint32_t used_len = 0;
-      Status chain_ok = ReadDescriptorChain(mem, desc_, size_, head, &chain_);
-      BlkRequest req;
-      Status parse_ok = chain_ok.ok() ? ParseBlkRequest(chain_, &req) : chain_ok;
-      if (parse_ok.ok()) {
-        uint32_t written = 0;
-        uint8_t status = ExecuteBlkRequest(io, info, req, &written);
-        *req.status = status;
-        used_len = written + 1;
-      } else if (req.status != nullptr) {
-        *req.status = kVirtioBlkSIoErr;
-        used_len = 1;
-      }
-      uint8_t* elem = used_ + kUsedHeader + kUsedElemSize * (used_idx_ % size_);
-      uint32_t id = head;
-      memcpy(elem, &id, 4);
-      memcpy(elem + 4, &used_len, 4);
-      ++used_idx_;
-      ++last_avail_idx_;
-      ++done;
-    }
-    StoreU16Release(used_ + 2, used_idx_);
+    ASSIGN_OR_RETURN(bool got, Pop(mem, &p));
+    if (!got) break;
+    PushUsed(p.head, ExecutePopped(io, info, p));
+    ++done;
   }
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return done;

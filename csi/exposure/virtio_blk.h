@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,8 +44,11 @@ inline constexpr uint16_t kVirtqDescFIndirect = 4;
 inline constexpr uint32_t kMaxQueueSize = 32768;
 
 // Limits we advertise (VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX) and enforce.
-inline constexpr uint32_t kBlkSizeMax = 1 << 20;             // bytes in one data descriptor
-inline constexpr uint32_t kBlkSegMax = 128;                  // data descriptors in one request
+inline constexpr uint32_t kBlkSizeMax = 1 << 20;  // bytes in one data descriptor
+// seg_max 254: with the header and status descriptors a chain fits a 256-entry ring
+// without indirect descriptors (Firecracker), and a 1 MiB read of scattered pages is
+// one request with them (QEMU's own virtio-blk advertises the same).
+inline constexpr uint32_t kBlkSegMax = 254;                  // data descriptors in one request
 inline constexpr uint64_t kBlkMaxRequestBytes = 8ull << 20;  // data bytes in one request
 
 // One mapped region of guest memory.
@@ -85,12 +89,15 @@ struct Segment {
 };
 
 // Walks the chain starting at `head` in a descriptor table of `queue_size` entries.
-// INVALID_ARGUMENT on: head or next out of range, a loop (more than queue_size
-// descriptors), an indirect descriptor (not negotiated), a zero-length or untranslatable
-// buffer, a readable descriptor after a writable one, or more than
-// kBlkSegMax + 2 descriptors / kBlkMaxRequestBytes + 17 bytes in total.
+// With `indirect_ok` (VIRTIO_RING_F_INDIRECT_DESC negotiated) the head may instead be
+// one indirect descriptor whose table (in guest memory, a whole number of descriptors,
+// at most kBlkSegMax + 2) holds the chain. INVALID_ARGUMENT on: head or next out of
+// range, a loop (more descriptors than the table or kBlkSegMax + 2), an indirect
+// descriptor that is not negotiated, not alone at the head, or nested, a zero-length or
+// untranslatable buffer or table, a readable descriptor after a writable one, or more
+// than kBlkMaxRequestBytes + 17 bytes in total.
 Status ReadDescriptorChain(const GuestMemory& mem, const uint8_t* desc_table, uint32_t queue_size,
-                           uint16_t head, std::vector<Segment>* out);
+                           uint16_t head, std::vector<Segment>* out, bool indirect_ok = false);
 
 // A virtio-blk request split out of a chain.
 struct BlkRequest {
@@ -113,12 +120,46 @@ struct BlkDeviceInfo {
   std::string serial;  // GET_ID answer, at most 20 bytes used
 };
 
+// Optionally implemented by a BlockIo that holds bytes in memory of its own (the
+// read-ahead layer): it hands a read over in pieces instead of copying it into one
+// buffer, so a request of scattered guest pages is filled from its memory directly
+// rather than through a bounce buffer. Same contract as BlockIo::Read otherwise.
+class PieceReader {
+ public:
+  // Called with consecutive pieces of the range: `at` is the piece's offset within
+  // it; together the pieces cover it exactly once.
+  using Sink = std::function<void(uint64_t at, const char* data, size_t n)>;
+  virtual Status ReadPieces(uint64_t offset, size_t len, const Sink& sink) = 0;
+
+ protected:
+  ~PieceReader() = default;
+};
+
 // Validates and executes one request against the volume. Returns the status byte to
 // write and sets *written to the number of data bytes the device wrote (IN, GET_ID).
 uint8_t ExecuteBlkRequest(BlockIo& io, const BlkDeviceInfo& info, const BlkRequest& req,
                           uint32_t* written);
 
+// A request taken off a queue's available ring by SplitQueue::Pop, not yet completed.
+// Its segments point into guest memory: it must be completed (PushUsed) before that
+// memory is unmapped or the queue reconfigured.
+struct PoppedRequest {
+  uint16_t head = 0;  // the chain's head descriptor: the id to put on the used ring
+  Status parsed;      // OK if the chain and header were valid; `req` is then complete
+  BlkRequest req;     // req.status may be set even when !parsed.ok()
+};
+
+// Executes a popped request (or, when it did not parse, reports IOERR through its
+// status byte if it has one) and returns the length to put on the used ring: the data
+// bytes written plus the status byte, or 0 when there was no status byte to write.
+uint32_t ExecutePopped(BlockIo& io, const BlkDeviceInfo& info, const PoppedRequest& p);
+
 // One split virtqueue, owned by the device side.
+//
+// Thread-safety: Configure/Reset/set_last_avail_idx/Process need exclusive access.
+// Otherwise Pop (the available side) and PushUsed (the used side) touch disjoint state
+// and ring parts: one thread may Pop while another PushUsed-s, each serialized with
+// itself. Completions may be pushed in any order (VIRTIO_F_IN_ORDER is not offered).
 class SplitQueue {
  public:
   // Sets size and addresses and translates them. INVALID_ARGUMENT if the size is not a
@@ -126,6 +167,9 @@ class SplitQueue {
   Status Configure(const GuestMemory& mem, uint32_t size, const VringAddresses& addrs);
   bool configured() const { return desc_ != nullptr; }
   void Reset();
+  // Whether chains may use an indirect table (VIRTIO_RING_F_INDIRECT_DESC negotiated).
+  // Kept across Configure/Reset.
+  void set_indirect(bool on) { indirect_ = on; }
   uint16_t last_avail_idx() const { return last_avail_idx_; }
   void set_last_avail_idx(uint16_t idx) { last_avail_idx_ = idx; }
   uint32_t size() const { return size_; }
@@ -135,7 +179,17 @@ class SplitQueue {
   // completed (put on the used ring); when that is size(), more may be waiting and the
   // caller should call again. FAILED_PRECONDITION if the ring itself is corrupt (the
   // queue is then marked broken and processes nothing more until reconfigured).
+  // Pop + ExecutePopped + PushUsed in the calling thread.
   Result<uint32_t> Process(const GuestMemory& mem, BlockIo& io, const BlkDeviceInfo& info);
+
+  // Takes the next available request into *out. Returns false when the available ring
+  // is empty; FAILED_PRECONDITION if the ring is corrupt (the queue is then broken). A
+  // chain that does not parse is still taken (out->parsed says why) and must be pushed.
+  Result<bool> Pop(const GuestMemory& mem, PoppedRequest* out);
+  // Puts `head` on the used ring with `len` and publishes the used index (release).
+  void PushUsed(uint16_t head, uint32_t len);
+  // True if the available ring holds requests not yet taken (Pop's side).
+  bool HasAvailable() const;
 
  private:
   uint32_t size_ = 0;
@@ -145,6 +199,7 @@ class SplitQueue {
   uint16_t last_avail_idx_ = 0;
   uint16_t used_idx_ = 0;  // ours; read from the ring once when configured
   bool broken_ = false;
+  bool indirect_ = false;
   std::vector<Segment> chain_;  // scratch, reused
 };
 

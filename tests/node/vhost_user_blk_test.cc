@@ -12,7 +12,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
+#include <thread>
 
 #include "tests/node/test_util.h"
 
@@ -34,9 +39,10 @@ class FakeDriver {
  public:
   explicit FakeDriver(uint8_t* mem) : mem_(mem) {}
   uint8_t* mem() { return mem_; }
-  // Writes descriptor i.
-  void Desc(uint16_t i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next) {
-    uint8_t* p = mem_ + kDescOff + 16 * i;
+  // Writes descriptor i (of the queue's table, or of a table at `table_off`).
+  void Desc(uint16_t i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next,
+            uint64_t table_off = kDescOff) {
+    uint8_t* p = mem_ + table_off + 16 * i;
     memcpy(p, &gpa, 8);
     memcpy(p + 8, &len, 4);
     memcpy(p + 12, &flags, 2);
@@ -109,6 +115,289 @@ class VirtqueueTest : public ::testing::Test {
   BlkDeviceInfo info_;
   FakeDriver drv_{nullptr};
 };
+
+// A MemBlockIo that can hold reads or writes of a chosen range: a held read has
+// already copied its bytes (so a read-ahead window held here carries the bytes from
+// before any write made meanwhile); a held write has not written yet. Logs writes
+// done and flushes, in order.
+class GatedBlockIo : public MemBlockIo {
+ public:
+  using MemBlockIo::MemBlockIo;
+  void HoldReads(uint64_t from, uint64_t to) { Hold(&read_gate_, from, to); }
+  void HoldWrites(uint64_t from, uint64_t to) { Hold(&write_gate_, from, to); }
+  void Release() {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    read_gate_ = write_gate_ = {0, 0};
+    cv_.notify_all();
+  }
+  // Waits until `n` operations are held (false after 30 s).
+  bool WaitHeld(int n) {
+    std::unique_lock<std::mutex> lock(gate_mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(30), [&] { return held_ >= n; });
+  }
+  std::string Events() {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    return events_;
+  }
+  Status Read(uint64_t offset, size_t len, char* out) override {
+    Status s = MemBlockIo::Read(offset, len, out);
+    Wait(read_gate_, offset, len);
+    return s;
+  }
+  Status Write(uint64_t offset, const char* data, size_t len) override {
+    Wait(write_gate_, offset, len);
+    Status s = MemBlockIo::Write(offset, data, len);
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    events_ += "write-done ";
+    return s;
+  }
+  Status Flush() override {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    events_ += "flush ";
+    return MemBlockIo::Flush();
+  }
+
+ private:
+  using Gate = std::pair<uint64_t, uint64_t>;
+  void Hold(Gate* g, uint64_t from, uint64_t to) {
+    std::lock_guard<std::mutex> lock(gate_mu_);
+    *g = {from, to};
+  }
+  void Wait(const Gate& g, uint64_t offset, size_t len) {
+    std::unique_lock<std::mutex> lock(gate_mu_);
+    if (!(offset < g.second && offset + len > g.first)) return;
+    ++held_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !(offset < g.second && offset + len > g.first); });
+  }
+  std::mutex gate_mu_;
+  std::condition_variable cv_;
+  Gate read_gate_{0, 0}, write_gate_{0, 0};
+  int held_ = 0;
+  std::string events_;
+};
+
+// A MemBlockIo whose reads touching [bad, bad+1) fail, as a chunk failing its hash.
+class FailingBlockIo : public MemBlockIo {
+ public:
+  FailingBlockIo(uint64_t size, uint64_t bad) : MemBlockIo(size), bad_(bad) {}
+  Status Read(uint64_t offset, size_t len, char* out) override {
+    if (offset <= bad_ && bad_ < offset + len) return Status::Corruption("test: bad chunk");
+    return MemBlockIo::Read(offset, len, out);
+  }
+
+ private:
+  uint64_t bad_;
+};
+
+// ---- ReadAheadBlockIo ----
+
+constexpr uint64_t kRaVolume = 64 << 20;
+
+template <typename T>
+std::shared_ptr<T> PatternVolume(std::shared_ptr<T> io, uint64_t seed) {
+  std::vector<char> content = PatternBytes(io->size(), seed);
+  EXPECT_TRUE(io->Write(0, content.data(), content.size()).ok());
+  return io;
+}
+
+// Reads [offset, offset+len) through `ra` and compares with `io`'s bytes.
+void ExpectReadMatches(BlockIo& ra, MemBlockIo& io, uint64_t offset, size_t len) {
+  std::vector<char> got(len), want(len);
+  ASSERT_TRUE(ra.Read(offset, len, got.data()).ok()) << "read at " << offset;
+  ASSERT_TRUE(io.MemBlockIo::Read(offset, len, want.data()).ok());
+  ASSERT_TRUE(got == want) << "bytes differ in the read at " << offset << " length " << len;
+}
+
+// Waits until `ra` has read `n` windows (false after 30 s).
+bool WaitWindowsRead(const ReadAheadBlockIo& ra, uint64_t n) {
+  for (int i = 0; i < 30000; ++i) {
+    if (ra.stats().windows_read >= n) return true;
+    usleep(1000);
+  }
+  return false;
+}
+
+TEST(ReadAheadTest, SequentialReadsComeFromWindowsWithinTheMemoryBound) {
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRaVolume), 1);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 2});
+  for (uint64_t off = 0; off < (32u << 20); off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+    EXPECT_LE(ra.stats().bytes_held, 4u << 20);
+  }
+  ReadAheadBlockIo::Stats st = ra.stats();
+  // The first three reads establish the stream; every later one finds its window.
+  EXPECT_EQ(st.reads_through, 3u);
+  EXPECT_EQ(st.reads_from_windows, 64u - 3);
+  EXPECT_EQ(st.windows_discarded, 0u);
+}
+
+TEST(ReadAheadTest, RandomReadsDoNotReadAhead) {
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRaVolume), 2);
+  ReadAheadBlockIo ra(io, {});
+  uint64_t x = 42;
+  for (int i = 0; i < 2000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, (x % (kRaVolume / 4096)) * 4096, 4096));
+  }
+  EXPECT_EQ(ra.stats().windows_read, 0u);
+  EXPECT_EQ(ra.stats().bytes_held, 0u);
+}
+
+// A write into a range already read ahead: the window goes, and the read returns the
+// written bytes.
+TEST(ReadAheadTest, WriteIntoAReadWindowIsReadBack) {
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRaVolume), 3);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 2});
+  for (uint64_t off = 0; off < (2u << 20); off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+  }
+  ASSERT_TRUE(WaitWindowsRead(ra, 2));  // [2 MiB, 4 MiB) or more is in memory
+  std::vector<char> fresh = PatternBytes(4096, 99);
+  const uint64_t at = (3u << 20) + 8192;
+  ASSERT_TRUE(ra.Write(at, fresh.data(), fresh.size()).ok());
+  EXPECT_GE(ra.stats().windows_discarded, 1u);
+  for (uint64_t off = 2u << 20; off < (4u << 20); off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+  }
+  std::vector<char> back(4096);
+  ASSERT_TRUE(ra.Read(at, back.size(), back.data()).ok());
+  EXPECT_EQ(back, fresh);
+}
+
+// A write while the window over it is being read (the window's bytes are from before
+// the write): the window is thrown away and the reader gets the written bytes.
+TEST(ReadAheadTest, WriteWhileItsWindowIsBeingReadIsNotShadowed) {
+  auto io = PatternVolume(std::make_shared<GatedBlockIo>(kRaVolume), 4);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 2});
+  // Reads of 512 KiB from 0: the third schedules windows from 1.5 MiB.
+  const uint64_t window_start = 3 * (512u << 10);
+  io->HoldReads(window_start, window_start + 4096);
+  for (uint64_t off = 0; off < window_start; off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+  }
+  ASSERT_TRUE(io->WaitHeld(1));  // a helper holds the old bytes of the window
+  std::vector<char> fresh = PatternBytes(4096, 98);
+  const uint64_t at = window_start + 65536;
+  ASSERT_TRUE(ra.Write(at, fresh.data(), fresh.size()).ok());
+  io->Release();
+  // The helper finishes its read of the window: it must throw the bytes away.
+  for (int i = 0; i < 30000 && ra.stats().windows_discarded == 0; ++i) usleep(1000);
+  EXPECT_EQ(ra.stats().windows_discarded, 1u);
+  std::vector<char> back(512 << 10);
+  ASSERT_TRUE(ra.Read(window_start, back.size(), back.data()).ok());
+  EXPECT_TRUE(std::equal(fresh.begin(), fresh.end(), back.begin() + 65536));
+  ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, window_start, 512 << 10));
+}
+
+// A read whose window is queued but not started (the only helper is busy) reads that
+// window itself instead of waiting; one whose window is being read waits for it.
+TEST(ReadAheadTest, AReadTakesOverAQueuedWindowAndWaitsForOneBeingRead) {
+  auto io = PatternVolume(std::make_shared<GatedBlockIo>(kRaVolume), 8);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 1});
+  const uint64_t first_window = 3 * (512u << 10);  // the third read queues [1.5, 3.5) MiB
+  io->HoldReads(first_window, first_window + 4096);
+  for (uint64_t off = 0; off < first_window; off += 512 << 10) {
+    ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, 512 << 10));
+  }
+  ASSERT_TRUE(io->WaitHeld(1));  // the helper holds the first window
+  // The second window, [2.5, 3.5) MiB, is still queued: this read takes it over.
+  ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, first_window + (1 << 20), 512 << 10));
+  EXPECT_EQ(ra.stats().reads_loaded, 1u);
+  EXPECT_EQ(ra.stats().reads_waited, 0u);
+  std::thread release([&] {
+    usleep(50000);  // (usually) after the read below started waiting; either way works
+    io->Release();
+  });
+  // The first window is being read: this read waits for it rather than reading again.
+  ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, first_window, 512 << 10));
+  release.join();
+  EXPECT_LE(ra.stats().reads_waited, 1u);
+  EXPECT_EQ(ra.stats().reads_through, 3u);  // only the three reads before the stream
+}
+
+// ReadPieces hands over exactly the range, in order, once: from windows (several
+// pieces) and when read through (one piece).
+TEST(ReadAheadTest, PiecesCoverTheRangeOnceInOrder) {
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRaVolume), 7);
+  ReadAheadBlockIo ra(io, {.max_bytes = 1 << 20, .window = 96 << 10, .threads = 2});
+  for (uint64_t off = 0; off < (4u << 20); off += 40 << 10) {
+    const size_t len = 40 << 10;
+    std::vector<char> got(len, 0), want(len);
+    ASSERT_TRUE(io->MemBlockIo::Read(off, len, want.data()).ok());
+    uint64_t next = 0;
+    ASSERT_TRUE(ra.ReadPieces(off, len, [&](uint64_t at, const char* src, size_t n) {
+                    EXPECT_EQ(at, next) << "a gap, an overlap or out of order";
+                    ASSERT_LE(at + n, len);
+                    memcpy(got.data() + at, src, n);
+                    next = at + n;
+                  }).ok());
+    EXPECT_EQ(next, len);
+    ASSERT_TRUE(got == want) << "at " << off;
+  }
+  EXPECT_GT(ra.stats().reads_from_windows, 0u);
+}
+
+// A window whose read fails is dropped: the reader that needs it reads the range
+// itself and gets the error, never zeros or stale bytes; other reads are unaffected.
+TEST(ReadAheadTest, AFailedWindowReadSurfacesAsTheReadersError) {
+  const uint64_t bad = (5u << 20) + 100;
+  auto io = PatternVolume(std::make_shared<FailingBlockIo>(kRaVolume, bad), 5);
+  ReadAheadBlockIo ra(io, {.max_bytes = 4 << 20, .window = 1 << 20, .threads = 2});
+  std::vector<char> buf(512 << 10);
+  for (uint64_t off = 0; off < (8u << 20); off += buf.size()) {
+    Status s = ra.Read(off, buf.size(), buf.data());
+    if (off <= bad && bad < off + buf.size()) {
+      EXPECT_EQ(s.code(), StatusCode::kDataLoss) << s.ToString();
+    } else {
+      ASSERT_NO_FATAL_FAILURE(ExpectReadMatches(ra, *io, off, buf.size()));
+    }
+  }
+}
+
+// Several threads, each reading its own region over and over in sequence and writing
+// blocks of it now and then; windows span regions, so a neighbour's write must drop
+// them. Every read must return exactly what its thread last wrote.
+TEST(ReadAheadTest, ConcurrentStreamsAndWritesNeverSeeStaleBytes) {
+  constexpr uint64_t kRegion = 3 << 20;  // not a multiple of the window
+  constexpr int kThreads = 4;
+  auto io = PatternVolume(std::make_shared<MemBlockIo>(kRegion * kThreads), 6);
+  ReadAheadBlockIo ra(io, {.max_bytes = 2 << 20, .window = 256 << 10, .threads = 2});
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const uint64_t base = t * kRegion;
+      std::vector<char> model = io->Snapshot();  // only [base, base+kRegion) is ours
+      std::vector<char> buf(128 << 10);
+      uint64_t x = 1000 + t;
+      for (int round = 0; round < 6 && failures == 0; ++round) {
+        for (uint64_t off = 0; off < kRegion; off += buf.size()) {
+          if (!ra.Read(base + off, buf.size(), buf.data()).ok() ||
+              memcmp(buf.data(), model.data() + base + off, buf.size()) != 0) {
+            ++failures;
+            return;
+          }
+          x ^= x << 13;
+          x ^= x >> 7;
+          x ^= x << 17;
+          if (x % 3 == 0) {  // a 4 KiB write somewhere in our region, often just ahead
+            uint64_t at = base + (off + buf.size() + (x >> 8) % (1 << 20)) % kRegion / 4096 * 4096;
+            std::vector<char> block = PatternBytes(4096, x);
+            if (!ra.Write(at, block.data(), block.size()).ok()) ++failures;
+            memcpy(model.data() + at, block.data(), block.size());
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_LE(ra.stats().bytes_held, 2u << 20);
+  EXPECT_GT(ra.stats().reads_from_windows, 0u);
+}
 
 TEST(GuestMemoryTest, TranslatesOnlyWhollyContainedRanges) {
   std::vector<uint8_t> buf(4096);
@@ -222,6 +511,137 @@ TEST_F(VirtqueueTest, BuffersOutsideGuestMemoryAreRejected) {
   EXPECT_EQ(drv.Used(2).second, 0u);
 }
 
+// Multi-segment reads through the read-ahead layer are filled piece by piece straight
+// from its windows (no bounce buffer): segments of odd sizes that do not line up with
+// the windows get exactly their bytes.
+TEST_F(VirtqueueTest, ScatteredReadsAreFilledFromReadAheadWindows) {
+  std::vector<char> content = PatternBytes(io_->size(), 21);
+  ASSERT_TRUE(io_->Write(0, content.data(), content.size()).ok());
+  ReadAheadBlockIo ra(io_, {.max_bytes = 256 << 10, .window = 48 << 10, .threads = 1});
+  FakeDriver drv(buf_.data());
+  const uint32_t lens[] = {512, 3584, 10240, 3072, 15360};  // 32 KiB in all
+  const uint64_t hdr = 0x30000, st = 0x30100, data = 0x40000;
+  for (uint64_t req = 0; req < 16; ++req) {
+    const uint64_t sector = req * 64;
+    uint32_t type = kVirtioBlkTIn;
+    memset(buf_.data() + hdr, 0, 16);
+    memcpy(buf_.data() + hdr, &type, 4);
+    memcpy(buf_.data() + hdr + 8, &sector, 8);
+    memset(buf_.data() + data, 0, 1 << 20);
+    // Segments in reverse places in guest memory, so guest order != memory order.
+    drv.Desc(0, kGuestBase + hdr, 16, kVirtqDescFNext, 1);
+    uint64_t at = data + (1 << 19);
+    for (uint16_t i = 0; i < 5; ++i) {
+      at -= lens[i] + 4096;
+      drv.Desc(1 + i, kGuestBase + at, lens[i], kVirtqDescFNext | kVirtqDescFWrite, 2 + i);
+    }
+    buf_[st] = 0xff;
+    drv.Desc(6, kGuestBase + st, 1, kVirtqDescFWrite, 0);
+    drv.Publish(0);
+    auto done = queue_.Process(mem_, ra, info_);
+    ASSERT_TRUE(done.ok() && *done == 1u);
+    ASSERT_EQ(buf_[st], kVirtioBlkSOk);
+    at = data + (1 << 19);
+    uint64_t in_request = 0;
+    for (uint16_t i = 0; i < 5; ++i) {
+      at -= lens[i] + 4096;
+      ASSERT_EQ(memcmp(buf_.data() + at, content.data() + sector * 512 + in_request, lens[i]), 0)
+          << "request " << req << " segment " << i;
+      in_request += lens[i];
+    }
+  }
+  EXPECT_GT(ra.stats().reads_from_windows, 8u);
+}
+
+// An indirect descriptor at the head: its table in guest memory holds the chain. Only
+// accepted once VIRTIO_RING_F_INDIRECT_DESC is negotiated.
+TEST_F(VirtqueueTest, IndirectTablesCarryRequestsOnlyWhenNegotiated) {
+  FakeDriver drv(buf_.data());
+  std::vector<char> data = PatternBytes(8192, 9);
+  ASSERT_TRUE(io_->Write(4096, data.data(), data.size()).ok());
+  // Header at 0x30000, data at 0x31000, status at 0x33000; the table at 0x60000.
+  const uint64_t hdr = 0x30000, dat = 0x31000, st = 0x33000, table = 0x60000;
+  uint32_t type = kVirtioBlkTIn;
+  uint64_t sector = 8;
+  memset(buf_.data() + hdr, 0, 16);
+  memcpy(buf_.data() + hdr, &type, 4);
+  memcpy(buf_.data() + hdr + 8, &sector, 8);
+  buf_[st] = 0xff;
+  drv.Desc(0, kGuestBase + hdr, 16, kVirtqDescFNext, 1, table);
+  drv.Desc(1, kGuestBase + dat, 8192, kVirtqDescFNext | kVirtqDescFWrite, 2, table);
+  drv.Desc(2, kGuestBase + st, 1, kVirtqDescFWrite, 0, table);
+  drv.Desc(5, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+  drv.Publish(5);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.Used(0), std::make_pair(5u, 0u));  // not negotiated: returned unused
+  EXPECT_EQ(buf_[st], 0xff);
+  queue_.set_indirect(true);
+  drv.Publish(5);
+  EXPECT_EQ(Run(), 1u);
+  EXPECT_EQ(drv.Used(1), std::make_pair(5u, 8192u + 1));
+  EXPECT_EQ(buf_[st], kVirtioBlkSOk);
+  EXPECT_EQ(memcmp(buf_.data() + dat, data.data(), 8192), 0);
+}
+
+// Hostile indirect tables are refused (returned unused), never followed outside guest
+// memory or around a loop.
+TEST_F(VirtqueueTest, HostileIndirectTablesAreRefused) {
+  FakeDriver drv(buf_.data());
+  queue_.set_indirect(true);
+  const uint64_t table = 0x60000, hdr = 0x30000;
+  auto good_table = [&] {
+    drv.Desc(0, kGuestBase + hdr, 16, kVirtqDescFNext, 1, table);
+    drv.Desc(1, kGuestBase + hdr + 16, 512, kVirtqDescFNext | kVirtqDescFWrite, 2, table);
+    drv.Desc(2, kGuestBase + hdr + 1024, 1, kVirtqDescFWrite, 0, table);
+  };
+  struct Case {
+    const char* what;
+    std::function<void()> setup;
+  };
+  std::vector<Case> cases = {
+      {"INDIRECT with NEXT",
+       [&] { drv.Desc(0, kGuestBase + table, 48, kVirtqDescFIndirect | kVirtqDescFNext, 1); }},
+      {"length not a whole number of descriptors",
+       [&] { drv.Desc(0, kGuestBase + table, 40, kVirtqDescFIndirect, 0); }},
+      {"longer than a request may be",
+       [&] { drv.Desc(0, kGuestBase + table, 16 * (kBlkSegMax + 3), kVirtqDescFIndirect, 0); }},
+      {"outside guest memory",
+       [&] { drv.Desc(0, kGuestBase + kMemSize - 32, 48, kVirtqDescFIndirect, 0); }},
+      {"nested",
+       [&] {
+         drv.Desc(1, kGuestBase + table, 48, kVirtqDescFIndirect, 0, table);
+         drv.Desc(0, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+       }},
+      {"a loop inside the table",
+       [&] {
+         drv.Desc(2, kGuestBase + hdr + 1024, 1, kVirtqDescFWrite | kVirtqDescFNext, 0, table);
+         drv.Desc(0, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+       }},
+      {"next past the table",
+       [&] {
+         drv.Desc(1, kGuestBase + hdr + 16, 512, kVirtqDescFNext | kVirtqDescFWrite, 3, table);
+         drv.Desc(0, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+       }},
+      {"not at the head",
+       [&] {
+         drv.Desc(0, kGuestBase + hdr, 16, kVirtqDescFNext, 1);
+         drv.Desc(1, kGuestBase + table, 48, kVirtqDescFIndirect, 0);
+       }},
+  };
+  uint16_t slot = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    good_table();
+    c.setup();
+    drv.Publish(0);
+    EXPECT_EQ(Run(), 1u);
+    EXPECT_EQ(drv.Used(slot), std::make_pair(0u, 0u));
+    ++slot;
+  }
+  std::vector<char> vol = io_->Snapshot();
+  EXPECT_EQ(std::count(vol.begin(), vol.end(), 0), static_cast<long>(vol.size()));
+}
+
 TEST_F(VirtqueueTest, ProcessesAtMostOneRingPerCall) {
   FakeDriver drv(buf_.data());
   // A full ring of requests (one chain published kQ times: a driver may not do that,
@@ -238,6 +658,35 @@ TEST_F(VirtqueueTest, ProcessesAtMostOneRingPerCall) {
   EXPECT_EQ(*second, 2u);
   EXPECT_EQ(drv.UsedIdx(), kQ + 2);
   EXPECT_EQ(drv.StatusAfter(d, 512), kVirtioBlkSOk);
+}
+
+// Requests taken off the ring and completed in another order (as I/O threads do):
+// each used entry names its own chain with its own length.
+TEST_F(VirtqueueTest, RequestsCompletedOutOfOrderKeepTheirIdsAndLengths) {
+  FakeDriver drv(buf_.data());
+  std::vector<char> data = PatternBytes(16384, 8);
+  ASSERT_TRUE(io_->Write(0, data.data(), data.size()).ok());
+  uint64_t a = drv.Request(0, kVirtioBlkTIn, 0, 4096);
+  uint64_t b = drv.Request(3, kVirtioBlkTIn, 8, 8192, 0x40000);
+  drv.Publish(0);
+  drv.Publish(3);
+  EXPECT_TRUE(queue_.HasAvailable());
+  PoppedRequest pa, pb, none;
+  ASSERT_TRUE(*queue_.Pop(mem_, &pa));
+  ASSERT_TRUE(*queue_.Pop(mem_, &pb));
+  EXPECT_FALSE(*queue_.Pop(mem_, &none));
+  EXPECT_FALSE(queue_.HasAvailable());
+  EXPECT_EQ(pa.head, 0);
+  EXPECT_EQ(pb.head, 3);
+  queue_.PushUsed(pb.head, ExecutePopped(*io_, info_, pb));
+  EXPECT_EQ(drv.UsedIdx(), 1);
+  EXPECT_EQ(drv.StatusAfter(a, 4096), 0xff);  // A not executed yet
+  queue_.PushUsed(pa.head, ExecutePopped(*io_, info_, pa));
+  EXPECT_EQ(drv.UsedIdx(), 2);
+  EXPECT_EQ(drv.Used(0), std::make_pair(3u, 8192u + 1));
+  EXPECT_EQ(drv.Used(1), std::make_pair(0u, 4096u + 1));
+  EXPECT_EQ(memcmp(buf_.data() + a, data.data(), 4096), 0);
+  EXPECT_EQ(memcmp(buf_.data() + b, data.data() + 4096, 8192), 0);
 }
 
 TEST_F(VirtqueueTest, CorruptAvailableRingStopsTheQueue) {
@@ -385,6 +834,71 @@ class Frontend {
   bool connected_ = false;
 };
 
+// Guest memory and one started queue (queue 0, kQ entries) of a connected front-end.
+struct StartedQueue {
+  uint8_t* mem = nullptr;
+  int kick = -1, call = -1;
+  ~StartedQueue() {
+    if (mem != nullptr) munmap(mem, kMemSize);
+    if (kick >= 0) close(kick);
+    if (call >= 0) close(call);
+  }
+  // Kicks the queue.
+  bool Kick() {
+    uint64_t one = 1;
+    return write(kick, &one, 8) == 8;
+  }
+  // Waits (up to 30 s) for the back-end to signal the call eventfd.
+  bool WaitCall() {
+    struct pollfd p = {call, POLLIN, 0};
+    uint64_t got;
+    return poll(&p, 1, 30000) == 1 && read(call, &got, 8) == 8;
+  }
+};
+
+// What QEMU does at start: features, protocol features, a memfd memory table, one
+// queue's size, base, addresses, kick and call eventfds, enable. `features_out` gets
+// GET_FEATURES' answer.
+void StartQueue(Frontend& fe, StartedQueue* q, uint64_t* features_out = nullptr) {
+  ASSERT_TRUE(fe.Send(kVhostUserGetFeatures, nullptr, 0));
+  uint64_t features = fe.ReplyU64();
+  if (features_out != nullptr) *features_out = features;
+  ASSERT_TRUE(fe.Send(kVhostUserSetOwner, nullptr, 0));
+  ASSERT_TRUE(fe.Send(kVhostUserGetProtocolFeatures, nullptr, 0));
+  uint64_t pf = fe.ReplyU64();
+  ASSERT_TRUE(pf & (1ull << kVhostUserProtocolFConfig));
+  ASSERT_TRUE(fe.Send(kVhostUserSetProtocolFeatures, &pf, 8));
+  uint64_t acked = features & ~(1ull << kVirtioBlkFMq);
+  ASSERT_TRUE(fe.Send(kVhostUserSetFeatures, &acked, 8));
+  // Guest memory: a memfd, as QEMU's memory-backend-memfd.
+  int memfd = memfd_create("guest", MFD_CLOEXEC);
+  ASSERT_EQ(ftruncate(memfd, kMemSize), 0);
+  q->mem =
+      static_cast<uint8_t*>(mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0));
+  ASSERT_NE(q->mem, MAP_FAILED);
+  uint64_t table[1 + 4] = {1, kGuestBase, kMemSize, kUserBase, 0};
+  ASSERT_TRUE(fe.Send(kVhostUserSetMemTable, table, 8 + 32, {memfd}, 1 | kVhostUserNeedReplyFlag));
+  EXPECT_EQ(fe.ReplyU64(), 0u);  // REPLY_ACK: success
+  close(memfd);
+  uint32_t num[2] = {0, kQ}, base[2] = {0, 0};
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringNum, num, 8));
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringBase, base, 8));
+  uint8_t addr[40] = {};
+  uint64_t desc = kUserBase + kDescOff, used = kUserBase + kUsedOff, avail = kUserBase + kAvailOff;
+  memcpy(addr + 8, &desc, 8);
+  memcpy(addr + 16, &used, 8);
+  memcpy(addr + 24, &avail, 8);
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringAddr, addr, 40));
+  q->kick = eventfd(0, EFD_CLOEXEC);
+  q->call = eventfd(0, EFD_CLOEXEC);
+  uint64_t q0 = 0;
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringKick, &q0, 8, {q->kick}));
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringCall, &q0, 8, {q->call}));
+  uint32_t enable[2] = {0, 1};
+  ASSERT_TRUE(fe.Send(kVhostUserSetVringEnable, enable, 8, {}, 1 | kVhostUserNeedReplyFlag));
+  EXPECT_EQ(fe.ReplyU64(), 0u);
+}
+
 TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
   TempDir tmp;
   auto io = std::make_shared<MemBlockIo>(8 << 20);
@@ -395,16 +909,6 @@ TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
   for (int round = 0; round < 2; ++round) {  // the second round is a "restarted VMM"
     Frontend fe(sock);
     ASSERT_TRUE(fe.connected());
-    ASSERT_TRUE(fe.Send(kVhostUserGetFeatures, nullptr, 0));
-    uint64_t features = fe.ReplyU64();
-    EXPECT_TRUE(features & (1ull << kVirtioFVersion1));
-    EXPECT_TRUE(features & (1ull << kVhostUserFProtocolFeatures));
-    EXPECT_FALSE(features & (1ull << kVirtioBlkFRo));
-    ASSERT_TRUE(fe.Send(kVhostUserSetOwner, nullptr, 0));
-    ASSERT_TRUE(fe.Send(kVhostUserGetProtocolFeatures, nullptr, 0));
-    uint64_t pf = fe.ReplyU64();
-    ASSERT_TRUE(pf & (1ull << kVhostUserProtocolFConfig));
-    ASSERT_TRUE(fe.Send(kVhostUserSetProtocolFeatures, &pf, 8));
     ASSERT_TRUE(fe.Send(kVhostUserGetQueueNum, nullptr, 0));
     EXPECT_EQ(fe.ReplyU64(), 2u);
     uint32_t cfg_req[3 + 4] = {0, 16, 0};  // read capacity..seg_max
@@ -414,57 +918,32 @@ TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
     uint64_t capacity;
     memcpy(&capacity, cfg.data() + 24, 8);
     EXPECT_EQ(capacity, (8u << 20) / 512);
-    uint64_t acked = features & ~(1ull << kVirtioBlkFMq);
-    ASSERT_TRUE(fe.Send(kVhostUserSetFeatures, &acked, 8));
-
-    // Guest memory: a memfd, as QEMU's memory-backend-memfd.
-    int memfd = memfd_create("guest", MFD_CLOEXEC);
-    ASSERT_EQ(ftruncate(memfd, kMemSize), 0);
-    uint8_t* mem = static_cast<uint8_t*>(
-        mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0));
-    ASSERT_NE(mem, MAP_FAILED);
-    uint64_t table[1 + 4] = {1, kGuestBase, kMemSize, kUserBase, 0};
-    ASSERT_TRUE(
-        fe.Send(kVhostUserSetMemTable, table, 8 + 32, {memfd}, 1 | kVhostUserNeedReplyFlag));
-    EXPECT_EQ(fe.ReplyU64(), 0u);  // REPLY_ACK: success
-    close(memfd);
-    uint32_t num[2] = {0, kQ}, base[2] = {0, 0};
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringNum, num, 8));
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringBase, base, 8));
-    uint8_t addr[40] = {};
-    uint64_t desc = kUserBase + kDescOff, used = kUserBase + kUsedOff,
-             avail = kUserBase + kAvailOff;
-    memcpy(addr + 8, &desc, 8);
-    memcpy(addr + 16, &used, 8);
-    memcpy(addr + 24, &avail, 8);
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringAddr, addr, 40));
-    int kick = eventfd(0, EFD_CLOEXEC), call = eventfd(0, EFD_CLOEXEC);
-    uint64_t q0 = 0;
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringKick, &q0, 8, {kick}));
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringCall, &q0, 8, {call}));
-    uint32_t enable[2] = {0, 1};
-    ASSERT_TRUE(fe.Send(kVhostUserSetVringEnable, enable, 8, {}, 1 | kVhostUserNeedReplyFlag));
-    EXPECT_EQ(fe.ReplyU64(), 0u);
+    uint32_t seg_max;
+    memcpy(&seg_max, cfg.data() + 36, 4);
+    EXPECT_EQ(seg_max, 254u);  // 256-entry rings fit a whole chain without indirect tables
+    StartedQueue q;
+    uint64_t features = 0;
+    ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q, &features));
+    EXPECT_TRUE(features & (1ull << kVirtioFVersion1));
+    EXPECT_TRUE(features & (1ull << kVhostUserFProtocolFeatures));
+    EXPECT_TRUE(features & (1ull << kVirtioRingFIndirectDesc));
+    EXPECT_FALSE(features & (1ull << kVirtioBlkFRo));
 
     // A write then a read, each kicked and waited for on the call eventfd.
-    FakeDriver drv(mem);
+    FakeDriver drv(q.mem);
     std::vector<char> data = PatternBytes(65536, 40 + round);
     uint64_t d = drv.Request(0, kVirtioBlkTOut, 2048, 65536);
-    memcpy(mem + d, data.data(), data.size());
+    memcpy(q.mem + d, data.data(), data.size());
     drv.Publish(0);
-    uint64_t one = 1, got;
-    ASSERT_EQ(write(kick, &one, 8), 8);
-    struct pollfd p = {call, POLLIN, 0};
-    ASSERT_EQ(poll(&p, 1, 30000), 1);
-    ASSERT_EQ(read(call, &got, 8), 8);
+    ASSERT_TRUE(q.Kick());
+    ASSERT_TRUE(q.WaitCall());
     EXPECT_EQ(drv.StatusAfter(d, 65536), kVirtioBlkSOk);
     uint64_t r = drv.Request(3, kVirtioBlkTIn, 2048, 65536, 0x80000);
     drv.Publish(3);
-    ASSERT_EQ(write(kick, &one, 8), 8);
-    ASSERT_EQ(poll(&p, 1, 30000), 1);
-    ASSERT_EQ(read(call, &got, 8), 8);
+    ASSERT_TRUE(q.Kick());
+    ASSERT_TRUE(q.WaitCall());
     EXPECT_EQ(drv.StatusAfter(r, 65536), kVirtioBlkSOk);
-    EXPECT_EQ(memcmp(mem + r, data.data(), 65536), 0);
+    EXPECT_EQ(memcmp(q.mem + r, data.data(), 65536), 0);
     std::vector<char> vol = io->Snapshot();
     EXPECT_TRUE(std::equal(data.begin(), data.end(), vol.begin() + 2048 * 512));
 
@@ -475,12 +954,120 @@ TEST(VhostUserBlkServerTest, ServesAFrontEndAndAcceptsItAgainAfterARestart) {
     uint32_t last_avail;
     memcpy(&last_avail, vb.data() + 16, 4);
     EXPECT_EQ(last_avail, 2u);
-    munmap(mem, kMemSize);
-    close(kick);
-    close(call);
   }
   EXPECT_EQ((*server)->connections(), 2u);
   EXPECT_EQ((*server)->last_error(), "");
+}
+
+// Two reads on one queue: the first is held inside the volume, the second completes
+// first. The used ring names each request by its own head with its own length, and
+// both guests buffers get their own bytes.
+TEST(VhostUserBlkServerTest, RequestsCompleteOutOfOrderWithTheirOwnUsedEntries) {
+  TempDir tmp;
+  auto io = std::make_shared<GatedBlockIo>(8 << 20);
+  std::vector<char> content = PatternBytes(8 << 20, 77);
+  ASSERT_TRUE(io->Write(0, content.data(), content.size()).ok());
+  std::string sock = tmp.path() + "/blk.sock";
+  // No read-ahead: the second read must reach the volume itself.
+  auto server =
+      VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2, .readahead_bytes = 0});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  Frontend fe(sock);
+  StartedQueue q;
+  ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q));
+  FakeDriver drv(q.mem);
+  io->HoldReads(0, 4096);  // request A reads sector 0..
+  uint64_t a = drv.Request(0, kVirtioBlkTIn, 0, 8192);
+  uint64_t b = drv.Request(3, kVirtioBlkTIn, 4096, 16384, 0x80000);  // .. B elsewhere
+  drv.Publish(0);
+  drv.Publish(3);
+  ASSERT_TRUE(q.Kick());
+  ASSERT_TRUE(io->WaitHeld(1));
+  ASSERT_TRUE(q.WaitCall());
+  ASSERT_EQ(drv.UsedIdx(), 1);
+  EXPECT_EQ(drv.Used(0).first, 3u);  // B first
+  EXPECT_EQ(drv.Used(0).second, 16384u + 1);
+  EXPECT_EQ(drv.StatusAfter(b, 16384), kVirtioBlkSOk);
+  EXPECT_EQ(memcmp(q.mem + b, content.data() + 4096 * 512, 16384), 0);
+  EXPECT_EQ(drv.StatusAfter(a, 8192), 0xff);  // A still held
+  io->Release();
+  ASSERT_TRUE(q.WaitCall());
+  ASSERT_EQ(drv.UsedIdx(), 2);
+  EXPECT_EQ(drv.Used(1).first, 0u);
+  EXPECT_EQ(drv.Used(1).second, 8192u + 1);
+  EXPECT_EQ(drv.StatusAfter(a, 8192), kVirtioBlkSOk);
+  EXPECT_EQ(memcmp(q.mem + a, content.data(), 8192), 0);
+  EXPECT_EQ((*server)->last_error(), "");
+}
+
+// A FLUSH is executed only after the writes taken before it have completed, even when
+// those run on other threads.
+TEST(VhostUserBlkServerTest, FlushWaitsForTheWritesInFlight) {
+  TempDir tmp;
+  auto io = std::make_shared<GatedBlockIo>(8 << 20);
+  std::string sock = tmp.path() + "/blk.sock";
+  auto server = VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  Frontend fe(sock);
+  StartedQueue q;
+  ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q));
+  FakeDriver drv(q.mem);
+  io->HoldWrites(100 * 512, 101 * 512);
+  uint64_t w = drv.Request(0, kVirtioBlkTOut, 100, 4096);
+  memset(q.mem + w, 'w', 4096);
+  drv.Publish(0);
+  // FLUSH: header and status only.
+  uint8_t* hdr = q.mem + 0xA0000;
+  uint32_t type = kVirtioBlkTFlush;
+  memset(hdr, 0, 16);
+  memcpy(hdr, &type, 4);
+  q.mem[0xA0010] = 0xff;
+  drv.Desc(3, kGuestBase + 0xA0000, 16, kVirtqDescFNext, 4);
+  drv.Desc(4, kGuestBase + 0xA0010, 1, kVirtqDescFWrite, 0);
+  drv.Publish(3);
+  ASSERT_TRUE(q.Kick());
+  ASSERT_TRUE(io->WaitHeld(1));
+  io->Release();
+  while (drv.UsedIdx() < 2) ASSERT_TRUE(q.WaitCall());
+  EXPECT_EQ(q.mem[0xA0010], kVirtioBlkSOk);
+  EXPECT_EQ(drv.StatusAfter(w, 4096), kVirtioBlkSOk);
+  EXPECT_EQ(io->Events(), "write-done flush ");
+}
+
+// A message that may remap memory or stop a ring (here GET_VRING_BASE) is answered
+// only once the requests in flight are on the used ring.
+TEST(VhostUserBlkServerTest, MessagesWaitForTheRequestsInFlight) {
+  TempDir tmp;
+  auto io = std::make_shared<GatedBlockIo>(8 << 20);
+  std::string sock = tmp.path() + "/blk.sock";
+  auto server =
+      VhostUserBlkServer::Start(sock, io, {.num_queues = 1, .io_threads = 2, .readahead_bytes = 0});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  Frontend fe(sock);
+  StartedQueue q;
+  ASSERT_NO_FATAL_FAILURE(StartQueue(fe, &q));
+  FakeDriver drv(q.mem);
+  // Two reads, so they run on the I/O threads (a lone one runs in the server's).
+  io->HoldReads(0, 8192);
+  uint64_t r1 = drv.Request(0, kVirtioBlkTIn, 0, 4096);
+  uint64_t r2 = drv.Request(3, kVirtioBlkTIn, 8, 4096, 0x80000);
+  drv.Publish(0);
+  drv.Publish(3);
+  ASSERT_TRUE(q.Kick());
+  ASSERT_TRUE(io->WaitHeld(2));
+  uint32_t state[2] = {0, 0};
+  ASSERT_TRUE(fe.Send(kVhostUserGetVringBase, state, 8));
+  struct pollfd p = {fe.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 200), 0) << "answered while requests were in flight";
+  io->Release();
+  std::vector<uint8_t> vb = fe.Reply();
+  ASSERT_EQ(vb.size(), 20u);
+  EXPECT_EQ(drv.UsedIdx(), 2);  // on the used ring before the answer
+  EXPECT_EQ(drv.StatusAfter(r1, 4096), kVirtioBlkSOk);
+  EXPECT_EQ(drv.StatusAfter(r2, 4096), kVirtioBlkSOk);
+  uint32_t last_avail;
+  memcpy(&last_avail, vb.data() + 16, 4);
+  EXPECT_EQ(last_avail, 2u);
 }
 
 TEST(VhostUserBlkServerTest, ProtocolViolationsCloseTheConnectionButNotTheServer) {
