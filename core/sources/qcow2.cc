@@ -24,6 +24,7 @@
 // reference find its bytes gone: that is an error (INVALID_ARGUMENT), never wrong data.
 #include "core/sources/qcow2.h"
 
+#include <libdeflate.h>
 #include <zlib.h>
 #include <zstd.h>
 
@@ -238,6 +239,7 @@ class Qcow2Source : public ImageSource {
   }
   ~Qcow2Source() override {
     if (zlib_ready_) inflateEnd(&z_);
+    if (deflate_) libdeflate_free_decompressor(deflate_);
     if (zstd_) ZSTD_freeDCtx(zstd_);
   }
 
@@ -854,6 +856,17 @@ class Qcow2Source : public ImageSource {
                        std::to_string(off) + " is corrupt or truncated (" + why + ")");
     };
     if (h_.compression == Compression::kZlib) {
+      // libdeflate inflates a whole cluster two to three times faster than zlib. Anything
+      // it does not take as a cluster exactly (a stream longer than the cluster, which
+      // QEMU truncates; a corrupt one) goes through zlib, which decides as before.
+      if (!deflate_) deflate_ = libdeflate_alloc_decompressor();
+      size_t in_used = 0, out_len = 0;
+      if (deflate_ &&
+          libdeflate_deflate_decompress_ex(deflate_, in, in_len, out, cs_, &in_used, &out_len) ==
+              LIBDEFLATE_SUCCESS &&
+          out_len == cs_) {
+        return Status::Ok();
+      }
       if (!zlib_ready_) {
         std::memset(&z_, 0, sizeof(z_));
         if (inflateInit2(&z_, -15) != Z_OK)
@@ -1066,6 +1079,7 @@ class Qcow2Source : public ImageSource {
   uint64_t gpos_ = 0;
   uint64_t cached_ = kNoGuest;  // the guest cluster decompressed in cluster_
   std::vector<char> cluster_, packed_;
+  libdeflate_decompressor* deflate_ = nullptr;
   z_stream z_;
   bool zlib_ready_ = false;
   ZSTD_DCtx* zstd_ = nullptr;
