@@ -21,6 +21,7 @@
 #include "core/chunk_store.h"
 #include "core/db.h"
 #include "core/format.h"
+#include "core/helper_pool.h"
 #include "core/store.h"
 
 namespace stellarium {
@@ -52,6 +53,7 @@ class StoreImpl {
   StoreOptions options;
   std::unique_ptr<Db> db;
   std::unique_ptr<ChunkStore> chunks;
+  HelperPool read_helpers{2};  // the second halves of large volume reads
 
   std::mutex catalog_mu;
   uint64_t next_layer = 1;                                           // GUARDED_BY(catalog_mu)

@@ -2,7 +2,7 @@
 // granularity), flattening, and per-volume statistics.
 #include <algorithm>
 #include <cstring>
-#include <thread>
+#include <future>
 
 #include "core/store_impl.h"
 
@@ -63,14 +63,17 @@ class VolumeHandle : public Volume {
         return Status::Ok();
       });
     };
-    // Large reads fetch and verify in two halves on two threads.
+    // Large reads fetch and verify in two halves on two threads, when a helper is idle.
     constexpr size_t kSplit = 64;
     if (ids.size() < kSplit) return fetch(0, ids.size());
     const size_t mid = ids.size() / 2;
     Status second;
-    std::thread helper([&] { second = fetch(mid, ids.size()); });
+    std::future<void> helped;
+    if (!impl_->read_helpers.TryRun([&] { second = fetch(mid, ids.size()); }, &helped)) {
+      return fetch(0, ids.size());
+    }
     Status first = fetch(0, mid);
-    helper.join();
+    helped.wait();
     RETURN_IF_ERROR(first);
     return second;
   }
