@@ -93,6 +93,8 @@ rocksdb::ColumnFamilyOptions CfOptions(int i, const std::shared_ptr<rocksdb::Cac
       break;
     case Cf::kMaps:
       o.write_buffer_size = 32 << 20;
+      // Read only through iterators (a range of a layer): a bloom filter would not help.
+      t.filter_policy.reset();
       break;
     default:
       o.write_buffer_size = 4 << 20;

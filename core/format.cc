@@ -115,10 +115,17 @@ uint64_t DecodeLayerKey(std::string_view key) {
   return v;
 }
 
-std::string MapKey(uint64_t layer, uint64_t block) {
-  std::string k = LayerKey(layer);
-  k += LayerKey(block);
+MapKeyBytes MapKeyOf(uint64_t layer, uint64_t block) {
+  MapKeyBytes k;
+  for (int i = 0; i < 8; ++i) {
+    k.bytes[i] = static_cast<char>(layer >> (56 - 8 * i));
+    k.bytes[8 + i] = static_cast<char>(block >> (56 - 8 * i));
+  }
   return k;
+}
+
+std::string MapKey(uint64_t layer, uint64_t block) {
+  return std::string(MapKeyOf(layer, block).view());
 }
 
 void DecodeMapKey(std::string_view key, uint64_t* layer, uint64_t* block) {
@@ -269,10 +276,18 @@ bool DecodeChunkRecord(std::string_view v, ChunkRecord* r) {
   return in.ok();
 }
 
+MapValueBytes MapValueOf(const ChunkId& id, uint64_t hint) {
+  MapValueBytes v;
+  std::memcpy(v.bytes, id.data(), kChunkIdSize);
+  size_t n = kChunkIdSize;
+  for (; hint >= 0x80; hint >>= 7) v.bytes[n++] = static_cast<char>(hint | 0x80);
+  if (hint != 0 || n > kChunkIdSize) v.bytes[n++] = static_cast<char>(hint);
+  v.size = static_cast<uint8_t>(n);
+  return v;
+}
+
 std::string EncodeMapValue(const ChunkId& id, uint64_t hint) {
-  std::string s(AsBytes(id));
-  if (hint != 0) PutVarint(&s, hint);
-  return s;
+  return std::string(MapValueOf(id, hint).view());
 }
 
 bool DecodeMapValue(std::string_view v, ChunkId* id, uint64_t* hint) {

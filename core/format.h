@@ -109,6 +109,20 @@ bool DecodeMapValue(std::string_view v, ChunkId* id, uint64_t* hint);
 // The id part of a non-empty map value, for comparisons.
 inline std::string_view MapValueId(std::string_view v) { return v.substr(0, kChunkIdSize); }
 
+// Allocation-free forms of the same bytes, for bulk writers (an import writes a map
+// entry per block).
+struct MapKeyBytes {
+  char bytes[kMapKeySize];
+  std::string_view view() const { return {bytes, kMapKeySize}; }
+};
+MapKeyBytes MapKeyOf(uint64_t layer, uint64_t block);
+struct MapValueBytes {
+  char bytes[kChunkIdSize + 10];  // id, varint hint
+  uint8_t size = 0;
+  std::string_view view() const { return {bytes, size}; }
+};
+MapValueBytes MapValueOf(const ChunkId& id, uint64_t hint);
+
 // ---- values ----
 std::string EncodeU64(uint64_t v);   // LE, 8 bytes
 uint64_t DecodeU64(std::string_view v);

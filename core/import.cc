@@ -458,8 +458,9 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     std::unique_ptr<IngestBatch> batch = s.db->NewIngestBatch(what);
     auto write = [&](IndexWork& w) -> Status {
       for (const MapEntry& m : w.maps) {
-        RETURN_IF_ERROR(batch->Put(Cf::kMaps, format::MapKey(layer, m.block),
-                                   m.zero ? std::string() : format::EncodeMapValue(m.id, m.hint)));
+        RETURN_IF_ERROR(
+            batch->Put(Cf::kMaps, format::MapKeyOf(layer, m.block).view(),
+                       m.zero ? std::string_view() : format::MapValueOf(m.id, m.hint).view()));
       }
       if (!w.end_index_period) return Status::Ok();
       std::sort(w.refs.begin(), w.refs.end(),
