@@ -5,11 +5,14 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 
 #include <gtest/gtest.h>
 
+#include "core/sha256.h"
 #include "core/store.h"
 
 namespace stellarium::testing {
@@ -30,6 +33,20 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A whole file's bytes ("" when it cannot be read), and a file written whole.
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+inline void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+inline std::string Sha256Hex(const std::string& bytes) {
+  return ToHex(Sha256(bytes.data(), bytes.size()));
+}
 
 inline std::string RandomBytes(std::mt19937_64& rng, size_t n) {
   std::string s(n, '\0');

@@ -37,17 +37,9 @@ using testing::WriteQcow2;
 using Order = Qcow2Layout::Order;
 using L2Place = Qcow2Layout::L2Place;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-std::string Sha256Hex(const std::string& bytes) {
-  return ToHex(Sha256(bytes.data(), bytes.size()));
-}
+using testing::ReadFile;
+using testing::WriteFile;
+using testing::Sha256Hex;
 
 void MustRun(const std::vector<std::string>& argv) {
   std::string out;

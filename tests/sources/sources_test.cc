@@ -27,15 +27,9 @@ using testing::Unwrap;
 
 constexpr uint64_t kImageBytes = 8u << 20;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-std::string Sha256Hex(const std::string& bytes) { return ToHex(Sha256(bytes.data(), bytes.size())); }
+using testing::ReadFile;
+using testing::WriteFile;
+using testing::Sha256Hex;
 
 // A disk-like image: random blocks, runs of zero blocks and repeated blocks.
 std::string MakeImage(uint64_t seed) {
