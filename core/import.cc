@@ -412,7 +412,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   // Data writers: each data period's chunk bytes into a table, ingested; periods finish
   // in any order, and `data_done` counts those finished without a gap.
   Channel<std::unique_ptr<DataWork>> data_free, data_q;
-  for (size_t i = 0; i < kDataWorkInFlight; ++i) data_free.Push(std::make_unique<DataWork>());
+  for (size_t i = 1; i < kDataWorkInFlight; ++i) data_free.Push(std::make_unique<DataWork>());
   std::mutex data_mu;
   std::condition_variable data_cv;
   uint64_t data_done = 0;              // GUARDED_BY(data_mu)
@@ -507,19 +507,15 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   uint64_t index_period_blocks = 0;
   absl::flat_hash_map<ChunkId, PeriodRef, ChunkIdHash> period;  // the index period's chunks
   absl::flat_hash_map<ChunkId, uint64_t, ChunkIdHash> known;    // earlier periods': hint
-  std::unique_ptr<DataWork> data;                               // the data period being filled
-  // A data period's bytes fit its buffer from the start: no regrowth, no copies.
-  auto take_data_buffer = [&]() -> bool {
-    if (!data_free.Pop(&data)) return false;
-    data->bytes.reserve(data_period_limit + seg_bytes);
-    return true;
-  };
-  if (!take_data_buffer()) return Status::Internal(what + ": no data buffer");
+  // The data period being filled. Its bytes fit its buffer from the start: no regrowth.
+  std::unique_ptr<DataWork> data = std::make_unique<DataWork>();
+  data->bytes.reserve(data_period_limit + seg_bytes);
   auto end_data_period = [&]() -> Status {
     if (data->locators.empty()) return Status::Ok();
     data->period = data_periods++;
     data_q.Push(std::move(data));
-    if (!take_data_buffer()) return Status::Aborted(what + ": import stopped");
+    if (!data_free.Pop(&data)) return Status::Aborted(what + ": import stopped");
+    data->bytes.reserve(data_period_limit + seg_bytes);
     placement = {};  // the next data table's keys start above everything so far
     return Status::Ok();
   };
