@@ -24,6 +24,7 @@
 
 #include "core/block_io.h"
 #include "core/status.h"
+#include "csi/exposure/read_ahead.h"
 
 namespace stellarium::exposure {
 
@@ -118,21 +119,6 @@ struct BlkDeviceInfo {
   uint64_t capacity_sectors = 0;
   bool read_only = false;
   std::string serial;  // GET_ID answer, at most 20 bytes used
-};
-
-// Optionally implemented by a BlockIo that holds bytes in memory of its own (the
-// read-ahead layer): it hands a read over in pieces instead of copying it into one
-// buffer, so a request of scattered guest pages is filled from its memory directly
-// rather than through a bounce buffer. Same contract as BlockIo::Read otherwise.
-class PieceReader {
- public:
-  // Called with consecutive pieces of the range: `at` is the piece's offset within
-  // it; together the pieces cover it exactly once.
-  using Sink = std::function<void(uint64_t at, const char* data, size_t n)>;
-  virtual Status ReadPieces(uint64_t offset, size_t len, const Sink& sink) = 0;
-
- protected:
-  ~PieceReader() = default;
 };
 
 // Validates and executes one request against the volume. Returns the status byte to
