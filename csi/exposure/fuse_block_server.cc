@@ -70,9 +70,10 @@ int ErrnoFor(const Status& s) {
 struct FuseBlockServer::Entry {
   std::string name;
   fuse_ino_t ino = 0;
-  std::shared_ptr<BlockIo> io;
-  int open_count = 0;    // GUARDED_BY(State::mu): opens made by this process
-  bool removed = false;  // GUARDED_BY(State::mu): gone from by_name, kept while open
+  std::shared_ptr<BlockIo> io;    // as added (identity, size, flush)
+  std::shared_ptr<BlockIo> data;  // what reads and writes use: io, or a read-ahead over it
+  int open_count = 0;             // GUARDED_BY(State::mu): opens made by this process
+  bool removed = false;           // GUARDED_BY(State::mu): gone from by_name, kept while open
 };
 
 struct FuseBlockServer::State {
@@ -230,7 +231,7 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_
     fuse_reply_err(req, EBADF);
     return;
   }
-  BlockIo& io = *e->io;
+  BlockIo& io = *e->data;
   uint64_t vsize = io.size();
   if (off < 0) {
     fuse_reply_err(req, EINVAL);
@@ -259,7 +260,7 @@ void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_
     fuse_reply_err(req, EBADF);
     return;
   }
-  BlockIo& io = *e->io;
+  BlockIo& io = *e->data;
   if (io.read_only()) {
     fuse_reply_err(req, EROFS);
     return;
@@ -687,6 +688,11 @@ Status FuseBlockServer::AddVolume(const std::string& name, std::shared_ptr<Block
   e->name = name;
   e->ino = ino;
   e->io = std::move(io);
+  e->data = e->io;
+  if (options_.readahead_bytes > 0) {
+    e->data = std::make_shared<ReadAheadBlockIo>(
+        e->io, ReadAheadOptions{.max_bytes = options_.readahead_bytes});
+  }
   // A removed entry of the same name still open takes the new one's place.
   if (other != state_->by_ino.end()) e->open_count = other->second->open_count;
   state_->by_name[name] = e;

@@ -4,11 +4,15 @@
 //
 //   <mountpoint>/            the root directory, lists the volumes
 //   <mountpoint>/<name>      a regular file of the volume's size; reads and writes go
-//                            straight to the volume's BlockIo, fsync and close flush it
+//                            to the volume's BlockIo (through a read-ahead layer,
+//                            read_ahead.h, unless turned off), fsync and close flush it
 //
 // Why it is shaped this way (see docs/EXPOSURE.md for measurements):
 //   - Lazy: nothing is read up front; a read of a range reads only that range from the
-//     BlockIo, so adding a volume costs the same whatever its size.
+//     BlockIo, so adding a volume costs the same whatever its size. Only a sequential
+//     reader (a pod reading a file, a VM booting off the loop device) makes the volume's
+//     read-ahead layer read up to readahead_bytes beyond it, while it consumes what it
+//     got; writes pass through it and are never shadowed.
 //   - Every open uses FUSE direct_io: the kernel keeps no page cache of the file, so a
 //     loop device with direct I/O on reaches the BlockIo with each bio, and data written
 //     through another path (a vhost-user-blk backend on the same volume) is never
@@ -39,6 +43,7 @@
 
 #include "core/block_io.h"
 #include "core/status.h"
+#include "csi/exposure/read_ahead.h"
 
 struct fuse_session;
 
@@ -48,6 +53,9 @@ struct FuseBlockServerOptions {
   std::string mountpoint{};  // created if missing; a dead FUSE mount there is removed
   unsigned max_threads = 8;  // FUSE worker threads
   bool allow_other = true;   // let other users (a VMM running unprivileged) open files
+  // Read-ahead per volume for sequential readers (read_ahead.h): at most this many bytes
+  // held per volume, read by 3 helper threads of its own; 0 turns it off.
+  uint64_t readahead_bytes = 8 << 20;
 };
 
 // What a new process needs to take over a live FUSE connection: the /dev/fuse fd
