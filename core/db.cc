@@ -118,7 +118,8 @@ Status FromRocks(const rocksdb::Status& s, const std::string& context) {
   return Status::Internal(msg);
 }
 
-Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_missing) {
+Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_missing,
+                                     bool mmap_reads) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(dir, ec)) {
@@ -161,6 +162,9 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
   // Volumes are read sequentially more often than not, and chunk bytes lie in write
   // order: let the kernel read ahead in SST files (RocksDB's default asks it not to).
   dbo.advise_random_on_open = false;
+  // With mmap_reads, table files are read through mmap: a block is read where it lies
+  // in the page cache instead of being copied out by pread (StoreOptions::mmap_reads).
+  dbo.allow_mmap_reads = mmap_reads;
   dbo.bytes_per_sync = 1 << 20;
   dbo.keep_log_file_num = 3;
   dbo.max_total_wal_size = 256 << 20;

@@ -87,8 +87,9 @@ Status FromRocks(const rocksdb::Status& s, const std::string& context);
 class Db {
  public:
   // Opens <dir>/db, taking <dir>/LOCK.stellarium (flock). FAILED_PRECONDITION when another
-  // process holds the store.
-  static Result<std::unique_ptr<Db>> Open(const std::string& dir, bool create_if_missing);
+  // process holds the store. mmap_reads: StoreOptions::mmap_reads.
+  static Result<std::unique_ptr<Db>> Open(const std::string& dir, bool create_if_missing,
+                                          bool mmap_reads);
   ~Db();
 
   rocksdb::DB* raw() { return db_.get(); }

@@ -55,6 +55,10 @@ struct Options {
   // size and kubelet calls NodeExpandVolume on the volume's node, which grows the
   // volume in the local store, then its device and file system.
   bool controller_expansion = true;
+  // StoreOptions::mmap_reads: read the store's table files through mmap (faster reads;
+  // a disk read error under a mapped page ends the process with SIGBUS instead of
+  // failing that one read).
+  bool store_mmap_reads = true;
   // Images from URLs (csi/image_importer.h): the largest image a download may bring,
   // in bytes (the YAML key and the flag also take "10G", "512M"); 0 = no limit. And how
   // many imports may run at once on this node; a CreateVolume that would start one more

@@ -71,6 +71,7 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
 
   StoreOptions store_options;
   store_options.path = options.store;
+  store_options.mmap_reads = options.store_mmap_reads;
   Result<std::unique_ptr<Store>> store = Store::Open(store_options);
   if (!store.ok()) {
     if (store.status().code() == StatusCode::kFailedPrecondition) {

@@ -17,7 +17,7 @@ using testing::Unwrap;
 class ChunkStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    db_ = Unwrap(Db::Open(dir_ / "store", true));
+    db_ = Unwrap(Db::Open(dir_ / "store", true, /*mmap_reads=*/true));
     chunks_ = Unwrap(NewRocksChunkStore(db_.get()));
   }
   // Stores one reference to `data` (with its bytes) in a batch of its own.

@@ -147,7 +147,20 @@ TEST(OptionsTest, DefaultsAreDocumented) {
   EXPECT_EQ(cl.options.log_format, "text");
   EXPECT_EQ(cl.options.max_volumes_per_node, 0);
   EXPECT_EQ(cl.options.block_device, "fuse");
+  EXPECT_TRUE(cl.options.store_mmap_reads);
   EXPECT_EQ(FdHolderSocket(cl.options), "/var/lib/stellarium/state/fd-holder.sock");
+}
+
+TEST(OptionsTest, StoreMmapReadsFromYamlAndFlag) {
+  Options o;
+  ASSERT_TRUE(LoadYaml("store_mmap_reads: false\n", "c.yaml", &o).ok());
+  EXPECT_FALSE(o.store_mmap_reads);
+  CommandLine cl = Parse({"--node-id", "n1", "--store-mmap-reads", "false"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_FALSE(cl.options.store_mmap_reads);
+  cl = Parse({"--node-id", "n1", "--store-mmap-reads", "maybe"});
+  EXPECT_TRUE(cl.exit);
+  EXPECT_NE(cl.exit_code, 0);
 }
 
 TEST(OptionsTest, BlockDeviceFromYamlAndFlag) {

@@ -128,7 +128,7 @@ STELLARIUM_CSI_FLAGS = {
     "config", "endpoint", "node-id", "store", "state-dir", "driver-name", "kubelet-dir",
     "import-root", "max-volumes-per-node", "log-level", "log-format", "metrics-address",
     "max-image-size", "max-concurrent-imports",
-    "controller-expansion", "kata-direct-volume-dir", "block-device",
+    "controller-expansion", "kata-direct-volume-dir", "block-device", "store-mmap-reads",
     "version", "help", "dump-config",
 }
 
