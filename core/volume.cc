@@ -33,8 +33,7 @@ class VolumeHandle : public Volume {
     if (len == 0) return Status::Ok();
     const uint64_t bs = st_->rec.info.block_size;
     const uint64_t b0 = offset / bs, b1 = (offset + len + bs - 1) / bs;
-    std::memset(out, 0, len);
-    // Which chunk backs each mapped block of the range (unmapped blocks stay zero).
+    // Which chunk backs each mapped block of the range (the others read as zeros).
     std::vector<uint64_t> blocks;
     std::vector<ChunkRef> ids;
     RETURN_IF_ERROR(impl_->ResolveRange(st_->chain, b0, b1, [&](uint64_t block, std::string_view v) {
@@ -48,6 +47,7 @@ class VolumeHandle : public Volume {
       ids.push_back(ref);
       return Status::Ok();
     }));
+    ZeroUnbacked(offset, len, bs, blocks, out);
     auto fetch = [&](size_t from, size_t to) -> Status {
       std::vector<ChunkRef> part(ids.begin() + from, ids.begin() + to);
       return impl_->chunks->ReadMany(part, "volume " + id_, [&](size_t i, std::string_view chunk) -> Status {
@@ -159,6 +159,27 @@ class VolumeHandle : public Volume {
                                 " bytes)");
     }
     return Status::Ok();
+  }
+
+  // Zeroes the bytes of [offset, offset+len) that no block of `blocks` covers (`out`
+  // holds the range); the covered ones are about to be copied from their chunks.
+  static void ZeroUnbacked(uint64_t offset, size_t len, uint64_t bs,
+                           const std::vector<uint64_t>& blocks, char* out) {
+    std::vector<uint64_t> sorted;
+    const std::vector<uint64_t>* mapped = &blocks;
+    if (!std::is_sorted(blocks.begin(), blocks.end())) {
+      sorted = blocks;
+      std::sort(sorted.begin(), sorted.end());
+      mapped = &sorted;
+    }
+    const uint64_t end = offset + len;
+    uint64_t cur = offset;  // bytes before it are covered or zeroed
+    for (uint64_t b : *mapped) {
+      const uint64_t lo = std::max<uint64_t>(b * bs, offset);
+      if (lo > cur) std::memset(out + (cur - offset), 0, lo - cur);
+      cur = std::max<uint64_t>(cur, std::min<uint64_t>(b * bs + bs, end));
+    }
+    if (cur < end) std::memset(out + (cur - offset), 0, end - cur);
   }
 
   // REQUIRES: st_->mu held. Reads one whole block through the chain.

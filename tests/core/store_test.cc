@@ -296,6 +296,13 @@ TEST_F(StoreTest, ReadsAgreeWithAndWithoutMappedTableFiles) {
     std::string out(3 * 4096, '\0');
     ASSERT_OK(h->Read(100 * 4096 + 512, out.size() - 512, out.data()));
     EXPECT_EQ(out.substr(0, out.size() - 512), want.substr(100 * 4096 + 512, out.size() - 512));
+    // Unwritten blocks read as zeros whatever the buffer held: one before the data,
+    // two after it, and a partial block at each end of the range.
+    for (uint64_t at : {uint64_t{100}, uint64_t{199 * 4096 + 100}, uint64_t{256 * 4096 - 9000}}) {
+      std::string dirty(9000, 'x');
+      ASSERT_OK(h->Read(at, dirty.size(), dirty.data()));
+      EXPECT_TRUE(dirty == want.substr(at, dirty.size())) << "read at " << at;
+    }
   }
 }
 
