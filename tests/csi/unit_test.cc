@@ -1,6 +1,11 @@
 // Unit tests of the csi/ pieces that need no server: lock table, path checks, options,
 // status mapping, StorageClass parameters and capabilities.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -149,6 +154,42 @@ TEST(OptionsTest, DefaultsAreDocumented) {
   EXPECT_EQ(cl.options.block_device, "fuse");
   EXPECT_TRUE(cl.options.store_mmap_reads);
   EXPECT_EQ(FdHolderSocket(cl.options), "/var/lib/stellarium/state/fd-holder.sock");
+}
+
+// A SIGBUS (what a disk read error under a mapped table file raises; sent here with
+// kill, since a failing disk cannot be made on demand) ends the real driver by that
+// signal, after it says on stderr what the signal most likely means.
+TEST(DriverProcessTest, SigbusIsExplainedBeforeTheDriverDies) {
+  TempDir dir;
+  const std::string log = dir.path() + "/driver.log";
+  const std::string sock = dir.path() + "/csi.sock";
+  std::vector<std::string> args = {STELLARIUM_CSI_PATH,   "--endpoint",  "unix://" + sock,
+                                   "--node-id",           "n1",          "--store",
+                                   dir.path() + "/store", "--state-dir", dir.path() + "/state",
+                                   "--block-device",      "loop"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  rlimit no_core{0, 0};
+  ASSERT_EQ(::setrlimit(RLIMIT_CORE, &no_core), 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 2, 1);
+  pid_t pid = -1;
+  ASSERT_EQ(::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  for (int i = 0; i < 500 && !fs::exists(sock); ++i) ::usleep(20000);
+  EXPECT_TRUE(fs::exists(sock)) << "the driver did not start serving";
+  ASSERT_EQ(::kill(pid, SIGBUS), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  std::ifstream in(log);
+  const std::string out((std::istreambuf_iterator<char>(in)), {});
+  ASSERT_TRUE(WIFSIGNALED(status)) << "status " << status << "; log:\n" << out;
+  EXPECT_EQ(WTERMSIG(status), SIGBUS);
+  EXPECT_NE(out.find("SIGBUS"), std::string::npos) << out;
+  EXPECT_NE(out.find("--store-mmap-reads=false"), std::string::npos) << out;
 }
 
 TEST(OptionsTest, StoreMmapReadsFromYamlAndFlag) {
