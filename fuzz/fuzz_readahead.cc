@@ -9,11 +9,11 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
 #include <thread>
 #include <vector>
 
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/exposure/read_ahead.h"
+#include "fuzz/fuzz_mem_io.h"
 
 using namespace stellarium;
 using namespace stellarium::exposure;
@@ -22,36 +22,21 @@ namespace {
 
 constexpr uint64_t kSize = 1 << 20;
 
-// A locked in-memory volume (the helpers read it while the fuzzer writes).
-class LockedMemIo : public BlockIo {
+// The fuzz targets' in-memory volume, slowed down for the helpers: a store read takes
+// time, so a helper holds the bytes it read for a while and the fuzzer's writes (after
+// a pause op) land while a window holds older bytes.
+class SlowMemIo : public fuzz::FuzzMemIo {
  public:
-  uint64_t size() const override { return kSize; }
-  uint32_t block_size() const override { return 4096; }
-  bool read_only() const override { return false; }
+  SlowMemIo() : FuzzMemIo(kSize) {}
   Status Read(uint64_t off, size_t len, char* out) override {
-    if (off > kSize || len > kSize - off) __builtin_trap();  // never past the end
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      memcpy(out, data_.data() + off, len);
-    }
-    // A store read takes time: a helper holds the bytes it read for a while, so the
-    // fuzzer's writes (after a pause op) land while a window holds older bytes.
+    Status st = FuzzMemIo::Read(off, len, out);
     if (std::this_thread::get_id() != owner_) {
       std::this_thread::sleep_for(std::chrono::microseconds(500));
     }
-    return Status::Ok();
+    return st;
   }
-  Status Write(uint64_t off, const char* in, size_t len) override {
-    if (off > kSize || len > kSize - off) __builtin_trap();
-    std::lock_guard<std::mutex> lock(mu_);
-    memcpy(data_.data() + off, in, len);
-    return Status::Ok();
-  }
-  Status Flush() override { return Status::Ok(); }
 
  private:
-  std::mutex mu_;
-  std::vector<char> data_ = std::vector<char>(kSize, 0);
   const std::thread::id owner_ = std::this_thread::get_id();  // the fuzzer's thread
 };
 
@@ -65,7 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.threads = 1 + data[2] % 3;
   data += 3;
   size -= 3;
-  auto io = std::make_shared<LockedMemIo>();
+  auto io = std::make_shared<SlowMemIo>();
   std::vector<char> model(kSize, 0);
   std::vector<char> buf;
   {

@@ -14,7 +14,7 @@ namespace stellarium::testing {
 
 struct ImportedExt4 {
   std::string image_path;    // the raw ext4 image that was imported
-  std::string known_name;    // file name inside the file system ("known.bin")
+  std::string known_name;    // file name inside the ext4 image ("known.bin")
   std::string known_sha256;  // hex digest of its content
   std::string known_content;
   VolumeInfo volume;
