@@ -1,7 +1,10 @@
 #include "core/chunk_store.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -19,8 +22,9 @@ class RocksChunkStore : public ChunkStore {
  public:
   // The presence filter is sized for twice the chunks stored now (at least a million,
   // at most kFilterMaxBytes) and filled from the index by a background scan.
-  RocksChunkStore(Db* db, uint64_t next_locator, uint64_t chunks_now)
+  RocksChunkStore(Db* db, uint64_t next_locator, uint64_t chunks_now, uint64_t disk_readahead_bytes)
       : db_(db),
+        disk_readahead_bytes_(disk_readahead_bytes),
         next_locator_(next_locator),
         filter_(std::max<uint64_t>(1u << 20, 2 * chunks_now), kFilterMaxBytes) {
     scan_ = std::thread([this] { ScanIntoFilter(); });
@@ -28,6 +32,12 @@ class RocksChunkStore : public ChunkStore {
   ~RocksChunkStore() override {
     stop_scan_ = true;
     scan_.join();
+    {
+      std::lock_guard<std::mutex> lock(ahead_mu_);
+      stop_ahead_ = true;
+    }
+    ahead_cv_.notify_all();
+    if (ahead_thread_.joinable()) ahead_thread_.join();
   }
 
   Status Read(const ChunkId& id, std::string* out, const std::string& context) override {
@@ -260,9 +270,10 @@ class RocksChunkStore : public ChunkStore {
     ro.adaptive_readahead = true;
     // A long run of chunks (512 KiB or more) is read from disk in large reads, not one SST
     // block at a time; shorter runs rely on the kernel's readahead.
-    if (order->size() >= 128) ro.readahead_size = 1 << 20;
+    if (order->size() >= kLongRun) ro.readahead_size = 1 << 20;
     std::unique_ptr<rocksdb::Iterator> it(db_->raw()->NewIterator(ro, db_->cf(Cf::kData)));
     constexpr uint64_t kMaxStep = 16;  // farther than this, seek rather than step
+    uint64_t bytes = 0;                // of the chunks found
     for (const auto& [want, i] : *order) {
       bool valid = it->Valid();
       uint64_t at = valid ? format::DecodeDataKey(it->key().ToStringView()) : 0;
@@ -277,12 +288,74 @@ class RocksChunkStore : public ChunkStore {
       if (!it->status().ok())
         return FromRocks(it->status(), context + ": chunk " + ToHex(refs[i].id));
       if (it->Valid() && format::DecodeDataKey(it->key().ToStringView()) == want) {
+        bytes += it->value().size();
         RETURN_IF_ERROR(fn(i, it->value().ToStringView()));
       } else {
         RETURN_IF_ERROR(fn(i, std::nullopt));
       }
     }
+    if (order->size() >= kLongRun)
+      ReadAheadOnDisk(order->front().first, order->back().first, order->size(), bytes);
     return Status::Ok();
+  }
+
+  // Disk read-ahead. A long, dense run of locators (at least kLongRun chunks, spread
+  // over at most twice as many locators) is a reader going through chunks stored
+  // together: an import stores an image's new chunks at consecutive locators, in image
+  // order, so a volume read in order reads them in order. After such a run, the Db is
+  // asked to start reading the next disk_readahead_bytes_ of chunk bytes (in locators:
+  // that many bytes at the run's average chunk size), so the disk works ahead of the
+  // reader's CPU work (SHA-256 checks, copies) instead of one kernel read-ahead window
+  // at a time. Each run followed remembers how far it was asked for, and asks again
+  // once its reader has come kAheadStep closer (so the distance stays between
+  // disk_readahead_bytes_ - kAheadStep and disk_readahead_bytes_). Up to kAheadRuns
+  // runs at once. The asking is done by a thread of its own (AheadLoop).
+  void ReadAheadOnDisk(uint64_t lo, uint64_t hi, size_t count, uint64_t bytes) {
+    if (disk_readahead_bytes_ == 0 || bytes == 0 || hi - lo + 1 > 2 * count) return;
+    const uint64_t chunk = bytes / count + 1;
+    const uint64_t ahead = std::max<uint64_t>(count, disk_readahead_bytes_ / chunk);
+    const uint64_t step =
+        std::min<uint64_t>(ahead / 2, std::max<uint64_t>(count, kAheadStep / chunk));
+    uint64_t from, to;
+    {
+      std::lock_guard<std::mutex> lock(ahead_mu_);
+      ++ahead_clock_;
+      AheadRun* run = nullptr;
+      for (auto& r : ahead_runs_) {
+        if (r.used != 0 && r.start <= lo && lo <= r.end) run = &r;
+      }
+      if (run != nullptr) {
+        run->used = ahead_clock_;
+        if (run->end >= hi + ahead - step) return;
+        from = std::max(run->end, hi) + 1;
+      } else {
+        run = &*std::min_element(
+            ahead_runs_.begin(), ahead_runs_.end(),
+            [](const AheadRun& a, const AheadRun& b) { return a.used < b.used; });
+        *run = AheadRun{lo, 0, ahead_clock_};
+        from = hi + 1;
+      }
+      to = run->end = hi + ahead;
+      if (ahead_queue_.size() >= kAheadRuns) ahead_queue_.pop_front();
+      ahead_queue_.emplace_back(from, to);
+      if (!ahead_thread_.joinable()) ahead_thread_ = std::thread([this] { AheadLoop(); });
+    }
+    ahead_cv_.notify_one();
+  }
+
+  // The thread that asks: a reader goes on with its work while the kernel allocates
+  // pages and queues disk reads, which may wait for room in the device's queue.
+  void AheadLoop() {
+    std::unique_lock<std::mutex> lock(ahead_mu_);
+    for (;;) {
+      ahead_cv_.wait(lock, [&] { return stop_ahead_ || !ahead_queue_.empty(); });
+      if (stop_ahead_) return;
+      auto [from, to] = ahead_queue_.front();
+      ahead_queue_.pop_front();
+      lock.unlock();
+      bytes_read_ahead_ += db_->Prefetch(Cf::kData, format::DataKey(from), format::DataKey(to));
+      lock.lock();
+    }
   }
 
   static Status Missing(const ChunkId& id, const std::string& context) {
@@ -322,8 +395,26 @@ class RocksChunkStore : public ChunkStore {
 
   void WaitForPresenceFilter() override { scan_finished_.wait(); }
 
+  uint64_t bytes_read_ahead() const override { return bytes_read_ahead_.load(); }
+
   static constexpr uint64_t kFilterMaxBytes = 256u << 20;  // 170 million chunks' worth
+  static constexpr size_t kLongRun = 128;  // chunks in one read: 512 KiB of 4 KiB blocks
+  struct AheadRun {
+    uint64_t start = 0, end = 0;  // locators: where the run began, how far it was asked for
+    uint64_t used = 0;            // ahead_clock_ when last met; 0: a free slot
+  };
   Db* db_;
+  const uint64_t disk_readahead_bytes_;
+  std::mutex ahead_mu_;
+  static constexpr size_t kAheadRuns = 8;
+  static constexpr uint64_t kAheadStep = 8 << 20;
+  std::condition_variable ahead_cv_;
+  std::array<AheadRun, kAheadRuns> ahead_runs_{};          // GUARDED_BY(ahead_mu_)
+  uint64_t ahead_clock_ = 0;                               // GUARDED_BY(ahead_mu_)
+  std::deque<std::pair<uint64_t, uint64_t>> ahead_queue_;  // GUARDED_BY(ahead_mu_)
+  bool stop_ahead_ = false;                                // GUARDED_BY(ahead_mu_)
+  std::thread ahead_thread_;  // runs AheadLoop; started by the first read-ahead
+  std::atomic<uint64_t> bytes_read_ahead_{0};
   std::atomic<uint64_t> next_locator_;
   PresenceFilter filter_;
   std::atomic<bool> stop_scan_{false};
@@ -334,7 +425,7 @@ class RocksChunkStore : public ChunkStore {
 
 }  // namespace
 
-Result<std::unique_ptr<ChunkStore>> NewRocksChunkStore(Db* db) {
+Result<std::unique_ptr<ChunkStore>> NewRocksChunkStore(Db* db, uint64_t disk_readahead_bytes) {
   // Locators continue after the highest one stored (1 in an empty store).
   auto it = db->NewIterator(Cf::kData, false);
   it->SeekToLast();
@@ -342,7 +433,7 @@ Result<std::unique_ptr<ChunkStore>> NewRocksChunkStore(Db* db) {
   uint64_t next = it->Valid() ? format::DecodeDataKey(it->key().ToStringView()) + 1 : 1;
   auto chunks = db->EstimateKeys(Cf::kChunks);
   return std::unique_ptr<ChunkStore>(
-      std::make_unique<RocksChunkStore>(db, next, chunks.ok() ? *chunks : 0));
+      std::make_unique<RocksChunkStore>(db, next, chunks.ok() ? *chunks : 0, disk_readahead_bytes));
 }
 
 }  // namespace stellarium

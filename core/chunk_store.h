@@ -118,6 +118,9 @@ class ChunkStore {
   // chunks stored before open have been loaded into the backend's presence filter).
   // Answers are right before that too, only slower. For tests and benchmarks.
   virtual void WaitForPresenceFilter() {}
+  // Bytes of table files the store has asked the kernel to read ahead of sequential
+  // readers so far (StoreOptions::disk_readahead_bytes); for tests and benchmarks.
+  virtual uint64_t bytes_read_ahead() const { return 0; }
   // How many chunks and stored bytes there are (one scan, no hash checks).
   virtual Result<ChunkTotals> Totals() = 0;
 
@@ -128,6 +131,7 @@ class ChunkStore {
   std::shared_mutex sweep_lock_;
 };
 
-Result<std::unique_ptr<ChunkStore>> NewRocksChunkStore(Db* db);
+// disk_readahead_bytes: StoreOptions::disk_readahead_bytes.
+Result<std::unique_ptr<ChunkStore>> NewRocksChunkStore(Db* db, uint64_t disk_readahead_bytes = 0);
 
 }  // namespace stellarium

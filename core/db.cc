@@ -6,11 +6,15 @@
 #include <rocksdb/table.h>
 #include <rocksdb/table_properties.h>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "core/format.h"
@@ -118,6 +122,25 @@ Status FromRocks(const rocksdb::Status& s, const std::string& context) {
   return Status::Internal(msg);
 }
 
+namespace {
+
+// A number in a sysfs file of the block device queue that holds `dir` (a partition's
+// queue is its disk's), or 0.
+uint64_t QueueValue(const std::string& dir, const char* name) {
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0 || major(st.st_dev) == 0) return 0;
+  const std::string dev =
+      "/sys/dev/block/" + std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev));
+  for (const std::string& queue : {dev + "/queue/", dev + "/../queue/"}) {
+    std::ifstream f(queue + name);
+    uint64_t v = 0;
+    if (f >> v) return v;
+  }
+  return 0;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_missing,
                                      bool mmap_reads) {
   namespace fs = std::filesystem;
@@ -132,6 +155,13 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
 
   std::unique_ptr<Db> db(new Db());
   db->dir_ = dir;
+  // posix_fadvise(WILLNEED) reads at most max(the device's read-ahead window, its
+  // largest request) of a range per call, so Prefetch asks in pieces of that size,
+  // between 128 KiB (the kernel's default window) and 2 MiB (where larger pieces
+  // stopped helping here, docs/BENCHMARKS.md).
+  db->prefetch_piece_ = std::clamp<uint64_t>(
+      std::max(QueueValue(dir, "read_ahead_kb"), QueueValue(dir, "max_sectors_kb")) << 10,
+      128 << 10, 2 << 20);
   std::string lock_path = dir + "/LOCK.stellarium";
   db->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (db->lock_fd_ < 0) return Status::FromErrno(errno, "store " + dir + ": open lock file");
@@ -404,6 +434,75 @@ Result<uint64_t> Db::EstimateValueBytes(Cf which) {
   uint64_t mem = 0;
   if (db_->GetIntProperty(cf(which), "rocksdb.cur-size-all-mem-tables", &mem)) bytes += mem;
   return bytes;
+}
+
+namespace {
+
+// The first 8 bytes of a key as a big-endian number (a shorter key padded with zeros):
+// keys in RocksDB's order map to numbers in the same order.
+uint64_t KeyNumber(std::string_view key) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | (i < key.size() ? static_cast<uint8_t>(key[i]) : 0);
+  return v;
+}
+
+}  // namespace
+
+uint64_t Db::Prefetch(Cf which, std::string_view first, std::string_view last) {
+  const uint64_t lo = KeyNumber(first), hi = KeyNumber(last);
+  if (hi < lo) return 0;
+  std::vector<TableSpan> hits;
+  {
+    std::lock_guard<std::mutex> lock(tables_mu_);
+    if (tables_.empty()) tables_.resize(static_cast<size_t>(Cf::kCount));
+    Tables& t = tables_[static_cast<size_t>(which)];
+    const auto now = std::chrono::steady_clock::now();
+    if (now - t.at > kTablesMaxAge) {
+      rocksdb::ColumnFamilyMetaData meta;
+      db_->GetColumnFamilyMetaData(cf(which), &meta);
+      t.spans.clear();
+      for (const auto& level : meta.levels) {
+        for (const auto& f : level.files) {
+          t.spans.push_back(
+              {KeyNumber(f.smallestkey), KeyNumber(f.largestkey), f.size, f.db_path + f.name});
+        }
+      }
+      t.at = now;
+    }
+    for (const auto& span : t.spans) {
+      if (span.smallest <= hi && span.largest >= lo && span.size > 0) hits.push_back(span);
+    }
+  }
+  uint64_t asked = 0;
+  for (const auto& span : hits) {
+    // Where keys lie in the table, were they spread evenly over it.
+    const double keys = static_cast<double>(span.largest - span.smallest) + 1;
+    auto place = [&](uint64_t k) {
+      return static_cast<uint64_t>(static_cast<double>(k - span.smallest) / keys *
+                                   static_cast<double>(span.size));
+    };
+    const uint64_t a = place(std::max(lo, span.smallest));
+    const uint64_t b = std::min(hi, span.largest) == span.largest
+                           ? span.size
+                           : place(std::min(hi, span.largest) + 1);
+    const uint64_t from = a > kPrefetchMargin ? a - kPrefetchMargin : 0;
+    const uint64_t to = std::min(span.size, b + kPrefetchMargin);
+    int fd = ::open(span.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {  // compacted away: list the tables again next time
+      std::lock_guard<std::mutex> lock(tables_mu_);
+      tables_[static_cast<size_t>(which)].at = {};
+      continue;
+    }
+    // One advice per prefetch_piece_: the kernel reads at most that much of each.
+    for (uint64_t off = from; off < to; off += prefetch_piece_) {
+      const uint64_t n = std::min(prefetch_piece_, to - off);
+      if (::posix_fadvise(fd, static_cast<off_t>(off), static_cast<off_t>(n),
+                          POSIX_FADV_WILLNEED) == 0)
+        asked += n;
+    }
+    ::close(fd);
+  }
+  return asked;
 }
 
 uint64_t Db::DiskBytes() const {

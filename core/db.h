@@ -18,7 +18,9 @@
 #include <rocksdb/write_batch.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -112,6 +114,18 @@ class Db {
   Result<uint64_t> EstimateValueBytes(Cf which);
   // Sum of the sizes of the files under dir().
   uint64_t DiskBytes() const;
+  // Asks the kernel to start reading into the page cache, in the background, the parts
+  // of the family's table files that hold the keys [first, last]: read-ahead on disk
+  // for a reader about to ask for them. (The kernel's own read-ahead keeps one window
+  // in flight a little ahead of the reader, so a reader faster than one disk read of
+  // that window waits for each.) Where a key lies in a table is estimated from the
+  // table's smallest and largest keys read as big-endian numbers, which is close for
+  // the data family's dense locators, and widened by kPrefetchMargin on each side.
+  // Best effort: a table gone meanwhile (compacted) is skipped; the list of tables is
+  // cached for up to kTablesMaxAge. Returns the bytes asked for.
+  uint64_t Prefetch(Cf which, std::string_view first, std::string_view last);
+  static constexpr uint64_t kPrefetchMargin = 1 << 20;
+  static constexpr std::chrono::milliseconds kTablesMaxAge{1000};
 
  private:
   friend class IngestBatch;
@@ -123,6 +137,20 @@ class Db {
   int lock_fd_ = -1;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+
+  // Prefetch's view of a family's table files.
+  struct TableSpan {
+    uint64_t smallest = 0, largest = 0;  // keys as big-endian numbers
+    uint64_t size = 0;
+    std::string path;
+  };
+  struct Tables {
+    std::vector<TableSpan> spans;
+    std::chrono::steady_clock::time_point at{};  // when listed; {} = list again
+  };
+  uint64_t prefetch_piece_ = 128 << 10;  // bytes per posix_fadvise; set by Open
+  std::mutex tables_mu_;
+  std::vector<Tables> tables_;  // GUARDED_BY(tables_mu_); by Cf
 };
 
 }  // namespace stellarium

@@ -329,7 +329,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
   auto impl = std::make_unique<StoreImpl>();
   impl->options = options;
   ASSIGN_OR_RETURN(impl->db, Db::Open(options.path, options.create_if_missing, options.mmap_reads));
-  ASSIGN_OR_RETURN(impl->chunks, NewRocksChunkStore(impl->db.get()));
+  ASSIGN_OR_RETURN(impl->chunks, NewRocksChunkStore(impl->db.get(), options.disk_readahead_bytes));
 
   ASSIGN_OR_RETURN(auto next, impl->db->Get(Cf::kMeta, std::string(format::kMetaNextLayer), "store"));
   if (next) impl->next_layer = format::DecodeU64(*next);

@@ -61,6 +61,11 @@ struct StoreOptions {
   // under a mapped page is a SIGBUS that ends the process, where pread fails that one
   // read (UNAVAILABLE). Turn it off on disks that return read errors.
   bool mmap_reads = true;
+  // How far ahead of a sequential reader the store asks the kernel to read chunk bytes
+  // from disk (0: leave it to the kernel's own read-ahead). A reader is sequential here
+  // when it asks for a long, dense run of chunks stored together (a volume read in
+  // order after its import). See ChunkStore, "disk read-ahead".
+  uint64_t disk_readahead_bytes = 64 << 20;
 };
 
 struct VolumeInfo {

@@ -1,7 +1,14 @@
 // ChunkStore on a real RocksDB: locators, hints, racing copies and their reclamation.
 #include "core/chunk_store.h"
 
+#include <fcntl.h>
 #include <rocksdb/db.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
 
 #include "core/db.h"
 #include "core/format.h"
@@ -18,7 +25,7 @@ class ChunkStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = Unwrap(Db::Open(dir_ / "store", true, /*mmap_reads=*/true));
-    chunks_ = Unwrap(NewRocksChunkStore(db_.get()));
+    chunks_ = Unwrap(NewRocksChunkStore(db_.get(), disk_readahead_));
   }
   // Stores one reference to `data` (with its bytes) in a batch of its own.
   uint64_t Put(const std::string& data, Placement* place = nullptr) {
@@ -38,6 +45,7 @@ class ChunkStoreTest : public ::testing::Test {
   }
 
   TempDir dir_;
+  uint64_t disk_readahead_ = 0;  // NewRocksChunkStore's disk_readahead_bytes
   std::unique_ptr<Db> db_;
   std::unique_ptr<ChunkStore> chunks_;
   std::mt19937_64 rng_{7};
@@ -154,6 +162,139 @@ TEST_F(ChunkStoreTest, PresenceFilterNeverHidesAStoredChunk) {
 
   std::string absent = RandomBytes(rng_, 4096);
   EXPECT_EQ(Unwrap(chunks_->Locate(Sha256(absent.data(), absent.size()))), 0u);
+}
+
+// Disk read-ahead, observed in the page cache (mincore) of real table files.
+class DiskReadAheadTest : public ChunkStoreTest {
+ protected:
+  static constexpr uint64_t kPerTable = 2048;  // 4 KiB chunks: 8 MiB tables
+  static constexpr uint64_t kMiB = 1 << 20;
+  // kTables tables of random chunks at locators 1..kTables*kPerTable, one ingest each,
+  // so table t (from 0) holds locators t*kPerTable+1 .. (t+1)*kPerTable in key order.
+  void SetUp() override {
+    ChunkStoreTest::SetUp();
+    for (uint64_t t = 0; t < kTables; ++t) {
+      auto batch = db_->NewIngestBatch("test");
+      for (uint64_t i = 1; i <= kPerTable; ++i) {
+        std::string d = RandomBytes(rng_, 4096);
+        const uint64_t loc = t * kPerTable + i;
+        ids_[loc] = Sha256(d.data(), d.size());
+        ASSERT_OK(batch->Put(Cf::kData, format::DataKey(loc), d));
+      }
+      ASSERT_OK(batch->Ingest());
+    }
+    rocksdb::ColumnFamilyMetaData meta;
+    db_->raw()->GetColumnFamilyMetaData(db_->cf(Cf::kData), &meta);
+    for (const auto& level : meta.levels) {
+      for (const auto& f : level.files) {
+        tables_[format::DecodeDataKey(f.smallestkey) / kPerTable] = f.db_path + f.name;
+      }
+    }
+    ASSERT_EQ(tables_.size(), kTables);
+    for (const auto& [t, path] : tables_) ASSERT_GE(std::filesystem::file_size(path), 8 * kMiB);
+  }
+  // Drops the tables' pages from the page cache (those mapped by the store stay).
+  void Evict() {
+    for (const auto& [t, path] : tables_) {
+      int fd = ::open(path.c_str(), O_RDONLY);
+      ASSERT_GE(fd, 0) << path;
+      ::fdatasync(fd);
+      ASSERT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+      ::close(fd);
+    }
+  }
+  // Resident pages of table t in [from, to) bytes.
+  size_t Resident(uint64_t t, uint64_t from, uint64_t to) {
+    int fd = ::open(tables_.at(t).c_str(), O_RDONLY);
+    EXPECT_GE(fd, 0);
+    const size_t size = std::filesystem::file_size(tables_.at(t));
+    void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    EXPECT_NE(map, MAP_FAILED);
+    const size_t page = ::sysconf(_SC_PAGESIZE);
+    std::vector<unsigned char> vec((size + page - 1) / page);
+    EXPECT_EQ(::mincore(map, size, vec.data()), 0);
+    ::munmap(map, size);
+    size_t n = 0;
+    for (uint64_t p = from / page; p < to / page && p < vec.size(); ++p) n += vec[p] & 1;
+    return n;
+  }
+  // Waits (up to 20 s: the disk reads in the background) until [from, to) of table t
+  // is all in the page cache; returns whether it got there.
+  bool BecomesResident(uint64_t t, uint64_t from, uint64_t to) {
+    const size_t want = (to - from) / ::sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < 2000; ++i) {
+      if (Resident(t, from, to) == want) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+  // Reads locators [first, first+n) (every `stride`-th) with their hints.
+  void ReadRun(uint64_t first, uint64_t n, uint64_t stride = 1) {
+    std::vector<ChunkRef> refs;
+    for (uint64_t i = 0; i < n; ++i)
+      refs.push_back({ids_.at(first + i * stride), first + i * stride});
+    auto read = ReadAll(refs);
+    ASSERT_OK(read.status());
+  }
+  static constexpr uint64_t kTables = 4;
+  std::map<uint64_t, ChunkId> ids_;         // locator -> id
+  std::map<uint64_t, std::string> tables_;  // table number -> path
+};
+
+// Db::Prefetch reads the part of a table that holds the keys asked for (estimated from
+// the table's key range, plus a margin) and leaves tables outside the range alone.
+TEST_F(DiskReadAheadTest, PrefetchReadsTheAskedKeysOfTheirTable) {
+  Evict();
+  ASSERT_EQ(Resident(1, 2 * kMiB, 6 * kMiB), 0u);
+  // The middle half of table 1: locators 2561..3584, its bytes about [2, 6) MiB.
+  const uint64_t asked =
+      db_->Prefetch(Cf::kData, format::DataKey(kPerTable + 513), format::DataKey(kPerTable + 1536));
+  EXPECT_GE(asked, 4 * kMiB);
+  EXPECT_LE(asked, 4 * kMiB + 2 * Db::kPrefetchMargin + 256 * 1024);
+  EXPECT_TRUE(BecomesResident(1, 2 * kMiB, 6 * kMiB));
+  // Nothing of the other tables, nor of table 1 beyond the margin.
+  for (uint64_t t : {0, 2, 3}) EXPECT_EQ(Resident(t, 1 * kMiB, 7 * kMiB), 0u) << "table " << t;
+  EXPECT_EQ(Resident(1, 0, kMiB - 64 * 1024), 0u);
+  // A range past every table, or reversed, asks for nothing.
+  EXPECT_EQ(db_->Prefetch(Cf::kData, format::DataKey(1000000), format::DataKey(2000000)), 0u);
+  EXPECT_EQ(db_->Prefetch(Cf::kData, format::DataKey(3000), format::DataKey(2000)), 0u);
+}
+
+// A long, dense run of chunks makes the store read the chunks that follow it ahead
+// from disk; short runs, sparse runs, and a store with read-ahead off do not.
+TEST_F(DiskReadAheadTest, LongDenseRunsReadTheFollowingChunksAhead) {
+  chunks_.reset();
+  disk_readahead_ = 12 * kMiB;
+  chunks_ = Unwrap(NewRocksChunkStore(db_.get(), disk_readahead_));
+  Evict();
+  // Short (100 chunks) and sparse (256 chunks over 1024 locators) runs: nothing.
+  ReadRun(1, 100);
+  ReadRun(2 * kPerTable + 1, 256, 4);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(chunks_->bytes_read_ahead(), 0u);
+  EXPECT_EQ(Resident(1, 1 * kMiB, 7 * kMiB), 0u);
+  // 256 chunks in a row at the start of table 0: the next 12 MiB (the rest of table 0
+  // and table 1's first half) are asked for and arrive, table 3 is left alone.
+  ReadRun(1, 256);
+  EXPECT_TRUE(BecomesResident(0, 2 * kMiB, 7 * kMiB));
+  EXPECT_TRUE(BecomesResident(1, 0, 3 * kMiB));
+  EXPECT_GE(chunks_->bytes_read_ahead(), 11 * kMiB);
+  EXPECT_EQ(Resident(3, 1 * kMiB, 7 * kMiB), 0u);
+  // The reader going on within what was asked for asks nothing more.
+  const uint64_t asked = chunks_->bytes_read_ahead();
+  ReadRun(257, 256);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(chunks_->bytes_read_ahead(), asked);
+
+  // Read-ahead off: the same long run asks for nothing.
+  chunks_.reset();
+  chunks_ = Unwrap(NewRocksChunkStore(db_.get(), 0));
+  Evict();
+  ReadRun(1, 256);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(chunks_->bytes_read_ahead(), 0u);
+  EXPECT_EQ(Resident(1, 1 * kMiB, 7 * kMiB), 0u);
 }
 
 }  // namespace
