@@ -2,13 +2,15 @@
 // and CloneVolume on a 1 GiB and a 64 GiB volume, each with real data mapped, and
 // prints the ratio of the two (expected about 1).
 //
-// usage: clone_bench [--work DIR] [--reps N]
+// usage: clone_bench [--work DIR] [--reps N]  (the store goes in a new directory under
+//        DIR, default /tmp, removed at the end)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 
+#include "bench/work_dir.h"
 #include "core/store.h"
 
 using namespace stellarium;
@@ -114,16 +116,16 @@ Times Measure(Store& store, const std::string& tag, uint64_t size, uint64_t stri
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string work = "/tmp/stellarium-clone-bench";
+  std::string parent = "/tmp";
   int reps = 7;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--work") work = argv[i + 1];
+    if (a == "--work") parent = argv[i + 1];
     if (a == "--reps") reps = std::stoi(argv[i + 1]);
   }
-  std::filesystem::remove_all(work);
+  bench::WorkDir work(parent, "clone_bench");
   StoreOptions o;
-  o.path = work;
+  o.path = work.path() + "/store";
   o.max_chain_depth = 64;  // measure the O(1) path, not the occasional flatten
   auto store = Store::Open(o);
   Must(store.status());
@@ -139,6 +141,5 @@ int main(int argc, char** argv) {
   row("clone from snapshot", small.clone_snap, big.clone_snap);
   row("clone from volume", small.clone_vol, big.clone_vol);
   store->reset();
-  std::filesystem::remove_all(work);
   return 0;
 }

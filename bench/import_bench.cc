@@ -3,7 +3,8 @@
 // all cores) and with casync and borg on the same images, all in one run. Also the peak
 // memory of importing a 10 GiB sparse image with the CLI.
 //
-// usage: import_bench [--tree DIR] [--work DIR] [--cli PATH]
+// usage: import_bench [--tree DIR] [--work DIR] [--cli PATH]  (scratch files go in a new
+//        directory under DIR, default /tmp, removed at the end)
 // Prints a table; the figures in docs/BENCHMARKS.md come from it.
 #include <fcntl.h>
 #include <lz4.h>
@@ -19,6 +20,7 @@
 #include <set>
 #include <thread>
 
+#include "bench/work_dir.h"
 #include "core/image_source.h"
 #include "core/process.h"
 #include "core/sha256.h"
@@ -97,15 +99,16 @@ Row RunTool(const std::string& what, const std::vector<std::string>& argv, uint6
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string tree = "/usr/share", work = "/tmp/stellarium-import-bench", cli = "stellarium";
+  std::string tree = "/usr/share", parent = "/tmp", cli = "stellarium";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--tree") tree = argv[i + 1];
-    else if (a == "--work") work = argv[i + 1];
+    else if (a == "--work")
+      parent = argv[i + 1];
     else if (a == "--cli") cli = argv[i + 1];
   }
-  fs::remove_all(work);
-  fs::create_directories(work);
+  bench::WorkDir work_dir(parent, "import_bench");
+  const std::string work = work_dir.path();
   const std::string a_img = work + "/a.img", b_img = work + "/b.img";
 
   printf("building an ext4 image of %s ...\n", tree.c_str());
@@ -230,8 +233,7 @@ int main(int argc, char** argv) {
   auto pos = tr.output.rfind("maxrss_kib=");
   if (pos != std::string::npos) maxrss_kib = std::stol(tr.output.substr(pos + 11));
   struct { long ru_maxrss; } ru{maxrss_kib};
-  printf("10 GiB sparse image import (%s build): exit %d, peak RSS %.1f MiB (floor < 300)\n", cli.c_str(),
-         status, ru.ru_maxrss / 1024.0);
-  fs::remove_all(work);
+  printf("10 GiB sparse image import (%s build): exit %d, peak RSS %.1f MiB (floor < 300)\n",
+         cli.c_str(), status, ru.ru_maxrss / 1024.0);
   return 0;
 }

@@ -2,7 +2,8 @@
 // imported image through Volume::Read, side by side with the same reads of the raw
 // image file (page cache warm), in one run.
 //
-// usage: read_bench IMAGE [--work DIR]
+// usage: read_bench IMAGE [--work DIR]  (the store goes in a new directory under DIR,
+//        default /tmp, removed at the end)
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <random>
 
+#include "bench/work_dir.h"
 #include "core/image_source.h"
 #include "core/store.h"
 
@@ -44,9 +46,10 @@ int main(int argc, char** argv) {
     fprintf(stderr, "usage: read_bench IMAGE [--work DIR]\n");
     return 2;
   }
-  std::string image = argv[1], work = "/tmp/stellarium-read-bench";
-  if (argc >= 4 && std::string(argv[2]) == "--work") work = argv[3];
-  std::filesystem::remove_all(work);
+  std::string image = argv[1], parent = "/tmp";
+  if (argc >= 4 && std::string(argv[2]) == "--work") parent = argv[3];
+  bench::WorkDir work_dir(parent, "read_bench");
+  const std::string work = work_dir.path() + "/store";
   StoreOptions o;
   o.path = work;
   auto store = Store::Open(o);
@@ -104,6 +107,5 @@ int main(int argc, char** argv) {
   ::close(fd);
   vol->reset();
   store->reset();
-  std::filesystem::remove_all(work);
   return 0;
 }
