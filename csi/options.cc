@@ -20,11 +20,24 @@ const std::set<std::string> kLogFormats = {"text", "json"};
 const std::set<std::string> kBlockDevices = {"fuse", "loop"};
 
 // Every YAML key, in the order --dump-config prints them.
-const std::vector<std::string> kKeys = {
-    "endpoint",   "node_id",      "store",     "state_dir",  "driver_name",
-    "kubelet_dir", "import_root", "max_volumes_per_node", "log_level", "log_format",
-    "metrics_address", "controller_expansion", "max_image_size", "max_concurrent_imports",
-    "kata_direct_volume_dir", "block_device", "store_mmap_reads"};
+const std::vector<std::string> kKeys = {"endpoint",
+                                        "node_id",
+                                        "store",
+                                        "state_dir",
+                                        "driver_name",
+                                        "kubelet_dir",
+                                        "import_root",
+                                        "max_volumes_per_node",
+                                        "log_level",
+                                        "log_format",
+                                        "metrics_address",
+                                        "controller_expansion",
+                                        "max_image_size",
+                                        "max_concurrent_imports",
+                                        "kata_direct_volume_dir",
+                                        "block_device",
+                                        "store_mmap_reads",
+                                        "store_disk_readahead_mib"};
 
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
@@ -102,6 +115,8 @@ Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options
       else if (key == "metrics_address") o->metrics_address = v.IsNull() ? "" : v.as<std::string>();
       else if (key == "controller_expansion") o->controller_expansion = v.as<bool>();
       else if (key == "store_mmap_reads") o->store_mmap_reads = v.as<bool>();
+      else if (key == "store_disk_readahead_mib")
+        o->store_disk_readahead_mib = v.as<uint64_t>();
       else if (key == "block_device") o->block_device = v.as<std::string>();
       else if (key == "max_image_size") {
         Result<uint64_t> size = ParseSize(v.as<std::string>());
@@ -146,6 +161,7 @@ std::string DumpYaml(const Options& o) {
   out << YAML::Key << "kata_direct_volume_dir" << YAML::Value << o.kata_direct_volume_dir;
   out << YAML::Key << "block_device" << YAML::Value << o.block_device;
   out << YAML::Key << "store_mmap_reads" << YAML::Value << o.store_mmap_reads;
+  out << YAML::Key << "store_disk_readahead_mib" << YAML::Value << o.store_disk_readahead_mib;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
@@ -274,6 +290,10 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
                  "read the store's table files through mmap (faster; a disk read error "
                  "then ends the process with SIGBUS instead of failing one read)")
       ->default_str("true");
+  app.add_option("--store-disk-readahead-mib", flags.store_disk_readahead_mib,
+                 "MiB of chunk bytes the store asks the kernel to read from disk ahead of a "
+                 "sequential reader (0 = the kernel's own read-ahead only)")
+      ->default_str("64");
   app.add_option("--kata-direct-volume-dir", flags.kata_direct_volume_dir,
                  "where Kata direct-volume descriptors (mountInfo.json) are written for "
                  "vhost-user-blk volumes")
@@ -338,6 +358,8 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
   if (given("--controller-expansion")) o.controller_expansion = flags.controller_expansion;
   if (given("--block-device")) o.block_device = flags.block_device;
   if (given("--store-mmap-reads")) o.store_mmap_reads = flags.store_mmap_reads;
+  if (given("--store-disk-readahead-mib"))
+    o.store_disk_readahead_mib = flags.store_disk_readahead_mib;
   if (given("--max-concurrent-imports")) o.max_concurrent_imports = flags.max_concurrent_imports;
   if (given("--max-image-size")) {
     Result<uint64_t> size = ParseSize(max_image_size);

@@ -59,6 +59,9 @@ struct Options {
   // a disk read error under a mapped page ends the process with SIGBUS instead of
   // failing that one read).
   bool store_mmap_reads = true;
+  // StoreOptions::disk_readahead_bytes, in MiB: how far ahead of a sequential reader the
+  // store asks the kernel to read chunk bytes from disk; 0 = the kernel's own only.
+  uint64_t store_disk_readahead_mib = 64;
   // Images from URLs (csi/image_importer.h): the largest image a download may bring,
   // in bytes (the YAML key and the flag also take "10G", "512M"); 0 = no limit. And how
   // many imports may run at once on this node; a CreateVolume that would start one more

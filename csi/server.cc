@@ -72,6 +72,7 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   StoreOptions store_options;
   store_options.path = options.store;
   store_options.mmap_reads = options.store_mmap_reads;
+  store_options.disk_readahead_bytes = options.store_disk_readahead_mib << 20;
   Result<std::unique_ptr<Store>> store = Store::Open(store_options);
   if (!store.ok()) {
     if (store.status().code() == StatusCode::kFailedPrecondition) {

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <thread>
 
+#include "core/store.h"
 #include "csi/lock_table.h"
 #include "csi/options.h"
 #include "csi/paths.h"
@@ -153,6 +154,8 @@ TEST(OptionsTest, DefaultsAreDocumented) {
   EXPECT_EQ(cl.options.max_volumes_per_node, 0);
   EXPECT_EQ(cl.options.block_device, "fuse");
   EXPECT_TRUE(cl.options.store_mmap_reads);
+  EXPECT_EQ(cl.options.store_disk_readahead_mib, 64u);
+  EXPECT_EQ(cl.options.store_disk_readahead_mib << 20, StoreOptions{}.disk_readahead_bytes);
   EXPECT_EQ(FdHolderSocket(cl.options), "/var/lib/stellarium/state/fd-holder.sock");
 }
 
@@ -200,6 +203,18 @@ TEST(OptionsTest, StoreMmapReadsFromYamlAndFlag) {
   ASSERT_FALSE(cl.exit) << cl.output;
   EXPECT_FALSE(cl.options.store_mmap_reads);
   cl = Parse({"--node-id", "n1", "--store-mmap-reads", "maybe"});
+  EXPECT_TRUE(cl.exit);
+  EXPECT_NE(cl.exit_code, 0);
+}
+
+TEST(OptionsTest, StoreDiskReadaheadFromYamlAndFlag) {
+  Options o;
+  ASSERT_TRUE(LoadYaml("store_disk_readahead_mib: 0\n", "c.yaml", &o).ok());
+  EXPECT_EQ(o.store_disk_readahead_mib, 0u);
+  CommandLine cl = Parse({"--node-id", "n1", "--store-disk-readahead-mib", "16"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_EQ(cl.options.store_disk_readahead_mib, 16u);
+  cl = Parse({"--node-id", "n1", "--store-disk-readahead-mib", "lots"});
   EXPECT_TRUE(cl.exit);
   EXPECT_NE(cl.exit_code, 0);
 }
