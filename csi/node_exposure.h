@@ -82,8 +82,10 @@ std::unique_ptr<NodeExposure> NewBlockDeviceExposure(BlockDeviceProvider* device
                                                      Mounter* mounter);
 // Sockets are <socket_dir>/<volume id>.sock. `devices` and `mounter` format a blank
 // volume staged for Mount access (the guest mounts it with the recorded fs_type).
+// readahead_bytes: VhostUserBlkOptions::readahead_bytes of every connection (0 = off).
 std::unique_ptr<NodeExposure> NewVhostUserBlkExposure(Store* store, BlockDeviceProvider* devices,
-                                                      Mounter* mounter, std::string socket_dir);
+                                                      Mounter* mounter, std::string socket_dir,
+                                                      uint64_t readahead_bytes = 8 << 20);
 // Kata descriptors go under `kata_root` (Options::kata_direct_volume_dir); the
 // Firecracker and Cloud Hypervisor files next to the target.
 std::unique_ptr<NodeExposure> NewRuntimeDescriptorExposure(std::string kata_root);

@@ -42,7 +42,8 @@ NodeService::NodeService(Driver* driver) : driver_(driver) {
   exposures_ = std::make_unique<NodeExposures>(
       d.devices->Name(), NewBlockDeviceExposure(d.devices.get(), &d.mounter),
       NewVhostUserBlkExposure(d.store.get(), d.devices.get(), &d.mounter,
-                              d.options.state_dir + "/vhost"),
+                              d.options.state_dir + "/vhost",
+                              d.options.exposure_readahead_mib << 20),
       NewRuntimeDescriptorExposure(d.options.kata_direct_volume_dir));
   for (const StagedVolume& staged : d.node_state->List()) {
     Result<NodeExposure*> exposure = exposures_->For(staged.exposure);

@@ -37,7 +37,8 @@ const std::vector<std::string> kKeys = {"endpoint",
                                         "kata_direct_volume_dir",
                                         "block_device",
                                         "store_mmap_reads",
-                                        "store_disk_readahead_mib"};
+                                        "store_disk_readahead_mib",
+                                        "exposure_readahead_mib"};
 
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
@@ -117,6 +118,8 @@ Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options
       else if (key == "store_mmap_reads") o->store_mmap_reads = v.as<bool>();
       else if (key == "store_disk_readahead_mib")
         o->store_disk_readahead_mib = v.as<uint64_t>();
+      else if (key == "exposure_readahead_mib")
+        o->exposure_readahead_mib = v.as<uint64_t>();
       else if (key == "block_device") o->block_device = v.as<std::string>();
       else if (key == "max_image_size") {
         Result<uint64_t> size = ParseSize(v.as<std::string>());
@@ -162,6 +165,7 @@ std::string DumpYaml(const Options& o) {
   out << YAML::Key << "block_device" << YAML::Value << o.block_device;
   out << YAML::Key << "store_mmap_reads" << YAML::Value << o.store_mmap_reads;
   out << YAML::Key << "store_disk_readahead_mib" << YAML::Value << o.store_disk_readahead_mib;
+  out << YAML::Key << "exposure_readahead_mib" << YAML::Value << o.exposure_readahead_mib;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
@@ -294,6 +298,10 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
                  "MiB of chunk bytes the store asks the kernel to read from disk ahead of a "
                  "sequential reader (0 = the kernel's own read-ahead only)")
       ->default_str("64");
+  app.add_option("--exposure-readahead-mib", flags.exposure_readahead_mib,
+                 "MiB read ahead of a sequential reader per FUSE-served volume and per "
+                 "vhost-user-blk connection, by 3 helper threads each (0 = off)")
+      ->default_str("8");
   app.add_option("--kata-direct-volume-dir", flags.kata_direct_volume_dir,
                  "where Kata direct-volume descriptors (mountInfo.json) are written for "
                  "vhost-user-blk volumes")
@@ -360,6 +368,7 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
   if (given("--store-mmap-reads")) o.store_mmap_reads = flags.store_mmap_reads;
   if (given("--store-disk-readahead-mib"))
     o.store_disk_readahead_mib = flags.store_disk_readahead_mib;
+  if (given("--exposure-readahead-mib")) o.exposure_readahead_mib = flags.exposure_readahead_mib;
   if (given("--max-concurrent-imports")) o.max_concurrent_imports = flags.max_concurrent_imports;
   if (given("--max-image-size")) {
     Result<uint64_t> size = ParseSize(max_image_size);

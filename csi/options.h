@@ -62,6 +62,10 @@ struct Options {
   // StoreOptions::disk_readahead_bytes, in MiB: how far ahead of a sequential reader the
   // store asks the kernel to read chunk bytes from disk; 0 = the kernel's own only.
   uint64_t store_disk_readahead_mib = 64;
+  // Read-ahead for sequential readers in the node's user-space exposures, in MiB: the
+  // most held per FUSE-served volume and per vhost-user-blk connection, each read by 3
+  // helper threads of its own (started at the first read-ahead); 0 = off.
+  uint64_t exposure_readahead_mib = 8;
   // Images from URLs (csi/image_importer.h): the largest image a download may bring,
   // in bytes (the YAML key and the flag also take "10G", "512M"); 0 = no limit. And how
   // many imports may run at once on this node; a CreateVolume that would start one more

@@ -91,6 +91,7 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
     exposure::FuseLoopProviderOptions fuse_options;
     fuse_options.state_dir = options.state_dir;
     fuse_options.fd_holder_socket = FdHolderSocket(options);
+    fuse_options.readahead_bytes = options.exposure_readahead_mib << 20;
     ASSIGN_OR_RETURN(d.devices,
                      exposure::FuseLoopBlockDeviceProvider::Create(d.store.get(), fuse_options));
   } else {

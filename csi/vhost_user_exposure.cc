@@ -31,8 +31,12 @@ constexpr uint64_t kExt4MagicOffset = 1024 + 0x38;
 class VhostUserBlkExposure final : public NodeExposure {
  public:
   VhostUserBlkExposure(Store* store, BlockDeviceProvider* devices, Mounter* mounter,
-                       std::string socket_dir)
-      : store_(store), devices_(devices), mounter_(mounter), socket_dir_(std::move(socket_dir)) {}
+                       std::string socket_dir, uint64_t readahead_bytes)
+      : store_(store),
+        devices_(devices),
+        mounter_(mounter),
+        socket_dir_(std::move(socket_dir)),
+        readahead_bytes_(readahead_bytes) {}
 
   ~VhostUserBlkExposure() override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -173,6 +177,7 @@ class VhostUserBlkExposure final : public NodeExposure {
     options.num_queues = kMaxQueues;
     options.read_only = v.read_only;
     options.serial = v.volume_id;
+    options.readahead_bytes = readahead_bytes_;
     auto server = VhostUserBlkServer::Start(v.socket, volume, options);
     if (!server.ok()) return server.status().Annotate("volume " + v.volume_id);
     std::lock_guard<std::mutex> lock(mu_);
@@ -222,6 +227,7 @@ class VhostUserBlkExposure final : public NodeExposure {
   BlockDeviceProvider* const devices_;
   Mounter* const mounter_;
   const std::string socket_dir_;
+  const uint64_t readahead_bytes_;  // VhostUserBlkOptions::readahead_bytes
   std::mutex mu_;
   std::map<std::string, Served> served_;  // GUARDED_BY(mu_), by volume id
 };
@@ -229,8 +235,10 @@ class VhostUserBlkExposure final : public NodeExposure {
 }  // namespace
 
 std::unique_ptr<NodeExposure> NewVhostUserBlkExposure(Store* store, BlockDeviceProvider* devices,
-                                                      Mounter* mounter, std::string socket_dir) {
-  return std::make_unique<VhostUserBlkExposure>(store, devices, mounter, std::move(socket_dir));
+                                                      Mounter* mounter, std::string socket_dir,
+                                                      uint64_t readahead_bytes) {
+  return std::make_unique<VhostUserBlkExposure>(store, devices, mounter, std::move(socket_dir),
+                                                readahead_bytes);
 }
 
 }  // namespace stellarium::csi

@@ -33,7 +33,9 @@ Result<std::unique_ptr<FuseLoopBlockDeviceProvider>> FuseLoopBlockDeviceProvider
   }
   std::unique_ptr<FuseLoopBlockDeviceProvider> p(new FuseLoopBlockDeviceProvider(store, options));
   if (!p->TryResume()) {
-    ASSIGN_OR_RETURN(p->fuse_, FuseBlockServer::Start({.mountpoint = p->mountpoint_}));
+    ASSIGN_OR_RETURN(
+        p->fuse_, FuseBlockServer::Start(
+                      {.mountpoint = p->mountpoint_, .readahead_bytes = options.readahead_bytes}));
   }
   if (options.fd_holder_socket.empty()) {
     spdlog::warn(
@@ -80,8 +82,9 @@ bool FuseLoopBlockDeviceProvider::TryResume() {
     close(held->fd);
     return false;
   }
-  auto server = FuseBlockServer::Resume({.mountpoint = mountpoint_},
-                                        {.fd = held->fd, .init_in = held->payload.substr(nl + 1)});
+  auto server = FuseBlockServer::Resume(
+      {.mountpoint = mountpoint_, .readahead_bytes = options_.readahead_bytes},
+      {.fd = held->fd, .init_in = held->payload.substr(nl + 1)});
   close(held->fd);
   if (!server.ok()) {
     spdlog::warn(

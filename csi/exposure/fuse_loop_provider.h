@@ -40,6 +40,8 @@ struct FuseLoopProviderOptions {
   bool direct_io = true;    // loop devices with direct I/O (measured: docs/EXPOSURE.md)
   // The fd holder's socket; "" = none (volumes then do not survive a driver restart).
   std::string fd_holder_socket{};
+  // FuseBlockServerOptions::readahead_bytes: read-ahead held per volume (0 = off).
+  uint64_t readahead_bytes = FuseBlockServerOptions{}.readahead_bytes;
 };
 
 class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {

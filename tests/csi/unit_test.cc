@@ -14,6 +14,8 @@
 #include <thread>
 
 #include "core/store.h"
+#include "csi/exposure/fuse_block_server.h"
+#include "csi/exposure/vhost_user_blk.h"
 #include "csi/lock_table.h"
 #include "csi/options.h"
 #include "csi/paths.h"
@@ -156,6 +158,10 @@ TEST(OptionsTest, DefaultsAreDocumented) {
   EXPECT_TRUE(cl.options.store_mmap_reads);
   EXPECT_EQ(cl.options.store_disk_readahead_mib, 64u);
   EXPECT_EQ(cl.options.store_disk_readahead_mib << 20, StoreOptions{}.disk_readahead_bytes);
+  EXPECT_EQ(cl.options.exposure_readahead_mib << 20,
+            exposure::FuseBlockServerOptions{}.readahead_bytes);
+  EXPECT_EQ(cl.options.exposure_readahead_mib << 20,
+            exposure::VhostUserBlkOptions{}.readahead_bytes);
   EXPECT_EQ(FdHolderSocket(cl.options), "/var/lib/stellarium/state/fd-holder.sock");
 }
 
@@ -205,6 +211,17 @@ TEST(OptionsTest, StoreMmapReadsFromYamlAndFlag) {
   cl = Parse({"--node-id", "n1", "--store-mmap-reads", "maybe"});
   EXPECT_TRUE(cl.exit);
   EXPECT_NE(cl.exit_code, 0);
+}
+
+TEST(OptionsTest, ExposureReadaheadFromYamlAndFlag) {
+  Options o;
+  ASSERT_TRUE(LoadYaml("exposure_readahead_mib: 0\n", "c.yaml", &o).ok());
+  EXPECT_EQ(o.exposure_readahead_mib, 0u);
+  CommandLine cl = Parse({"--node-id", "n1", "--exposure-readahead-mib", "32"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_EQ(cl.options.exposure_readahead_mib, 32u);
+  cl = Parse({"--node-id", "n1", "--exposure-readahead-mib", "much"});
+  EXPECT_TRUE(cl.exit);
 }
 
 TEST(OptionsTest, StoreDiskReadaheadFromYamlAndFlag) {

@@ -129,7 +129,7 @@ STELLARIUM_CSI_FLAGS = {
     "import-root", "max-volumes-per-node", "log-level", "log-format", "metrics-address",
     "max-image-size", "max-concurrent-imports",
     "controller-expansion", "kata-direct-volume-dir", "block-device", "store-mmap-reads",
-    "store-disk-readahead-mib",
+    "store-disk-readahead-mib", "exposure-readahead-mib",
     "version", "help", "dump-config",
 }
 
