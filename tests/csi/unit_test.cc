@@ -213,27 +213,29 @@ TEST(OptionsTest, StoreMmapReadsFromYamlAndFlag) {
   EXPECT_NE(cl.exit_code, 0);
 }
 
-TEST(OptionsTest, ExposureReadaheadFromYamlAndFlag) {
-  Options o;
-  ASSERT_TRUE(LoadYaml("exposure_readahead_mib: 0\n", "c.yaml", &o).ok());
-  EXPECT_EQ(o.exposure_readahead_mib, 0u);
-  CommandLine cl = Parse({"--node-id", "n1", "--exposure-readahead-mib", "32"});
-  ASSERT_FALSE(cl.exit) << cl.output;
-  EXPECT_EQ(cl.options.exposure_readahead_mib, 32u);
-  cl = Parse({"--node-id", "n1", "--exposure-readahead-mib", "much"});
-  EXPECT_TRUE(cl.exit);
-}
-
-TEST(OptionsTest, StoreDiskReadaheadFromYamlAndFlag) {
-  Options o;
-  ASSERT_TRUE(LoadYaml("store_disk_readahead_mib: 0\n", "c.yaml", &o).ok());
-  EXPECT_EQ(o.store_disk_readahead_mib, 0u);
-  CommandLine cl = Parse({"--node-id", "n1", "--store-disk-readahead-mib", "16"});
-  ASSERT_FALSE(cl.exit) << cl.output;
-  EXPECT_EQ(cl.options.store_disk_readahead_mib, 16u);
-  cl = Parse({"--node-id", "n1", "--store-disk-readahead-mib", "lots"});
-  EXPECT_TRUE(cl.exit);
-  EXPECT_NE(cl.exit_code, 0);
+// The read-ahead sizes in MiB: from YAML, from their flags, and a flag that is not a
+// number is refused.
+TEST(OptionsTest, ReadaheadSizesFromYamlAndFlag) {
+  struct Case {
+    const char* key;
+    const char* flag;
+    uint64_t Options::*field;
+  };
+  for (const Case& c : {Case{"store_disk_readahead_mib", "--store-disk-readahead-mib",
+                             &Options::store_disk_readahead_mib},
+                        Case{"exposure_readahead_mib", "--exposure-readahead-mib",
+                             &Options::exposure_readahead_mib}}) {
+    SCOPED_TRACE(c.key);
+    Options o;
+    ASSERT_TRUE(LoadYaml(std::string(c.key) + ": 0\n", "c.yaml", &o).ok());
+    EXPECT_EQ(o.*c.field, 0u);
+    CommandLine cl = Parse({"--node-id", "n1", c.flag, "16"});
+    ASSERT_FALSE(cl.exit) << cl.output;
+    EXPECT_EQ(cl.options.*c.field, 16u);
+    cl = Parse({"--node-id", "n1", c.flag, "lots"});
+    EXPECT_TRUE(cl.exit);
+    EXPECT_NE(cl.exit_code, 0);
+  }
 }
 
 TEST(OptionsTest, BlockDeviceFromYamlAndFlag) {
