@@ -13,6 +13,7 @@
 
 #include "core/export.h"
 #include "core/image_source.h"
+#include "core/sigbus.h"
 #include "core/sources/open.h"
 #include "core/store.h"
 #include "core/tree_image.h"
@@ -57,10 +58,21 @@ int Fail(const Status& s) {
   return 1;
 }
 
+// With the store's table files mapped (--store-mmap-reads, the default), a disk read
+// error under a mapped page arrives as SIGBUS: say what it most likely is.
+constexpr char kSigbusMessage[] =
+    "stellarium: SIGBUS: a read of a memory-mapped file failed. With --store-mmap-reads=true "
+    "(the default) this is most likely a disk read error under the store's table files: "
+    "check the disk; with --store-mmap-reads=false such errors fail the command with an "
+    "I/O error instead.\n";
+
+bool g_mmap_reads = true;  // --store-mmap-reads
+
 std::unique_ptr<Store> OpenStoreOrExit(const std::string& path, bool create) {
   StoreOptions o;
   o.path = path;
   o.create_if_missing = create;
+  o.mmap_reads = g_mmap_reads;
   auto s = Store::Open(o);
   if (!s.ok()) {
     Fail(s.status());
@@ -147,6 +159,10 @@ int main(int argc, char** argv) {
   bool as_json = false;
   auto add_store = [&](CLI::App* c) {
     c->add_option("--store", store_path, "store directory")->capture_default_str();
+    c->add_option("--store-mmap-reads", g_mmap_reads,
+                  "read the store's table files through mmap (faster; a disk read error then "
+                  "ends the command with SIGBUS instead of failing it)")
+        ->default_str("true");
   };
 
   // build
@@ -229,6 +245,7 @@ int main(int argc, char** argv) {
   fsck->add_flag("--json", as_json, "print JSON");
 
   CLI11_PARSE(app, argc, argv);
+  if (g_mmap_reads) ExplainSigbus(kSigbusMessage);
 
   if (build->parsed() && !from_url.empty()) {
     if (!size_text.empty()) return Fail(Status::InvalidArgument("build: --size applies to --from-dir only"));

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "core/sigbus.h"
 #include "csi/logging.h"
 #include "csi/options.h"
 #include "csi/server.h"
@@ -17,19 +18,12 @@
 namespace {
 
 // With the store's table files mapped (--store-mmap-reads, the default), a disk read
-// error under a mapped page arrives as SIGBUS. Say what it most likely is, then die of
-// the signal as before (write(2) only: async-signal-safe).
-void OnSigbus(int sig) {
-  static const char kMsg[] =
-      "stellarium-csi: SIGBUS: a read of a memory-mapped file failed. With "
-      "--store-mmap-reads=true (the default) this is most likely a disk read error under "
-      "the store's table files: check the disk; --store-mmap-reads=false makes such errors "
-      "fail the read instead of the driver.\n";
-  ssize_t ignored = ::write(STDERR_FILENO, kMsg, sizeof(kMsg) - 1);
-  (void)ignored;
-  ::signal(sig, SIG_DFL);
-  ::raise(sig);  // delivered with the default action once this handler returns
-}
+// error under a mapped page arrives as SIGBUS: say what it most likely is.
+constexpr char kSigbusMessage[] =
+    "stellarium-csi: SIGBUS: a read of a memory-mapped file failed. With "
+    "--store-mmap-reads=true (the default) this is most likely a disk read error under "
+    "the store's table files: check the disk; --store-mmap-reads=false makes such errors "
+    "fail the read instead of the driver.\n";
 
 }  // namespace
 
@@ -41,7 +35,7 @@ int main(int argc, char** argv) {
     return cl.exit_code;
   }
   SetupLogging(cl.options.log_level, cl.options.log_format);
-  if (cl.options.store_mmap_reads) ::signal(SIGBUS, OnSigbus);
+  if (cl.options.store_mmap_reads) stellarium::ExplainSigbus(kSigbusMessage);
 
   // Block the stop signals in every thread (gRPC's included) and wait for them here.
   sigset_t stop_signals;

@@ -3,8 +3,6 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +19,7 @@
 #include "csi/paths.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
+#include "tests/spawn_util.h"
 
 namespace stellarium::csi {
 namespace {
@@ -172,29 +171,16 @@ TEST(DriverProcessTest, SigbusIsExplainedBeforeTheDriverDies) {
   TempDir dir;
   const std::string log = dir.path() + "/driver.log";
   const std::string sock = dir.path() + "/csi.sock";
-  std::vector<std::string> args = {STELLARIUM_CSI_PATH,   "--endpoint",  "unix://" + sock,
-                                   "--node-id",           "n1",          "--store",
-                                   dir.path() + "/store", "--state-dir", dir.path() + "/state",
-                                   "--block-device",      "loop"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  rlimit no_core{0, 0};
-  ASSERT_EQ(::setrlimit(RLIMIT_CORE, &no_core), 0);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 2, 1);
-  pid_t pid = -1;
-  ASSERT_EQ(::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ), 0);
-  posix_spawn_file_actions_destroy(&actions);
+  const pid_t pid = stellarium::testing::SpawnLogged(
+      {STELLARIUM_CSI_PATH, "--endpoint", "unix://" + sock, "--node-id", "n1", "--store",
+       dir.path() + "/store", "--state-dir", dir.path() + "/state", "--block-device", "loop"},
+      log);
+  ASSERT_GT(pid, 0);
   for (int i = 0; i < 500 && !fs::exists(sock); ++i) ::usleep(20000);
   EXPECT_TRUE(fs::exists(sock)) << "the driver did not start serving";
   ASSERT_EQ(::kill(pid, SIGBUS), 0);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  std::ifstream in(log);
-  const std::string out((std::istreambuf_iterator<char>(in)), {});
+  std::string out;
+  const int status = stellarium::testing::WaitLogged(pid, log, &out);
   ASSERT_TRUE(WIFSIGNALED(status)) << "status " << status << "; log:\n" << out;
   EXPECT_EQ(WTERMSIG(status), SIGBUS);
   EXPECT_NE(out.find("SIGBUS"), std::string::npos) << out;
