@@ -602,6 +602,7 @@ TEST_F(Qcow2Test, DigestIsCheckedAtTheEndOfTheFileAfterTheLastGuestByte) {
 }
 
 TEST_F(Qcow2Test, RefusesBackingFilesEncryptionAndMalformedImages) {
+  uint64_t twelfth_guest = 0;  // guest offset of the 12th compressed cluster, below
   WriteFile(dir_ / "base.img", MakeImage(19, 4u << 20));
   MustRun({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", dir_ / "base.img",
            Www("base.qcow2")});
@@ -644,6 +645,20 @@ TEST_F(Qcow2Test, RefusesBackingFilesEncryptionAndMalformedImages) {
     }
     ASSERT_TRUE(found) << "qemu-img -c stored no cluster compressed";
     WriteFile(Www("corrupt-compressed.qcow2"), f);
+    // The same in the 12th compressed cluster, after eleven good ones: the error must
+    // name that cluster, not the first or the one being read when it surfaced.
+    f = ReadFile(Www("c.qcow2"));
+    int seen = 0;
+    for (uint64_t j = 0; j < 8192 && seen < 12; ++j) {
+      uint64_t d = 0;
+      for (int k = 0; k < 8; ++k) d = (d << 8) | static_cast<uint8_t>(f[l2 + 8 * j + k]);
+      if ((d & (uint64_t{1} << 62)) && ++seen == 12) {
+        f[d & ((uint64_t{1} << 54) - 1)] = '\xff';
+        twelfth_guest = j << 16;  // 64 KiB clusters
+      }
+    }
+    ASSERT_EQ(seen, 12) << "qemu-img -c stored fewer than 12 clusters compressed";
+    WriteFile(Www("corrupt-compressed-12.qcow2"), f);
   }
   struct Bad {
     const char* name;
@@ -665,6 +680,9 @@ TEST_F(Qcow2Test, RefusesBackingFilesEncryptionAndMalformedImages) {
         Bad{"corrupt-compressed.qcow2", "is corrupt or truncated"}}) {
     ExpectRefused(b.name, b.what);
   }
+  ExpectRefused(
+      "corrupt-compressed-12.qcow2",
+      "compressed cluster for guest offset " + std::to_string(twelfth_guest) + " at file offset");
 }
 
 // ---- The reorder buffer ----
