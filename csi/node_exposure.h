@@ -85,7 +85,7 @@ std::unique_ptr<NodeExposure> NewBlockDeviceExposure(BlockDeviceProvider* device
 // readahead_bytes: VhostUserBlkOptions::readahead_bytes of every connection (0 = off).
 std::unique_ptr<NodeExposure> NewVhostUserBlkExposure(Store* store, BlockDeviceProvider* devices,
                                                       Mounter* mounter, std::string socket_dir,
-                                                      uint64_t readahead_bytes = 8 << 20);
+                                                      uint64_t readahead_bytes);
 // Kata descriptors go under `kata_root` (Options::kata_direct_volume_dir); the
 // Firecracker and Cloud Hypervisor files next to the target.
 std::unique_ptr<NodeExposure> NewRuntimeDescriptorExposure(std::string kata_root);
