@@ -10,13 +10,17 @@
 //     reads the qcow2 URL through our source without importing: the source's own speed.
 //   - the same raw image: the streaming path, and the HTTP source read alone.
 // With --compressed, also a `qemu-img convert -c` qcow2 of the same image (zlib), read
-// through our source without importing (decompression speed) and imported. `curl -o /dev/null` is the
-// download alone (no disk write), the floor for the read-only rows. With --runs N every
-// row is taken N times (interleaved) and its median printed, for a machine others share.
-// The raw image is disk-like: random (incompressible) blocks, runs of zeros, repeats.
+// through our source without importing (decompression speed) and imported. `curl -o /dev/null` is
+// the download alone (no disk write), the floor for the read-only rows. With --runs N every row is
+// taken N times (interleaved) and its median printed, for a machine others share. The raw image is
+// disk-like: random (incompressible) blocks, runs of zeros, repeats.
 //
 // With the driver built (stellarium_csi), it also times CreateVolume from the raw URL
 // through a real stellarium-csi server on a unix socket, and a second one (a clone).
+//
+// Every row also reports the core-seconds it used (its own program's: ours in process,
+// or curl / qemu-img as children) and the HTTP server's in the same interval: on a
+// machine of N cores no row can take less than their sum / N seconds.
 //
 // usage: http_import_bench [--size-mib N] [--work DIR] [--compressed] [--runs N]
 //        (default 1024 MiB, /var/tmp, 1 run)
@@ -31,6 +35,7 @@
 #include <map>
 #include <thread>
 
+#include "bench/cpu_time.h"
 #include "core/process.h"
 #include "core/sources/open.h"
 #include "core/store.h"
@@ -84,15 +89,36 @@ void MakeRaw(const std::string& path, uint64_t bytes) {
   }
 }
 
-double TimeProgram(const std::vector<std::string>& argv) {
-  double t = Now();
+// One sample of a row: wall-clock seconds; core-seconds of this process and of the
+// children it waited for (curl, qemu-img); core-seconds of the HTTP server.
+struct Sample {
+  double wall = 0, cpu = 0, server = 0;
+};
+
+pid_t g_server_pid = -1;  // the HTTP server, once started
+
+class Clock {
+ public:
+  Clock()
+      : wall_(Now()), cpu_(bench::SelfAndChildrenCpu()), server_(bench::ProcessCpu(g_server_pid)) {}
+  Sample Stop() const {
+    return {Now() - wall_, bench::SelfAndChildrenCpu() - cpu_,
+            bench::ProcessCpu(g_server_pid) - server_};
+  }
+
+ private:
+  double wall_, cpu_, server_;
+};
+
+Sample TimeProgram(const std::vector<std::string>& argv) {
+  Clock c;
   std::string out;
   Must(RunProgramOk(argv, {}, &out), argv[0].c_str());
-  return Now() - t;
+  return c.Stop();
 }
 
 struct Ours {
-  double seconds = 0;
+  Sample sample;
   ImportSummary summary;
 };
 
@@ -103,7 +129,7 @@ Ours Import(const std::string& where, const std::string& work, const std::string
   so.path = store_dir;
   auto store = Store::Open(so);
   Must(store.status(), "open store");
-  double t = Now();
+  Clock c;
   ImageSourceSpec spec;
   (where.rfind("http", 0) == 0 ? spec.url : spec.path) = where;
   spec.scratch_dir = work;
@@ -115,7 +141,7 @@ Ours Import(const std::string& where, const std::string& work, const std::string
   Must(r.status(), "import");
   Must((*store)->Sync(), "sync");
   Ours o;
-  o.seconds = Now() - t;
+  o.sample = c.Stop();
   o.summary = r->summary;
   store->reset();
   fs::remove_all(store_dir);
@@ -123,10 +149,9 @@ Ours Import(const std::string& where, const std::string& work, const std::string
 }
 
 // Reads a URL through OpenImageSource (format detection, qcow2 conversion) to the end
-// without importing: what the source alone costs. Returns seconds; *raw_bytes gets the
-// raw image's size.
-double ReadOnly(const std::string& url, const std::string& work, uint64_t* raw_bytes) {
-  double t = Now();
+// without importing: what the source alone costs. *raw_bytes gets the raw image's size.
+Sample ReadOnly(const std::string& url, const std::string& work, uint64_t* raw_bytes) {
+  Clock c;
   ImageSourceSpec spec;
   spec.url = url;
   spec.scratch_dir = work;
@@ -142,7 +167,7 @@ double ReadOnly(const std::string& url, const std::string& work, uint64_t* raw_b
     total += *n;
   }
   *raw_bytes = total;
-  return Now() - t;
+  return c.Stop();
 }
 
 #ifdef STELLARIUM_BENCH_CSI
@@ -227,6 +252,7 @@ int main(int argc, char** argv) {
     fprintf(stderr, "http_import_bench: %s\n", server.error().c_str());
     return 1;
   }
+  g_server_pid = server.pid();
   const std::string qurl = server.Url("/disk.qcow2"), rurl = server.Url("/disk.img");
   const std::string curl_c = server.Url("/disk-c.qcow2");
 
@@ -235,13 +261,14 @@ int main(int argc, char** argv) {
   TimeProgram({"curl", "-sSf", "-o", "/dev/null", rurl});
   if (compressed) TimeProgram({"curl", "-sSf", "-o", "/dev/null", curl_c});
 
-  // Every row's samples; the median is printed.
-  std::map<std::string, std::vector<double>> t;
-  auto median = [&](const std::string& row) {
-    std::vector<double> v = t[row];
-    std::sort(v.begin(), v.end());
+  // Every row's samples; the one with the median wall-clock time is printed.
+  std::map<std::string, std::vector<Sample>> t;
+  auto median_sample = [&](const std::string& row) {
+    std::vector<Sample> v = t[row];
+    std::sort(v.begin(), v.end(), [](const Sample& a, const Sample& b) { return a.wall < b.wall; });
     return v[v.size() / 2];
   };
+  auto median = [&](const std::string& row) { return median_sample(row).wall; };
   const std::string out = work + "/out";
   Ours ours_q;
   for (int run = 0; run < runs; ++run) {
@@ -257,23 +284,23 @@ int main(int argc, char** argv) {
     fs::remove(out + ".qcow2");
     fs::remove(out + ".raw");
     ours_q = Import(qurl, work, "qcow2");
-    t["ours_q"].push_back(ours_q.seconds);
+    t["ours_q"].push_back(ours_q.sample);
 
     t["curl_null_r"].push_back(TimeProgram({"curl", "-sSf", "-o", "/dev/null", rurl}));
     t["read_r"].push_back(ReadOnly(rurl, work, &n));
     if (n != bytes) Must(Status::Internal("read raw returned " + std::to_string(n) + " bytes"), "read-only");
     t["curl_r"].push_back(TimeProgram({"curl", "-sSf", "-o", out + ".img", rurl}));
     fs::remove(out + ".img");
-    t["ours_r"].push_back(Import(rurl, work, "raw").seconds);
+    t["ours_r"].push_back(Import(rurl, work, "raw").sample);
     // The same importer reading the local raw file: the store's own speed here, which
     // bounds every source.
-    t["local_r"].push_back(Import(raw, work, "local").seconds);
+    t["local_r"].push_back(Import(raw, work, "local").sample);
     if (compressed) {
       t["read_c"].push_back(ReadOnly(curl_c, work, &n));
       if (n != bytes) Must(Status::Internal("read compressed returned " + std::to_string(n) + " bytes"), "read-only");
       t["curl_c"].push_back(TimeProgram({"curl", "-sSf", "-o", out + ".c.qcow2", curl_c}));
       fs::remove(out + ".c.qcow2");
-      t["ours_c"].push_back(Import(curl_c, work, "compressed").seconds);
+      t["ours_c"].push_back(Import(curl_c, work, "compressed").sample);
     }
   }
   const double curl_null_q = median("curl_null_q"), curl_q = median("curl_q"), conv = median("conv"),
@@ -287,29 +314,39 @@ int main(int argc, char** argv) {
 #endif
 
   auto mbs = [](uint64_t b, double s) { return b / 1e6 / s; };
-  printf("http_import_bench: %llu MiB raw image (qcow2 %.0f MiB), served from 127.0.0.1, %u cores, "
-         "median of %d run(s)\n",
-         (unsigned long long)mib, qcow_bytes / 1048576.0, std::thread::hardware_concurrency(), runs);
-  printf("%-44s %9s %12s\n", "", "seconds", "raw MB/s");
-  printf("%-44s %9.2f %12.0f\n", "curl -o /dev/null disk.qcow2 (download only)", curl_null_q, mbs(bytes, curl_null_q));
-  printf("%-44s %9.2f %12.0f\n", "curl -o disk.qcow2", curl_q, mbs(bytes, curl_q));
-  printf("%-44s %9.2f %12.0f\n", "qemu-img convert qcow2 -> raw (local)", conv, mbs(bytes, conv));
-  printf("%-44s %9.2f %12.0f\n", "curl -o + qemu-img convert", curl_q + conv, mbs(bytes, curl_q + conv));
-  printf("%-44s %9.2f %12.0f\n", "ours: read qcow2 URL -> raw (no import)", read_q, mbs(bytes, read_q));
-  printf("%-44s %9.2f %12.0f\n", "ours: qcow2 URL -> volume (streamed)", ours_q_s, mbs(bytes, ours_q_s));
-  printf("%-44s %9.2f %12.0f\n", "curl -o /dev/null disk.img (download only)", curl_null_r, mbs(bytes, curl_null_r));
-  printf("%-44s %9.2f %12.0f\n", "curl -o disk.img", curl_r, mbs(bytes, curl_r));
-  printf("%-44s %9.2f %12.0f\n", "ours: read raw URL (no import)", read_r, mbs(bytes, read_r));
-  printf("%-44s %9.2f %12.0f\n", "ours: raw URL -> volume (streamed)", ours_r_s, mbs(bytes, ours_r_s));
-  printf("%-44s %9.2f %12.0f\n", "ours: local raw file -> volume", local_r_s, mbs(bytes, local_r_s));
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  printf(
+      "http_import_bench: %llu MiB raw image (qcow2 %.0f MiB), served from 127.0.0.1, %u cores, "
+      "median of %d run(s)\n",
+      (unsigned long long)mib, qcow_bytes / 1048576.0, cores, runs);
+  printf("%-44s %9s %12s %9s %9s\n", "", "seconds", "raw MB/s", "CPU s", "server s");
+  auto row = [&](const char* label, const Sample& x) {
+    printf("%-44s %9.2f %12.0f %9.2f %9.2f\n", label, x.wall, mbs(bytes, x.wall), x.cpu, x.server);
+  };
+  const Sample curl_q_x = median_sample("curl_q"), conv_x = median_sample("conv"),
+               ours_q_x = median_sample("ours_q"), curl_r_x = median_sample("curl_r"),
+               ours_r_x = median_sample("ours_r");
+  row("curl -o /dev/null disk.qcow2 (download only)", median_sample("curl_null_q"));
+  row("curl -o disk.qcow2", curl_q_x);
+  row("qemu-img convert qcow2 -> raw (local)", conv_x);
+  row("curl -o + qemu-img convert",
+      {curl_q_x.wall + conv_x.wall, curl_q_x.cpu + conv_x.cpu, curl_q_x.server + conv_x.server});
+  row("ours: read qcow2 URL -> raw (no import)", median_sample("read_q"));
+  row("ours: qcow2 URL -> volume (streamed)", ours_q_x);
+  row("curl -o /dev/null disk.img (download only)", median_sample("curl_null_r"));
+  row("curl -o disk.img", curl_r_x);
+  row("ours: read raw URL (no import)", median_sample("read_r"));
+  row("ours: raw URL -> volume (streamed)", ours_r_x);
+  row("ours: local raw file -> volume", median_sample("local_r"));
   if (compressed) {
-    const double curl_cq = median("curl_c"), read_c = median("read_c");
-    printf("%-44s %9.2f %12.0f  (file %.0f MiB)\n", "curl -o disk-c.qcow2 (qemu-img -c)", curl_cq, mbs(bytes, curl_cq),
-           fs::file_size(cqcow) / 1048576.0);
-    printf("%-44s %9.2f %12.0f\n", "ours: read compressed qcow2 URL (no import)", read_c, mbs(bytes, read_c));
-    const double ours_c = median("ours_c");
-    printf("%-44s %9.2f %12.0f\n", "ours: compressed qcow2 URL -> volume", ours_c, mbs(bytes, ours_c));
+    row("curl -o disk-c.qcow2 (qemu-img -c)", median_sample("curl_c"));
+    printf("%-44s (file %.0f MiB)\n", "", fs::file_size(cqcow) / 1048576.0);
+    row("ours: read compressed qcow2 URL (no import)", median_sample("read_c"));
+    row("ours: compressed qcow2 URL -> volume", median_sample("ours_c"));
   }
+  printf(
+      "(CPU s: core-seconds of the row's own program, ours in process or curl/qemu-img; "
+      "server s: the HTTP server's, same interval)\n");
 #ifdef STELLARIUM_BENCH_CSI
   printf("%-44s %9.2f %12.0f\n", "driver: CreateVolume from the raw URL", csi_first, mbs(bytes, csi_first));
   printf("%-44s %9.4f %12s\n", "driver: 2nd CreateVolume, same URL+sha256", csi_second, "(clone)");
@@ -327,6 +364,18 @@ int main(int argc, char** argv) {
   printf("ratio raw:   ours vs curl -o                 %.2f  (floor 0.80: %s)\n", r3, r3 >= 0.8 ? "met" : "NOT met");
   printf("ratio raw:   URL import vs local file import  %.2f  (the HTTP source's own cost)\n",
          local_r_s / ours_r_s);
+  // What the cores allow: a row's core-seconds (its own and the server's) spread over
+  // every core is the least time it can take; the floor asks ours <= curl -o / 0.8.
+  auto bound = [&](const char* what, const Sample& ours, const Sample& curl) {
+    const double need = ours.cpu + ours.server, least = need / cores, allowed = curl.wall / 0.8;
+    printf(
+        "%s: ours needs %.2f core-s (with the server's) -> at least %.2f s on %u cores; "
+        "the floor needs <= %.2f s (curl -o %.2f s, %.2f core-s)%s\n",
+        what, need, least, cores, allowed, curl.wall, curl.cpu + curl.server,
+        least > allowed ? ": beyond these cores" : "");
+  };
+  bound("cores qcow2", ours_q_x, curl_q_x);
+  bound("cores raw  ", ours_r_x, curl_r_x);
   fs::remove_all(work);
   return 0;
 }

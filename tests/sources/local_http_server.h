@@ -73,6 +73,7 @@ class LocalHttpServer {
   LocalHttpServer& operator=(const LocalHttpServer&) = delete;
 
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }  // the server process (-1 when it did not start)
   const std::string& error() const { return error_; }
   std::string Url(const std::string& path) const {
     return scheme_ + "://127.0.0.1:" + std::to_string(port_) + path;
