@@ -12,6 +12,7 @@
 #include "core/db.h"
 #include "core/format.h"
 #include "core/presence_filter.h"
+#include "core/thread_name.h"
 
 namespace stellarium {
 namespace {
@@ -27,7 +28,10 @@ class RocksChunkStore : public ChunkStore {
         disk_readahead_bytes_(disk_readahead_bytes),
         next_locator_(next_locator),
         filter_(std::max<uint64_t>(1u << 20, 2 * chunks_now), kFilterMaxBytes) {
-    scan_ = std::thread([this] { ScanIntoFilter(); });
+    scan_ = std::thread([this] {
+      NameThisThread("stl-filter-scan");
+      ScanIntoFilter();
+    });
   }
   ~RocksChunkStore() override {
     stop_scan_ = true;
@@ -338,7 +342,11 @@ class RocksChunkStore : public ChunkStore {
       to = run->end = hi + ahead;
       if (ahead_queue_.size() >= kAheadRuns) ahead_queue_.pop_front();
       ahead_queue_.emplace_back(from, to);
-      if (!ahead_thread_.joinable()) ahead_thread_ = std::thread([this] { AheadLoop(); });
+      if (!ahead_thread_.joinable())
+        ahead_thread_ = std::thread([this] {
+          NameThisThread("stl-disk-ahead");
+          AheadLoop();
+        });
     }
     ahead_cv_.notify_one();
   }

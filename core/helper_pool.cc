@@ -1,10 +1,13 @@
 #include "core/helper_pool.h"
 
+#include "core/thread_name.h"
+
 namespace stellarium {
 
-HelperPool::HelperPool(unsigned threads) {
+HelperPool::HelperPool(unsigned threads, const char* name) {
   for (unsigned i = 0; i < threads; ++i) {
-    threads_.emplace_back([this] {
+    threads_.emplace_back([this, name] {
+      NameThisThread(name);
       std::unique_lock l(mu_);
       for (;;) {
         ++idle_;

@@ -19,7 +19,8 @@ namespace stellarium {
 
 class HelperPool {
  public:
-  explicit HelperPool(unsigned threads);
+  // name: the helpers' thread name (core/thread_name.h).
+  HelperPool(unsigned threads, const char* name);
   ~HelperPool();
   HelperPool(const HelperPool&) = delete;
   HelperPool& operator=(const HelperPool&) = delete;

@@ -44,6 +44,7 @@
 #include <unordered_map>
 
 #include "core/store_impl.h"
+#include "core/thread_name.h"
 
 namespace stellarium {
 
@@ -276,6 +277,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   uint64_t total_read = 0;
 
   std::thread reader([&] {
+    NameThisThread("stl-imp-read");
     uint64_t seq = 0, block = 0;
     bool eof = false;
     while (!eof && !stop.load()) {
@@ -397,6 +399,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   std::atomic<unsigned> workers_left{threads};
   for (unsigned t = 0; t < threads; ++t) {
     workers.emplace_back([&] {
+      NameThisThread("stl-imp-hash");
       std::unique_ptr<Segment> seg;
       while (work_q.Pop(&seg)) {
         if (!stop.load()) {
@@ -420,6 +423,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   std::vector<std::thread> data_writers;
   for (unsigned t = 0; t < kDataWriters; ++t) {
     data_writers.emplace_back([&] {
+      NameThisThread("stl-imp-data");
       std::unique_ptr<IngestBatch> batch = s.db->NewIngestBatch(what);
       auto write = [&](DataWork& d) -> Status {
         for (size_t k = 0; k < d.locators.size(); ++k) {
@@ -455,6 +459,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   Channel<std::unique_ptr<IndexWork>> index_free, index_q;
   for (size_t i = 0; i < kIndexWorkInFlight; ++i) index_free.Push(std::make_unique<IndexWork>());
   std::thread index_writer([&] {
+    NameThisThread("stl-imp-index");
     std::unique_ptr<IngestBatch> batch = s.db->NewIngestBatch(what);
     auto write = [&](IndexWork& w) -> Status {
       for (const MapEntry& m : w.maps) {

@@ -53,7 +53,7 @@ class StoreImpl {
   StoreOptions options;
   std::unique_ptr<Db> db;
   std::unique_ptr<ChunkStore> chunks;
-  HelperPool read_helpers{2};  // the second halves of large volume reads
+  HelperPool read_helpers{2, "stl-read-helper"};  // the second halves of large volume reads
 
   std::mutex catalog_mu;
   uint64_t next_layer = 1;                                           // GUARDED_BY(catalog_mu)

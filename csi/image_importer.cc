@@ -17,6 +17,7 @@
 #include "core/sha256.h"
 #include "core/sources/http_source.h"
 #include "core/sources/open.h"
+#include "core/thread_name.h"
 
 namespace stellarium::csi {
 namespace {
@@ -204,7 +205,10 @@ Result<ImportedImage> ImageImporter::Get(const UrlSource& source, uint64_t capac
     job->source = source;
     running_[key] = job;
     ++live_threads_;
-    std::thread([this, job] { Run(job); }).detach();
+    std::thread([this, job] {
+      NameThisThread("stl-import");
+      Run(job);
+    }).detach();
   }
   ++job->joins;
   ++job->waiters;

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "core/sha256.h"
+#include "core/thread_name.h"
 
 namespace stellarium {
 namespace {
@@ -348,6 +349,7 @@ class HttpImageSource::Impl {
   }
 
   void Run() {
+    NameThisThread("stl-http");
     CURLcode rc = curl_easy_perform(curl_);
     long http = 0;
     curl_easy_getinfo(curl_, CURLINFO_RESPONSE_CODE, &http);

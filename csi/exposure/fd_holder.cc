@@ -13,6 +13,8 @@
 #include <cstring>
 #include <vector>
 
+#include "core/thread_name.h"
+
 namespace stellarium::exposure {
 namespace {
 
@@ -357,6 +359,7 @@ int FdHolderLease::Deposit() {
 }
 
 void FdHolderLease::Loop(int sock) {
+  NameThisThread("stl-fd-lease");
   while (true) {
     if (sock >= 0) {
       // Wait for the holder to go away (the connection closes) or for our stop.

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <fstream>
 
+#include "core/thread_name.h"
+
 namespace stellarium::exposure {
 
 namespace {
@@ -428,6 +430,7 @@ void ClearOldMount(const std::string& dir) {
 // One worker: waits for a request or the stop signal, reads one request, answers it.
 // Never reads after the stop signal, never drops a request it has read.
 void WorkerLoop(fuse_session* se, State* st, int stop_fd) {
+  NameThisThread("stl-fuse");
   struct fuse_buf buf;
   memset(&buf, 0, sizeof(buf));
   const int fd = fuse_session_fd(se);

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/thread_name.h"
+
 namespace stellarium::exposure {
 
 namespace {
@@ -162,6 +164,7 @@ void ReadAheadBlockIo::Load(std::unique_lock<std::mutex>& lock, uint64_t offset)
 }
 
 void ReadAheadBlockIo::Helper() {
+  NameThisThread("stl-readahead");
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     changed_.wait(lock, [this] { return stopping_ || !queued_.empty(); });

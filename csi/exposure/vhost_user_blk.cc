@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/thread_name.h"
+
 namespace stellarium::exposure {
 
 void UniqueFd::Reset() {
@@ -82,6 +84,7 @@ void VhostUserBlkSession::Signal(uint32_t queue) {
 }
 
 void VhostUserBlkSession::Worker() {
+  NameThisThread("stl-vhost-io");
   std::unique_lock<std::mutex> lock(exec_mu_);
   for (;;) {
     work_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
@@ -516,6 +519,7 @@ std::string VhostUserBlkServer::last_error() const {
 }
 
 void VhostUserBlkServer::Run() {
+  NameThisThread("stl-vhost");
   for (;;) {
     if (!WaitReadable(listen_fd_.get(), stop_fd_.get())) return;
     UniqueFd conn(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));

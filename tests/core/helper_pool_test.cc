@@ -2,15 +2,17 @@
 #include "core/helper_pool.h"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
+#include <string>
 
 namespace stellarium {
 namespace {
 
 TEST(HelperPoolTest, IdleHelpersTakeWorkAndBusyOnesRefuseIt) {
-  HelperPool pool(2);
+  HelperPool pool(2, "test-helper");
   std::promise<void> release;
   std::shared_future<void> released = release.get_future().share();
   std::atomic<int> ran{0};
@@ -44,7 +46,7 @@ TEST(HelperPoolTest, IdleHelpersTakeWorkAndBusyOnesRefuseIt) {
 TEST(HelperPoolTest, DestructionWaitsForRunningWork) {
   std::atomic<bool> finished{false};
   {
-    HelperPool pool(1);
+    HelperPool pool(1, "test-helper");
     std::future<void> done;
     for (int i = 0; i < 1000 && !pool.TryRun(
                                     [&] {
@@ -57,6 +59,25 @@ TEST(HelperPoolTest, DestructionWaitsForRunningWork) {
     }
   }
   EXPECT_TRUE(finished.load());
+}
+
+TEST(HelperPoolTest, HelpersCarryTheirName) {
+  HelperPool pool(1, "stl-a-name-longer-than-15");
+  std::string seen;
+  std::future<void> done;
+  for (int i = 0; i < 1000 && !pool.TryRun(
+                                  [&] {
+                                    char name[16] = {0};
+                                    pthread_getname_np(pthread_self(), name, sizeof(name));
+                                    seen = name;
+                                  },
+                                  &done);
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(done.valid()) << "no helper took the task";
+  done.wait();
+  EXPECT_EQ(seen, "stl-a-name-long") << "the name, cut at the kernel's 15 characters";
 }
 
 }  // namespace

@@ -12,17 +12,20 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "core/image_source.h"
 #include "core/sha256.h"
 #include "tests/core/test_util.h"
+#include "tests/thread_names.h"
 
 namespace stellarium {
 namespace {
 
 using testing::RandomBytes;
 using testing::TempDir;
+using testing::ThreadNames;
 using testing::Unwrap;
 
 class StoreTest : public ::testing::Test {
@@ -743,6 +746,33 @@ TEST_F(StoreTest, GcWaitsForARunningImportAndLosesNothing) {
   EXPECT_EQ(ReadAll(r->volume.id), img);
   EXPECT_EQ(Chunks(), distinct);
   ExpectFsckClean();
+}
+
+TEST_F(StoreTest, ImportThreadsAreNamedAfterTheirRoles) {
+  PausingSource src(RandomBytes(rng_, 64 * 4096), 32 * 4096);
+  ImportOptions o;
+  o.volume.name = "named";
+  BackgroundImport import(store_.get(), &src, o);
+  // The source is paused: every thread of the pipeline is up (each names itself as it
+  // starts, so give them a moment).
+  const std::vector<std::string> roles = {"stl-imp-read", "stl-imp-hash", "stl-imp-data",
+                                          "stl-imp-index"};
+  auto all_there = [&](const std::set<std::string>& names) {
+    for (const auto& role : roles)
+      if (names.count(role) == 0) return false;
+    return true;
+  };
+  std::set<std::string> names = ThreadNames();
+  for (int i = 0; i < 500 && !all_there(names); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    names = ThreadNames();
+  }
+  std::string listed;
+  for (const auto& n : names) listed += " " + n;
+  EXPECT_TRUE(all_there(names)) << "threads now:" << listed;
+  src.Resume();
+  ASSERT_OK(import.Finish());
+  EXPECT_EQ(ThreadNames().count("stl-imp-hash"), 0u) << "the pipeline's threads end with it";
 }
 
 TEST_F(StoreTest, VolumeWriteRacingAnImportOfTheSameChunkKeepsBoth) {

@@ -7,12 +7,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
+#include <thread>
 
 #include "csi/exposure/fuse_block_server.h"
 #include "csi/exposure/loop_device.h"
 #include "tests/node/test_util.h"
+#include "tests/thread_names.h"
 
 namespace stellarium::exposure {
 namespace {
@@ -98,6 +101,18 @@ TEST_F(FuseLoopTest, ServesVolumeAsFileOfItsSizeWithoutReadingIt) {
   close(fd);
   EXPECT_EQ(got, want);
   EXPECT_LE(io->bytes_read.load(), 8192u * 2);
+}
+
+TEST_F(FuseLoopTest, WorkerThreadsAreNamed) {
+  // The server's workers start with it and name themselves (core/thread_name.h).
+  bool named = false;
+  for (int i = 0; i < 500 && !named; ++i) {
+    named = stellarium::testing::ThreadNames().count("stl-fuse") == 1;
+    if (!named) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(named);
+  server_.reset();
+  EXPECT_EQ(stellarium::testing::ThreadNames().count("stl-fuse"), 0u) << "stopped with the server";
 }
 
 TEST_F(FuseLoopTest, WritesAndFsyncReachTheBlockIo) {
