@@ -4,10 +4,10 @@
 
 namespace stellarium {
 
-HelperPool::HelperPool(unsigned threads, const char* name) {
+HelperPool::HelperPool(unsigned threads, std::string name) {
   for (unsigned i = 0; i < threads; ++i) {
     threads_.emplace_back([this, name] {
-      NameThisThread(name);
+      NameThisThread(name.c_str());
       std::unique_lock l(mu_);
       for (;;) {
         ++idle_;

@@ -12,6 +12,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -20,7 +21,7 @@ namespace stellarium {
 class HelperPool {
  public:
   // name: the helpers' thread name (core/thread_name.h).
-  HelperPool(unsigned threads, const char* name);
+  HelperPool(unsigned threads, std::string name);
   ~HelperPool();
   HelperPool(const HelperPool&) = delete;
   HelperPool& operator=(const HelperPool&) = delete;
