@@ -1,9 +1,9 @@
 // ImportImage: the import pipeline.
 //
 //   reader thread  -> segments (1 MiB of the image, holes marked, never read)
-//   workers        -> per block: zero test, SHA-256, the base image's entry (a delta
-//                     import), and one MultiGet of the chunk index for the segment
-//                     (one worker per core)
+//   workers        -> per block: zero test, SHA-256 (many blocks at once,
+//                     core/sha256.h), the base image's entry (a delta import), and one
+//                     MultiGet of the chunk index for the segment (one worker per core)
 //   this thread    -> in image order: which blocks bring new chunks (the first
 //                     occurrence, in image order, of a chunk the store lacks) and their
 //                     locators (consecutive, in image order), the map entries and the
@@ -355,14 +355,23 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     seg.kind.assign(seg.nblocks, kSkip);
     seg.located.assign(seg.nblocks, 0);
     seg.same_as_base = 0;
+    // The non-zero blocks' SHA-256s, many at once (core/sha256.h).
+    std::vector<std::string_view> data;
+    std::vector<size_t> data_block;
+    data.reserve(seg.nblocks);
+    data_block.reserve(seg.nblocks);
     for (size_t i = 0; i < seg.nblocks; ++i) {
       const char* p = seg.buf.data() + i * bs;
       if (seg.hole_bytes[i] == bs || IsAllZero(p, bs)) {
         seg.zero[i] = 1;
       } else {
-        seg.ids[i] = Sha256(p, bs);
+        data.emplace_back(p, bs);
+        data_block.push_back(i);
       }
     }
+    std::vector<ChunkId> digests(data.size());
+    Sha256Many(data.data(), data.size(), digests.data());
+    for (size_t k = 0; k < data.size(); ++k) seg.ids[data_block[k]] = digests[k];
     // The base image's view of this segment, when the import is a delta over it.
     std::unordered_map<uint64_t, std::string> base_view;
     if (!base_chain.empty()) {

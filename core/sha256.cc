@@ -3,6 +3,10 @@
 #include <openssl/evp.h>
 
 #include <cstring>
+#include <vector>
+#ifdef STELLARIUM_HAVE_IPSEC_MB
+#include <intel-ipsec-mb.h>
+#endif
 
 namespace stellarium {
 
@@ -32,6 +36,108 @@ ChunkId Sha256(const void* data, size_t len) {
   EVP_DigestFinal_ex(t.ctx, id.data(), &out_len);
   return id;
 }
+
+#ifdef STELLARIUM_HAVE_IPSEC_MB
+namespace {
+
+// One multi-buffer manager per thread (a manager is not thread-safe), set up on the
+// thread's first batch for the best code path this CPU has; null when that failed.
+struct MbManager {
+  IMB_MGR* mgr = nullptr;
+  std::string engine = "openssl";
+  MbManager() {
+    mgr = alloc_mb_mgr(0);
+    if (mgr == nullptr) return;
+    IMB_ARCH arch = IMB_ARCH_NONE;
+    init_mb_mgr_auto(mgr, &arch);
+    const char* name = nullptr;
+    switch (arch) {
+      case IMB_ARCH_NOAESNI:
+        name = "ipsec-mb sse-no-aesni";
+        break;
+      case IMB_ARCH_SSE:
+        name = "ipsec-mb sse";
+        break;
+      case IMB_ARCH_AVX:
+        name = "ipsec-mb avx";
+        break;
+      case IMB_ARCH_AVX2:
+        name = "ipsec-mb avx2";
+        break;
+      case IMB_ARCH_AVX512:
+        name = "ipsec-mb avx512";
+        break;
+      default:
+        break;
+    }
+    if (name == nullptr || imb_get_errno(mgr) != 0) {
+      free_mb_mgr(mgr);
+      mgr = nullptr;
+      return;
+    }
+    engine = name;
+  }
+  ~MbManager() {
+    if (mgr) free_mb_mgr(mgr);
+  }
+};
+
+MbManager& ThreadMbManager() {
+  thread_local MbManager m;
+  return m;
+}
+
+}  // namespace
+
+void Sha256Many(const std::string_view* in, size_t n, ChunkId* out) {
+  IMB_MGR* m = ThreadMbManager().mgr;
+  if (m == nullptr) {
+    for (size_t i = 0; i < n; ++i) out[i] = Sha256(in[i].data(), in[i].size());
+    return;
+  }
+  // Jobs complete in lanes of the manager's width; each writes its digest straight into
+  // out[i]. A job the library refuses (it should not) is hashed by OpenSSL instead.
+  std::vector<size_t> redo;
+  auto collect = [&](IMB_JOB* done) {
+    for (; done != nullptr; done = IMB_GET_COMPLETED_JOB(m)) {
+      if (done->status != IMB_STATUS_COMPLETED)
+        redo.push_back(reinterpret_cast<size_t>(done->user_data));
+    }
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (in[i].empty()) {  // the library wants at least one byte
+      out[i] = Sha256(in[i].data(), 0);
+      continue;
+    }
+    IMB_JOB* job = IMB_GET_NEXT_JOB(m);
+    std::memset(job, 0, sizeof *job);
+    job->cipher_mode = IMB_CIPHER_NULL;
+    job->cipher_direction = IMB_DIR_ENCRYPT;
+    job->chain_order = IMB_ORDER_HASH_CIPHER;
+    job->hash_alg = IMB_AUTH_SHA_256;
+    job->src = reinterpret_cast<const uint8_t*>(in[i].data());
+    job->hash_start_src_offset_in_bytes = 0;
+    job->msg_len_to_hash_in_bytes = in[i].size();
+    job->auth_tag_output = out[i].data();
+    job->auth_tag_output_len_in_bytes = kChunkIdSize;
+    job->user_data = reinterpret_cast<void*>(i);
+    collect(IMB_SUBMIT_JOB(m));
+  }
+  for (IMB_JOB* j; (j = IMB_FLUSH_JOB(m)) != nullptr;) collect(j);
+  for (size_t i : redo) out[i] = Sha256(in[i].data(), in[i].size());
+}
+
+std::string Sha256ManyEngine() { return ThreadMbManager().engine; }
+
+#else
+
+void Sha256Many(const std::string_view* in, size_t n, ChunkId* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = Sha256(in[i].data(), in[i].size());
+}
+
+std::string Sha256ManyEngine() { return "openssl"; }
+
+#endif
 
 std::string ToHex(const uint8_t* data, size_t len) {
   static const char kDigits[] = "0123456789abcdef";

@@ -1,5 +1,6 @@
 // ChunkId and SHA-256 helpers. A chunk is named by the SHA-256 of its content
-// (OpenSSL EVP, which uses the CPU's SHA extensions where present).
+// (OpenSSL EVP, which uses the CPU's SHA extensions where present; many chunks at once
+// through libipsec-mb's multi-buffer SHA-256 where the build has it).
 //
 // Thread-safety: free functions, safe from any thread.
 #pragma once
@@ -18,6 +19,17 @@ inline constexpr size_t kChunkIdSize = 32;
 using ChunkId = std::array<uint8_t, kChunkIdSize>;
 
 ChunkId Sha256(const void* data, size_t len);
+
+// The SHA-256 of n independent inputs: out[i] = Sha256(in[i]). Where the build has
+// Intel's multi-buffer crypto library (libipsec-mb, Debian's libipsec-mb-dev, amd64),
+// up to 16 inputs are hashed side by side in the CPU's vector registers (AVX-512 lanes,
+// or two SHA-extension streams at once), which is 2.4x the single-input rate on the
+// machines we measured (docs/BENCHMARKS.md); elsewhere it is Sha256() in a loop. The
+// importer hashes a segment's blocks and the read path verifies a read's chunks this way.
+void Sha256Many(const std::string_view* in, size_t n, ChunkId* out);
+// What Sha256Many() runs on this thread: "ipsec-mb avx512", "ipsec-mb sse", ... or
+// "openssl" (no multi-buffer library in the build, or it could not start here).
+std::string Sha256ManyEngine();
 std::string ToHex(const uint8_t* data, size_t len);
 inline std::string ToHex(const ChunkId& id) { return ToHex(id.data(), id.size()); }
 // Parses 64 hex digits (an optional "sha256:" prefix is accepted).

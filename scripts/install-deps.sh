@@ -19,7 +19,18 @@ for f in "$here"/deps/*.txt; do
   esac
 done
 
-mapfile -t packages < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' "${lists[@]}" | grep -v '^$' | sort -u)
+# A line "pkg [amd64 arm64]" names the architectures that have the package; elsewhere
+# it is skipped.
+arch=$(dpkg --print-architecture)
+mapfile -t packages < <(sed -e 's/#.*//' "${lists[@]}" | awk -v arch="$arch" '
+  NF == 0 { next }
+  {
+    if (match($0, /\[[^]]*\]/)) {
+      archs = " " substr($0, RSTART + 1, RLENGTH - 2) " "
+      if (index(archs, " " arch " ") == 0) next
+    }
+    print $1
+  }' | sort -u)
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
