@@ -375,28 +375,34 @@ void WarmForIngest(const std::string& path, uint64_t size) {
 
 }  // namespace
 
-Status IngestBatch::Ingest() {
+Status IngestBatch::IngestWith(IngestBatch* other) {
   std::vector<rocksdb::IngestExternalFileArg> args;
   for (size_t i = 0; i < tables_.size(); ++i) {
-    if (!tables_[i]) continue;
-    rocksdb::ExternalSstFileInfo info;
-    RETURN_IF_ERROR(
-        FromRocks(tables_[i]->writer->Finish(&info), what_ + ": finish " + tables_[i]->path));
-    tables_[i]->writer.reset();
-    if (tables_[i]->direct) WarmForIngest(tables_[i]->path, info.file_size);
-    // Shrunk by less than a tenth: not worth compressing (RocksDB stored most blocks
-    // as they were anyway).
-    compressibility_[i].incompressible = info.file_size * 10 > tables_[i]->value_bytes * 9;
     rocksdb::IngestExternalFileArg arg;
     arg.column_family = db_->cf(static_cast<Cf>(i));
-    arg.external_files = {tables_[i]->path};
     arg.options.move_files = true;           // a hard link into the database, no copy
     arg.options.write_global_seqno = false;  // no rewrite of the file
-    args.push_back(std::move(arg));
+    for (IngestBatch* b : {this, other}) {
+      if (b == nullptr || !b->tables_[i]) continue;
+      Table& t = *b->tables_[i];
+      rocksdb::ExternalSstFileInfo info;
+      RETURN_IF_ERROR(FromRocks(t.writer->Finish(&info), b->what_ + ": finish " + t.path));
+      t.writer.reset();
+      if (t.direct) WarmForIngest(t.path, info.file_size);
+      // Shrunk by less than a tenth: not worth compressing (RocksDB stored most blocks
+      // as they were anyway).
+      b->compressibility_[i].incompressible = info.file_size * 10 > t.value_bytes * 9;
+      arg.external_files.push_back(t.path);
+    }
+    if (!arg.external_files.empty()) args.push_back(std::move(arg));
   }
   Status st;
   if (!args.empty()) st = FromRocks(db_->raw()->IngestExternalFiles(args), what_ + ": ingest");
-  for (auto& t : tables_) t.reset();  // unlinks our names; the database keeps its own
+  // Unlinks our names; the database keeps its own.
+  for (IngestBatch* b : {this, other}) {
+    if (b == nullptr) continue;
+    for (auto& t : b->tables_) t.reset();
+  }
   return st;
 }
 

@@ -64,7 +64,11 @@ class IngestBatch {
   uint64_t value_bytes(Cf which) const;
   // Finishes the tables and ingests them all at once. The batch is empty afterwards and
   // may be filled again.
-  Status Ingest();
+  Status Ingest() { return IngestWith(nullptr); }
+  // The same, together with `other`'s tables in the same atomic step (both batches are
+  // empty afterwards). REQUIRES: where both have a table of one family, their key ranges
+  // do not overlap.
+  Status IngestWith(IngestBatch* other);
 
  private:
   friend class Db;

@@ -135,6 +135,7 @@ constexpr size_t kPlacementRun = 16384;   // locators reserved at a time
 constexpr unsigned kDataWriters = 2;
 constexpr size_t kDataWorkInFlight = kDataWriters + 1;  // one being filled
 constexpr size_t kIndexWorkInFlight = 8;
+constexpr size_t kSplitRefs = 16384;  // index records staged by two threads from this many
 
 // A bounded hand-off queue between pipeline stages.
 template <typename T>
@@ -470,6 +471,7 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   std::thread index_writer([&] {
     NameThisThread("stl-imp-index");
     std::unique_ptr<IngestBatch> batch = s.db->NewIngestBatch(what);
+    std::unique_ptr<IngestBatch> upper = s.db->NewIngestBatch(what);  // the upper half's records
     auto write = [&](IndexWork& w) -> Status {
       for (const MapEntry& m : w.maps) {
         RETURN_IF_ERROR(
@@ -477,17 +479,52 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
                        m.zero ? std::string_view() : format::MapValueOf(m.id, m.hint).view()));
       }
       if (!w.end_index_period) return Status::Ok();
-      std::sort(w.refs.begin(), w.refs.end(),
-                [](const auto& a, const auto& b) { return a.first < b.first; });
-      for (const auto& [id, ref] : w.refs) {
-        RETURN_IF_ERROR(s.chunks->StageRefs(batch.get(), id, ref.count, ref.stored_at));
+      // The period's index records, in key order, in two halves side by side: ids below
+      // 0x80 by this thread, the others by a helper into a table of their own (at the
+      // end of an import the other core is often idle; both tables are ingested with the
+      // map entries in one step). A SHA-256 is uniform, so its first 8 bytes (as a
+      // big-endian number) order nearly all pairs: comparing those first is a third of
+      // the time of memcmp.
+      using Ref = std::pair<ChunkId, PeriodRef>;
+      auto stage = [&](std::vector<Ref>::iterator from, std::vector<Ref>::iterator to,
+                       IngestBatch* into) -> Status {
+        auto prefix = [](const ChunkId& id) {
+          uint64_t p;
+          std::memcpy(&p, id.data(), sizeof p);
+          return __builtin_bswap64(p);
+        };
+        std::sort(from, to, [&](const Ref& a, const Ref& b) {
+          const uint64_t pa = prefix(a.first), pb = prefix(b.first);
+          if (pa != pb) return pa < pb;
+          return a.first < b.first;
+        });
+        for (auto it = from; it != to; ++it) {
+          RETURN_IF_ERROR(
+              s.chunks->StageRefs(into, it->first, it->second.count, it->second.stored_at));
+        }
+        return Status::Ok();
+      };
+      if (w.refs.size() < kSplitRefs) {
+        RETURN_IF_ERROR(stage(w.refs.begin(), w.refs.end(), batch.get()));
+      } else {
+        auto mid = std::partition(w.refs.begin(), w.refs.end(),
+                                  [](const Ref& r) { return r.first[0] < 0x80; });
+        Status upper_status;
+        std::thread helper([&] {
+          NameThisThread("stl-imp-index");
+          upper_status = stage(mid, w.refs.end(), upper.get());
+        });
+        Status lower_status = stage(w.refs.begin(), mid, batch.get());
+        helper.join();
+        RETURN_IF_ERROR(lower_status);
+        RETURN_IF_ERROR(upper_status);
       }
       {
         std::unique_lock l(data_mu);
         data_cv.wait(l, [&] { return data_done >= w.data_periods || stop.load(); });
       }
       if (stop.load()) return Status::Ok();  // the failure is reported already
-      return batch->Ingest();
+      return batch->IngestWith(upper.get());
     };
     std::unique_ptr<IndexWork> w;
     while (index_q.Pop(&w)) {
@@ -524,10 +561,13 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
   // The data period being filled. Its bytes fit its buffer from the start: no regrowth.
   std::unique_ptr<DataWork> data = std::make_unique<DataWork>();
   data->bytes.reserve(data_period_limit + seg_bytes);
-  auto end_data_period = [&]() -> Status {
+  // The last period takes no fresh buffer: waiting for one would hold the last index
+  // period back until a data writer is done, where both can run side by side.
+  auto end_data_period = [&](bool last) -> Status {
     if (data->locators.empty()) return Status::Ok();
     data->period = data_periods++;
     data_q.Push(std::move(data));
+    if (last) return Status::Ok();
     if (!data_free.Pop(&data)) return Status::Aborted(what + ": import stopped");
     data->bytes.reserve(data_period_limit + seg_bytes);
     placement = {};  // the next data table's keys start above everything so far
@@ -574,14 +614,17 @@ Result<ImportResult> Store::ImportImage(ImageSource& source, const ImportOptions
     }
     if (seg != nullptr) sum.duplicate_blocks += seg->same_as_base;
     const bool end_index = last || index_period_blocks >= index_period_limit;
-    if (end_index || data->bytes.size() >= data_period_limit) RETURN_IF_ERROR(end_data_period());
+    if (end_index || data->bytes.size() >= data_period_limit)
+      RETURN_IF_ERROR(end_data_period(last));
     if (end_index) {
       w->end_index_period = true;
       w->data_periods = data_periods;
       index_period_blocks = 0;
       w->refs.assign(period.begin(), period.end());
-      if (known.size() + period.size() > kKnownCap) known.clear();
-      for (const auto& [pid, ref] : period) known[pid] = ref.hint;
+      if (!last) {  // what later periods look up; after the last there are none
+        if (known.size() + period.size() > kKnownCap) known.clear();
+        for (const auto& [pid, ref] : period) known[pid] = ref.hint;
+      }
       period.clear();
     }
     index_q.Push(std::move(w));
