@@ -54,13 +54,6 @@ class RocksChunkStore : public ChunkStore {
   Status ReadMany(const std::vector<ChunkRef>& refs, const std::string& context,
                   const std::function<Status(size_t, std::string_view)>& fn) override {
     const size_t n = refs.size();
-    auto check = [&](size_t i, std::string_view data) -> Status {
-      if (Sha256(data.data(), data.size()) != refs[i].id) {
-        return Status::Corruption(context + ": chunk " + ToHex(refs[i].id) +
-                                  " does not match its SHA-256 (corrupted on disk); run fsck");
-      }
-      return fn(i, data);
-    };
     // 1. Straight to the hinted places, in locator order: chunks written together are
     //    read together. A miss or another chunk's bytes there sends the ref to step 2.
     std::vector<std::pair<uint64_t, size_t>> order;  // (locator, i)
@@ -71,13 +64,12 @@ class RocksChunkStore : public ChunkStore {
       else
         unplaced.push_back(i);
     }
-    RETURN_IF_ERROR(
-        Fetch(&order, context, refs, [&](size_t i, std::optional<std::string_view> data) {
-          if (data && !data->empty() && Sha256(data->data(), data->size()) == refs[i].id)
-            return fn(i, *data);
-          unplaced.push_back(i);
-          return Status::Ok();
-        }));
+    RETURN_IF_ERROR(Fetch(&order, context, refs,
+                          [&](size_t i, std::optional<std::string_view> data, bool matches) {
+                            if (data && !data->empty() && matches) return fn(i, *data);
+                            unplaced.push_back(i);
+                            return Status::Ok();
+                          }));
     if (unplaced.empty()) return Status::Ok();
     // 2. Where the index says the others are.
     const size_t m = unplaced.size();
@@ -100,10 +92,15 @@ class RocksChunkStore : public ChunkStore {
       }
       order.emplace_back(r.locator, i);
     }
-    return Fetch(&order, context, refs, [&](size_t i, std::optional<std::string_view> data) {
-      if (!data || data->empty()) return Missing(refs[i].id, context);
-      return check(i, *data);
-    });
+    return Fetch(
+        &order, context, refs, [&](size_t i, std::optional<std::string_view> data, bool matches) {
+          if (!data || data->empty()) return Missing(refs[i].id, context);
+          if (!matches) {
+            return Status::Corruption(context + ": chunk " + ToHex(refs[i].id) +
+                                      " does not match its SHA-256 (corrupted on disk); run fsck");
+          }
+          return fn(i, *data);
+        });
   }
 
   Result<uint64_t> Locate(const ChunkId& id) override {
@@ -265,20 +262,30 @@ class RocksChunkStore : public ChunkStore {
   // Visits the bytes stored at each (locator, i) of *order (sorted here) with one
   // iterator that steps over near neighbours and seeks past gaps; fn(i, bytes) gets
   // nullopt for a locator with nothing stored.
+  // Reads the chunks of `order` ((locator, ref index) pairs) in locator order, checks
+  // every one's SHA-256 against its ref's id in one Sha256Many batch, then calls
+  // fn(i, bytes, matches) in locator order: bytes is nullopt where the data family has no
+  // such locator. The iterator pins the blocks it reads (pin_data: a table block, or a
+  // memtable entry, lives as long as the iterator), so the bytes stay valid until every
+  // chunk is checked.
   Status Fetch(std::vector<std::pair<uint64_t, size_t>>* order, const std::string& context,
                const std::vector<ChunkRef>& refs,
-               const std::function<Status(size_t, std::optional<std::string_view>)>& fn) {
+               const std::function<Status(size_t, std::optional<std::string_view>, bool)>& fn) {
     if (order->empty()) return Status::Ok();
     std::sort(order->begin(), order->end());
     rocksdb::ReadOptions ro;
     ro.adaptive_readahead = true;
+    ro.pin_data = true;
     // A long run of chunks (512 KiB or more) is read from disk in large reads, not one SST
     // block at a time; shorter runs rely on the kernel's readahead.
     if (order->size() >= kLongRun) ro.readahead_size = 1 << 20;
     std::unique_ptr<rocksdb::Iterator> it(db_->raw()->NewIterator(ro, db_->cf(Cf::kData)));
     constexpr uint64_t kMaxStep = 16;  // farther than this, seek rather than step
     uint64_t bytes = 0;                // of the chunks found
-    for (const auto& [want, i] : *order) {
+    std::vector<std::string_view> found(order->size());  // empty: not there
+    std::vector<bool> present(order->size(), false);
+    for (size_t k = 0; k < order->size(); ++k) {
+      const auto& [want, i] = (*order)[k];
       bool valid = it->Valid();
       uint64_t at = valid ? format::DecodeDataKey(it->key().ToStringView()) : 0;
       if (!valid || at > want || want - at > kMaxStep) {
@@ -292,11 +299,18 @@ class RocksChunkStore : public ChunkStore {
       if (!it->status().ok())
         return FromRocks(it->status(), context + ": chunk " + ToHex(refs[i].id));
       if (it->Valid() && format::DecodeDataKey(it->key().ToStringView()) == want) {
-        bytes += it->value().size();
-        RETURN_IF_ERROR(fn(i, it->value().ToStringView()));
-      } else {
-        RETURN_IF_ERROR(fn(i, std::nullopt));
+        const std::string_view v = it->value().ToStringView();
+        bytes += v.size();
+        found[k] = v;
+        present[k] = true;
       }
+    }
+    std::vector<ChunkId> digests(order->size());
+    Sha256Many(found.data(), found.size(), digests.data());
+    for (size_t k = 0; k < order->size(); ++k) {
+      const size_t i = (*order)[k].second;
+      RETURN_IF_ERROR(present[k] ? fn(i, found[k], digests[k] == refs[i].id)
+                                 : fn(i, std::nullopt, false));
     }
     if (order->size() >= kLongRun)
       ReadAheadOnDisk(order->front().first, order->back().first, order->size(), bytes);
