@@ -13,6 +13,7 @@
 
 #include "core/export.h"
 #include "core/image_source.h"
+#include "core/sha256.h"
 #include "core/sigbus.h"
 #include "core/sources/open.h"
 #include "core/store.h"
@@ -154,7 +155,10 @@ void PrintSummary(const ImportResult& r, bool as_json) {
 int main(int argc, char** argv) {
   CLI::App app{"stellarium: deduplicated, instantly clonable volumes (core CLI)"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("stellarium ") + STELLARIUM_VERSION);
+  // The version, and how this build hashes chunks (core/sha256.h): an image whose
+  // multi-buffer library is missing or cannot start here says "openssl".
+  app.set_version_flag("--version", std::string("stellarium ") + STELLARIUM_VERSION +
+                                        " (chunk hashing: " + Sha256ManyEngine() + ")");
   std::string store_path = "/var/lib/stellarium/store";
   bool as_json = false;
   auto add_store = [&](CLI::App* c) {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/process.h"
+#include "core/sha256.h"
 #include "tests/core/test_util.h"
 #include "tests/spawn_util.h"
 
@@ -76,6 +77,9 @@ TEST_F(CliTest, VersionAndHelp) {
   auto r = Cli({"--version"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.output.find("stellarium"), std::string::npos);
+  // How it hashes chunks, the same engine this test binary has (both link core).
+  EXPECT_NE(r.output.find("(chunk hashing: " + Sha256ManyEngine() + ")"), std::string::npos)
+      << r.output;
 }
 
 class RoundTripTest : public CliTest, public ::testing::WithParamInterface<int> {};
