@@ -259,15 +259,13 @@ class RocksChunkStore : public ChunkStore {
     return rocksdb::Slice(reinterpret_cast<const char*>(id.data()), id.size());
   }
 
-  // Visits the bytes stored at each (locator, i) of *order (sorted here) with one
-  // iterator that steps over near neighbours and seeks past gaps; fn(i, bytes) gets
-  // nullopt for a locator with nothing stored.
-  // Reads the chunks of `order` ((locator, ref index) pairs) in locator order, checks
-  // every one's SHA-256 against its ref's id in one Sha256Many batch, then calls
-  // fn(i, bytes, matches) in locator order: bytes is nullopt where the data family has no
-  // such locator. The iterator pins the blocks it reads (pin_data: a table block, or a
-  // memtable entry, lives as long as the iterator), so the bytes stay valid until every
-  // chunk is checked.
+  // Reads the bytes stored at each (locator, i) of *order (sorted here) with one iterator
+  // that steps over near neighbours and seeks past gaps, checks every one's SHA-256
+  // against refs[i].id in one Sha256Many batch, then calls fn(i, bytes, matches) in
+  // locator order: bytes is nullopt for a locator with nothing stored. The iterator pins
+  // the blocks it reads (pin_data: a table block, or a memtable entry, lives as long as
+  // the iterator), so the bytes stay valid until every chunk is checked; the pinned
+  // memory is about the bytes the caller asked for.
   Status Fetch(std::vector<std::pair<uint64_t, size_t>>* order, const std::string& context,
                const std::vector<ChunkRef>& refs,
                const std::function<Status(size_t, std::optional<std::string_view>, bool)>& fn) {

@@ -14,8 +14,8 @@
 //   index writer   -> the map entries into a table file; at the end of an index period
 //                     (512 Ki map entries, and at the end) the chunk index records (a
 //                     chunk's references of the period summed into one operand) into
-//                     another, both ingested together once the data periods before
-//                     them are
+//                     another (two, each half staged by a thread, for a large period),
+//                     all ingested together once the data periods before them are
 //
 // Ingesting (Db's IngestBatch: table files built in key order, no memtable, no WAL)
 // makes a table durable and visible in one step. So the index never names bytes that

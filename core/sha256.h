@@ -26,6 +26,7 @@ ChunkId Sha256(const void* data, size_t len);
 // or two SHA-extension streams at once), which is 2.4x the single-input rate on the
 // machines we measured (docs/BENCHMARKS.md); elsewhere it is Sha256() in a loop. The
 // importer hashes a segment's blocks and the read path verifies a read's chunks this way.
+// Each thread that calls it keeps a manager of the library's, about half a MiB.
 void Sha256Many(const std::string_view* in, size_t n, ChunkId* out);
 // What Sha256Many() runs on this thread: "ipsec-mb avx512", "ipsec-mb sse", ... or
 // "openssl" (no multi-buffer library in the build, or it could not start here).
