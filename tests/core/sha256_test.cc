@@ -10,14 +10,12 @@
 #include <thread>
 #include <vector>
 
+#include "tests/core/test_util.h"
+
 namespace stellarium {
 namespace {
 
-std::string RandomBytes(std::mt19937_64& rng, size_t n) {
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng());
-  return s;
-}
+using testing::RandomBytes;
 
 // Sha256Many over `inputs`, checked input by input against Sha256.
 void ExpectSameAsOneAtATime(const std::vector<std::string_view>& inputs) {
