@@ -156,9 +156,12 @@ int main(int argc, char** argv) {
   CLI::App app{"stellarium: deduplicated, instantly clonable volumes (core CLI)"};
   app.require_subcommand(1);
   // The version, and how this build hashes chunks (core/sha256.h): an image whose
-  // multi-buffer library is missing or cannot start here says "openssl".
-  app.set_version_flag("--version", std::string("stellarium ") + STELLARIUM_VERSION +
-                                        " (chunk hashing: " + Sha256ManyEngine() + ")");
+  // multi-buffer library is missing or cannot start here says "openssl". Asked only for
+  // --version (it sets up the library on this thread).
+  app.set_version_flag("--version", std::function<std::string()>([] {
+                         return std::string("stellarium ") + STELLARIUM_VERSION +
+                                " (chunk hashing: " + Sha256ManyEngine() + ")";
+                       }));
   std::string store_path = "/var/lib/stellarium/store";
   bool as_json = false;
   auto add_store = [&](CLI::App* c) {
