@@ -145,8 +145,18 @@ uint64_t DecodeU64(std::string_view v) {
   Reader r(v);
   return r.Fixed64();
 }
-std::string EncodeI64(int64_t v) { return EncodeU64(static_cast<uint64_t>(v)); }
-int64_t DecodeI64(std::string_view v) { return static_cast<int64_t>(DecodeU64(v)); }
+
+std::string EncodeFormatVersion(uint32_t version) {
+  std::string s;
+  PutFixed32(&s, version);
+  return s;
+}
+
+uint32_t DecodeFormatVersion(std::string_view v) {
+  Reader r(v);
+  const uint32_t version = r.Fixed32();
+  return r.ok() && v.size() == 4 ? version : 0;
+}
 
 std::string EncodeLayer(const LayerRecord& r) {
   std::string s;
@@ -290,14 +300,37 @@ std::string EncodeMapValue(const ChunkId& id, uint64_t hint) {
   return std::string(MapValueOf(id, hint).view());
 }
 
-bool DecodeMapValue(std::string_view v, ChunkId* id, uint64_t* hint) {
-  *hint = 0;
-  if (v.size() < kChunkIdSize) return false;
-  *id = ChunkIdFromBytes(v.substr(0, kChunkIdSize));
-  if (v.size() == kChunkIdSize) return true;
-  Reader in(v.substr(kChunkIdSize));
-  *hint = in.Varint();
-  return in.ok();
+MapValue DecodeMapValue(std::string_view v) {
+  MapValue m;
+  if (v.empty()) {
+    m.kind = MapValue::kZero;
+    return m;
+  }
+  if (v.size() < kChunkIdSize) return m;  // kMalformed
+  std::memcpy(m.id.data(), v.data(), kChunkIdSize);
+  if (v.size() > kChunkIdSize) {
+    Reader in(v.substr(kChunkIdSize));
+    m.hint = in.Varint();
+    if (!in.ok()) return m;
+  }
+  m.kind = MapValue::kChunk;
+  return m;
+}
+
+ImageDigest::ImageDigest() { body_.Update(kImageDigestTag.data(), kImageDigestTag.size()); }
+
+void ImageDigest::AddBlock(const ChunkId& id) { body_.Update(id.data(), id.size()); }
+
+ChunkId ImageDigest::Finish(uint32_t block_size, uint64_t size) {
+  Sha256Stream full;
+  full.Update(kImageDigestTag.data(), kImageDigestTag.size());
+  std::string header;
+  PutFixed32(&header, block_size);
+  PutFixed64(&header, size);
+  full.Update(header.data(), header.size());
+  const ChunkId body = body_.Finish();
+  full.Update(body.data(), body.size());
+  return full.Finish();
 }
 
 std::string DataKey(uint64_t locator) { return LayerKey(locator); }

@@ -1,5 +1,8 @@
-// The on-disk format: every RocksDB column family, key layout and value encoding.
-// docs/FORMAT.md describes the same in prose; change both together.
+// The on-disk format: every key layout and value encoding of the store. The only code
+// that encodes or decodes them; docs/FORMAT.md describes the same in prose (change both
+// together). Record values (layers, volumes, snapshots, images) and map values are the
+// catalog's, whatever backend holds them; column family names, the chunk index record,
+// and the data and map keys are the local store's (core/local/).
 //
 // Persisted on disk: never renumber an enum value, never reorder a record's fields.
 // New record fields are appended; decoders ignore trailing bytes they do not know.
@@ -11,9 +14,9 @@
 #include <string>
 #include <string_view>
 
+#include "core/catalog_info.h"
 #include "core/sha256.h"
 #include "core/status.h"
-#include "core/store.h"
 
 namespace stellarium::format {
 
@@ -40,6 +43,8 @@ struct ChunkRecord {
   uint64_t locator = 0;
 };
 std::string EncodeChunkRecord(const ChunkRecord& r);
+// The index key: the id's 32 bytes.
+inline std::string_view ChunkKey(const ChunkId& id) { return AsBytes(id); }
 // False when the bytes are not a chunk record.
 bool DecodeChunkRecord(std::string_view v, ChunkRecord* r);
 
@@ -54,6 +59,8 @@ inline constexpr size_t kDataKeySize = 8;
 // Meta keys.
 inline constexpr std::string_view kMetaFormat = "format";          // u32 LE
 inline constexpr std::string_view kMetaNextLayer = "next_layer";   // u64 LE
+std::string EncodeFormatVersion(uint32_t version);
+uint32_t DecodeFormatVersion(std::string_view v);  // 0 when malformed
 
 // Layer states. Persisted on disk; never renumber.
 enum class LayerState : uint8_t {
@@ -102,12 +109,16 @@ std::string SnapshotNameKey(std::string_view name);    // 's' + name
 // written (absent or 0: unknown). Readers go straight to the hint and fall back to the
 // chunk index when the bytes there are gone or are another chunk's (the hash check
 // tells), so a stale hint costs a lookup, never a wrong read.
-inline bool IsZeroMarker(std::string_view map_value) { return map_value.empty(); }
+struct MapValue {
+  enum Kind : uint8_t { kZero, kChunk, kMalformed };
+  Kind kind = kMalformed;
+  ChunkId id{};       // kChunk
+  uint64_t hint = 0;  // kChunk: 0 = unknown
+  bool is_chunk() const { return kind == kChunk; }
+};
+// The one decoder of map values.
+MapValue DecodeMapValue(std::string_view v);
 std::string EncodeMapValue(const ChunkId& id, uint64_t hint);
-// False when the value is neither empty nor an id with an optional hint.
-bool DecodeMapValue(std::string_view v, ChunkId* id, uint64_t* hint);
-// The id part of a non-empty map value, for comparisons.
-inline std::string_view MapValueId(std::string_view v) { return v.substr(0, kChunkIdSize); }
 
 // Allocation-free forms of the same bytes, for bulk writers (an import writes a map
 // entry per block).
@@ -126,8 +137,6 @@ MapValueBytes MapValueOf(const ChunkId& id, uint64_t hint);
 // ---- values ----
 std::string EncodeU64(uint64_t v);   // LE, 8 bytes
 uint64_t DecodeU64(std::string_view v);
-std::string EncodeI64(int64_t v);    // LE, 8 bytes (refs values and merge operands)
-int64_t DecodeI64(std::string_view v);
 
 std::string EncodeLayer(const LayerRecord& r);
 Result<LayerRecord> DecodeLayer(uint64_t id, std::string_view v);
@@ -138,9 +147,20 @@ Result<SnapshotRecord> DecodeSnapshot(std::string_view id, std::string_view v);
 std::string EncodeImage(const ImageRecord& r);
 Result<ImageRecord> DecodeImage(std::string_view digest_bytes, std::string_view v);
 
-// The content digest of an image: SHA-256 over "stellarium-image-v1", the block size
-// (u32 LE), the size (u64 LE), then for every block its 32-byte chunk id, or 32 zero
-// bytes for an all-zero block. See docs/FORMAT.md "images".
+// The content digest of an image (docs/FORMAT.md, "The image content digest"):
+//   body   = SHA-256(kImageDigestTag || id_0 || id_1 || ...), id_i being block i's chunk
+//            id, or 32 zero bytes for an all-zero block;
+//   digest = SHA-256(kImageDigestTag || block size (u32 LE) || size (u64 LE) || body).
+// ImageDigest feeds the blocks in order and gives the digest.
 inline constexpr std::string_view kImageDigestTag = "stellarium-image-v1";
+class ImageDigest {
+ public:
+  ImageDigest();
+  void AddBlock(const ChunkId& id);  // all zeros for an all-zero block
+  ChunkId Finish(uint32_t block_size, uint64_t size);
+
+ private:
+  Sha256Stream body_;
+};
 
 }  // namespace stellarium::format

@@ -11,263 +11,310 @@ namespace stellarium {
 using format::LayerRecord;
 using format::LayerState;
 
+namespace {
+
+// Every layer record of the catalog, decoded. Undecodable ones go to `bad` when given,
+// else they fail the scan.
+Result<std::map<uint64_t, LayerRecord>> LoadLayers(StoreImpl& s,
+                                                    std::vector<std::string>* bad = nullptr) {
+  std::map<uint64_t, LayerRecord> layers;
+  RETURN_IF_ERROR(s.catalog().Scan(Table::kLayers, [&](std::string_view key, std::string_view v) {
+    const uint64_t id = format::DecodeLayerKey(key);
+    auto r = format::DecodeLayer(id, v);
+    if (r.ok()) {
+      layers[id] = *r;
+    } else if (bad != nullptr) {
+      bad->push_back(r.status().message());
+    } else {
+      return r.status();
+    }
+    return Status::Ok();
+  }));
+  return layers;
+}
+
+// Drops a dead layer's map entries (each batch dropping the entries and their chunk
+// references together), then the layer record.
+Status ReclaimLayer(StoreImpl& s, uint64_t id, GcReport* report) {
+  const std::string what = "gc: layer " + std::to_string(id);
+  for (;;) {
+    auto cursor = s.catalog().NewMapCursor(id, 0, UINT64_MAX, /*fill_cache=*/false);
+    std::unique_ptr<Batch> batch = s.backend->NewBatch();
+    size_t n = 0;
+    for (; cursor->Valid() && n < 8192; cursor->Next(), ++n) {
+      const format::MapValue m = format::DecodeMapValue(cursor->value());
+      if (m.is_chunk()) s.chunks->DropRef(batch.get(), m.id);
+      s.catalog().DeleteMap(batch.get(), id, cursor->block());
+    }
+    RETURN_IF_ERROR(cursor->status().Annotate(what));
+    if (n == 0) break;
+    report->map_entries_dropped += n;
+    RETURN_IF_ERROR(s.backend->Commit(batch.get(), Durability::kNoSync, what));
+  }
+  std::unique_ptr<Batch> batch = s.backend->NewBatch();
+  // A dead layer stays dead: nothing to guard.
+  s.catalog().Delete(batch.get(), Table::kLayers, format::LayerKey(id));
+  RETURN_IF_ERROR(s.backend->Commit(batch.get(), Durability::kSync, "gc: drop layer " + std::to_string(id)));
+  ++report->layers_reclaimed;
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<GcReport> Store::Gc() {
   StoreImpl& s = *impl_;
   GcReport report;
-  // 1. Dead layers: nothing refers to them, so their map entries can go, each batch
-  //    dropping the entries and their chunk references together.
-  std::vector<uint64_t> dead;
-  {
-    auto it = s.db->NewIterator(Cf::kLayers);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      uint64_t id = format::DecodeLayerKey(it->key().ToStringView());
-      ASSIGN_OR_RETURN(LayerRecord r, format::DecodeLayer(id, it->value().ToStringView()));
-      if (r.state == LayerState::kDead) dead.push_back(id);
-    }
-    RETURN_IF_ERROR(FromRocks(it->status(), "gc: scan layers"));
-  }
-  for (uint64_t id : dead) {
-    const std::string end = format::MapKey(id + 1, 0);
-    for (;;) {
-      auto it = s.db->NewIterator(Cf::kMaps, false);
-      Txn batch;
-      size_t n = 0;
-      for (it->Seek(format::MapKey(id, 0)); it->Valid() && it->key().compare(end) < 0 && n < 8192;
-           it->Next(), ++n) {
-        std::string_view v = it->value().ToStringView();
-        if (!format::IsZeroMarker(v)) s.chunks->DropRef(&batch, ChunkIdFromBytes(v));
-        batch.Delete(s.db->cf(Cf::kMaps), it->key());
-      }
-      RETURN_IF_ERROR(FromRocks(it->status(), "gc: layer " + std::to_string(id)));
-      if (n == 0) break;
-      report.map_entries_dropped += n;
-      RETURN_IF_ERROR(s.db->Write(&batch, WriteMode::kNoSync, "gc: layer " + std::to_string(id)));
-    }
-    Txn batch;
-    batch.Delete(s.db->cf(Cf::kLayers), format::LayerKey(id));
-    RETURN_IF_ERROR(s.db->Write(&batch, WriteMode::kSync, "gc: drop layer " + std::to_string(id)));
-    ++report.layers_reclaimed;
+  // 1. Dead layers: nothing refers to them, so their map entries can go.
+  ASSIGN_OR_RETURN(auto layers, LoadLayers(s));
+  for (const auto& [id, rec] : layers) {
+    if (rec.state == LayerState::kDead) RETURN_IF_ERROR(ReclaimLayer(s, id, &report));
   }
   // 2. Chunks whose count reached zero.
   ASSIGN_OR_RETURN(SweepResult sw, s.chunks->Sweep());
   report.chunks_deleted = sw.chunks_deleted;
   report.bytes_freed = sw.bytes_freed;
   if (report.map_entries_dropped > 0 || report.chunks_deleted > 0 || report.bytes_freed > 0) {
-    // Let compaction drop the tombstones so the space really comes back.
-    s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kChunks), nullptr, nullptr);
-    s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kData), nullptr, nullptr);
-    s.db->raw()->CompactRange(rocksdb::CompactRangeOptions(), s.db->cf(Cf::kMaps), nullptr, nullptr);
+    s.backend->ReclaimSpace();  // so the space really comes back
   }
   return report;
 }
 
-Result<FsckReport> Store::Fsck() {
-  StoreImpl& s = *impl_;
-  FsckReport rep;
-  auto err = [&](std::string e) {
-    if (rep.errors.size() < 1000) rep.errors.push_back(std::move(e));
-  };
+namespace {
 
-  // Layers and the references we expect each to have.
-  std::map<uint64_t, LayerRecord> layers;
-  std::map<uint64_t, uint64_t> expected_refs;
-  {
-    auto it = s.db->NewIterator(Cf::kLayers, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      uint64_t id = format::DecodeLayerKey(it->key().ToStringView());
-      auto r = format::DecodeLayer(id, it->value().ToStringView());
-      if (!r.ok()) {
-        err(r.status().message());
-        continue;
-      }
-      layers[id] = *r;
-    }
-    if (!it->status().ok()) err("layers: " + it->status().ToString());
+// One fsck pass: what it has learnt so far and the errors it found.
+class FsckPass {
+ public:
+  explicit FsckPass(StoreImpl& s) : s_(s) {}
+
+  Result<FsckReport> Run() {
+    std::vector<std::string> bad;
+    ASSIGN_OR_RETURN(layers_, LoadLayers(s_, &bad));
+    for (auto& e : bad) Error(std::move(e));
+    rep_.layers = layers_.size();
+    CheckLayerLinks();
+    CheckVolumes();
+    CheckSnapshots();
+    CheckImages();
+    CheckNames();
+    CheckLayerRefs();
+    CheckMapsAndChunks();
+    return std::move(rep_);
   }
-  rep.layers = layers.size();
-  auto live = [&](uint64_t id) {
-    auto it = layers.find(id);
-    return it != layers.end() && it->second.state != LayerState::kDead &&
+
+ private:
+  void Error(std::string e) {
+    if (rep_.errors.size() < 1000) rep_.errors.push_back(std::move(e));
+  }
+  void ScanError(const Status& st, const char* what) {
+    if (!st.ok()) Error(std::string(what) + ": " + st.message());
+  }
+  bool Live(uint64_t id) const {
+    auto it = layers_.find(id);
+    return it != layers_.end() && it->second.state != LayerState::kDead &&
            it->second.state != LayerState::kImporting;
-  };
-  for (const auto& [id, l] : layers) {
-    if (l.state == LayerState::kDead) {
-      ++rep.dead_layers;
-      continue;
-    }
-    if (l.parent != 0) {
-      if (!live(l.parent)) err("layer " + std::to_string(id) + ": parent layer " + std::to_string(l.parent) + " is missing or dead");
-      ++expected_refs[l.parent];
-    }
   }
-  std::set<uint64_t> heads;
-  {
-    auto it = s.db->NewIterator(Cf::kVolumes, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      ++rep.volumes;
-      auto v = format::DecodeVolume(it->key().ToStringView(), it->value().ToStringView());
-      if (!v.ok()) {
-        err(v.status().message());
-        continue;
-      }
-      const auto& info = v->info;
-      if (!live(v->head)) err("volume " + info.id + ": head layer " + std::to_string(v->head) + " is missing or dead");
-      else if (layers[v->head].state != LayerState::kActive) err("volume " + info.id + ": head layer is not writable");
-      if (!heads.insert(v->head).second) err("volume " + info.id + ": head layer shared with another volume");
-      ++expected_refs[v->head];
-      auto name = s.db->Get(Cf::kNames, format::VolumeNameKey(info.name), "fsck");
-      if (!name.ok() || !name->has_value() || **name != info.id) err("volume " + info.id + ": name index entry for '" + info.name + "' is missing or wrong");
-    }
-    if (!it->status().ok()) err("volumes: " + it->status().ToString());
-  }
-  {
-    auto it = s.db->NewIterator(Cf::kSnapshots, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      ++rep.snapshots;
-      auto v = format::DecodeSnapshot(it->key().ToStringView(), it->value().ToStringView());
-      if (!v.ok()) {
-        err(v.status().message());
-        continue;
-      }
-      if (v->layer != 0) {
-        if (!live(v->layer)) err("snapshot " + v->info.id + ": layer " + std::to_string(v->layer) + " is missing or dead");
-        ++expected_refs[v->layer];
-      }
-      auto name = s.db->Get(Cf::kNames, format::SnapshotNameKey(v->info.name), "fsck");
-      if (!name.ok() || !name->has_value() || **name != v->info.id) err("snapshot " + v->info.id + ": name index entry is missing or wrong");
-    }
-  }
-  {
-    auto it = s.db->NewIterator(Cf::kImages, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      auto v = format::DecodeImage(it->key().ToStringView(), it->value().ToStringView());
-      if (!v.ok()) {
-        err(v.status().message());
-        continue;
-      }
-      if (!live(v->layer)) err("image " + v->info.digest + ": layer " + std::to_string(v->layer) + " is missing or dead");
-    }
-  }
-  {
-    auto it = s.db->NewIterator(Cf::kNames, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      std::string_view k = it->key().ToStringView();
-      Cf cf = !k.empty() && k[0] == 's' ? Cf::kSnapshots : Cf::kVolumes;
-      auto target = s.db->Get(cf, it->value(), "fsck");
-      if (!target.ok() || !target->has_value()) err("name '" + std::string(k.substr(1)) + "' points to missing " + it->value().ToString());
-    }
-  }
-  for (const auto& [id, l] : layers) {
-    if (l.state == LayerState::kDead) continue;
-    uint64_t want = expected_refs.count(id) ? expected_refs[id] : 0;
-    if (l.refs != want) {
-      err("layer " + std::to_string(id) + ": reference count " + std::to_string(l.refs) + ", expected " + std::to_string(want));
+  template <typename Record>
+  void CheckNameOf(const std::string& id, const std::string& name) {
+    auto named = s_.IdOfName<Record>(name);
+    if (!named.ok() || !named->has_value() || **named != id) {
+      Error(std::string(RecordKind<Record>::kWhat) + " " + id + ": name index entry for '" + name +
+            "' is missing or wrong");
     }
   }
 
-  // Map entries: each names a known layer and a valid chunk id. Collect the ids to
-  // count references per chunk (sorted vector: 32 bytes per entry).
-  std::vector<ChunkId> refs;
-  {
-    auto it = s.db->NewIterator(Cf::kMaps, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      ++rep.map_entries;
-      uint64_t layer, block;
-      if (it->key().size() != format::kMapKeySize) {
-        err("map entry with a malformed key");
+  void CheckLayerLinks() {
+    for (const auto& [id, l] : layers_) {
+      if (l.state == LayerState::kDead) {
+        ++rep_.dead_layers;
         continue;
       }
-      format::DecodeMapKey(it->key().ToStringView(), &layer, &block);
-      if (!layers.count(layer)) err("map entry for unknown layer " + std::to_string(layer) + " block " + std::to_string(block));
-      std::string_view v = it->value().ToStringView();
-      if (format::IsZeroMarker(v)) continue;
-      ChunkId id;
-      uint64_t hint;
-      if (!format::DecodeMapValue(v, &id, &hint)) {
-        err("layer " + std::to_string(layer) + " block " + std::to_string(block) + ": malformed map entry");
-        continue;
+      if (l.parent != 0) {
+        if (!Live(l.parent)) {
+          Error("layer " + std::to_string(id) + ": parent layer " + std::to_string(l.parent) +
+                " is missing or dead");
+        }
+        ++expected_refs_[l.parent];
       }
-      refs.push_back(id);
     }
-    if (!it->status().ok()) err("maps: " + it->status().ToString());
   }
-  std::sort(refs.begin(), refs.end());
-  size_t pos = 0;
-  Status walk = s.chunks->ForEach([&](const ChunkId& id, std::string_view bytes, int64_t count) {
-    // Entries referring to chunks that sort before this one have no chunk at all.
-    while (pos < refs.size() && refs[pos] < id) {
-      err("chunk " + ToHex(refs[pos]) + " is referenced by a map but missing from the store");
-      ChunkId missing = refs[pos];
-      while (pos < refs.size() && refs[pos] == missing) ++pos;
-    }
-    int64_t n = 0;
-    while (pos < refs.size() && refs[pos] == id) ++n, ++pos;
-    if (bytes.empty()) {
-      err("chunk " + ToHex(id) + ": reference count without data");
+
+  void CheckVolumes() {
+    std::set<uint64_t> heads;
+    ScanError(s_.catalog().Scan(Table::kVolumes, [&](std::string_view key, std::string_view v) {
+      ++rep_.volumes;
+      auto rec = format::DecodeVolume(key, v);
+      if (!rec.ok()) {
+        Error(rec.status().message());
+        return Status::Ok();
+      }
+      const VolumeInfo& info = rec->info;
+      if (!Live(rec->head)) {
+        Error("volume " + info.id + ": head layer " + std::to_string(rec->head) + " is missing or dead");
+      } else if (layers_[rec->head].state != LayerState::kActive) {
+        Error("volume " + info.id + ": head layer is not writable");
+      }
+      if (!heads.insert(rec->head).second) Error("volume " + info.id + ": head layer shared with another volume");
+      ++expected_refs_[rec->head];
+      CheckNameOf<format::VolumeRecord>(info.id, info.name);
       return Status::Ok();
-    }
-    ++rep.chunks_checked;
-    if (Sha256(bytes.data(), bytes.size()) != id) {
-      err("chunk " + ToHex(id) + ": content does not match its SHA-256 (corrupted)");
-    }
-    if (count != n) {
-      err("chunk " + ToHex(id) + ": reference count " + std::to_string(count) + ", map entries " + std::to_string(n));
-    }
-    return Status::Ok();
-  });
-  if (!walk.ok()) err("chunks: " + walk.message());
-  while (walk.ok() && pos < refs.size()) {
-    err("chunk " + ToHex(refs[pos]) + " is referenced by a map but missing from the store");
-    ChunkId missing = refs[pos];
-    while (pos < refs.size() && refs[pos] == missing) ++pos;
+    }), "volumes");
   }
-  return rep;
-}
 
-Status Store::WaitIdle() { return impl_->db->WaitIdle(); }
+  void CheckSnapshots() {
+    ScanError(s_.catalog().Scan(Table::kSnapshots, [&](std::string_view key, std::string_view v) {
+      ++rep_.snapshots;
+      auto rec = format::DecodeSnapshot(key, v);
+      if (!rec.ok()) {
+        Error(rec.status().message());
+        return Status::Ok();
+      }
+      if (rec->layer != 0) {
+        if (!Live(rec->layer)) {
+          Error("snapshot " + rec->info.id + ": layer " + std::to_string(rec->layer) +
+                " is missing or dead");
+        }
+        ++expected_refs_[rec->layer];
+      }
+      CheckNameOf<format::SnapshotRecord>(rec->info.id, rec->info.name);
+      return Status::Ok();
+    }), "snapshots");
+  }
+
+  void CheckImages() {
+    ScanError(s_.catalog().Scan(Table::kImages, [&](std::string_view key, std::string_view v) {
+      auto rec = format::DecodeImage(key, v);
+      if (!rec.ok()) {
+        Error(rec.status().message());
+        return Status::Ok();
+      }
+      if (!Live(rec->layer)) {
+        Error("image " + rec->info.digest + ": layer " + std::to_string(rec->layer) +
+              " is missing or dead");
+      }
+      return Status::Ok();
+    }), "images");
+  }
+
+  void CheckNames() {
+    ScanError(s_.catalog().Scan(Table::kNames, [&](std::string_view key, std::string_view id) {
+      const Table table = !key.empty() && key[0] == 's' ? Table::kSnapshots : Table::kVolumes;
+      auto target = s_.catalog().Get(table, id);
+      if (!target.ok() || !target->has_value()) {
+        Error("name '" + std::string(key.substr(1)) + "' points to missing " + std::string(id));
+      }
+      return Status::Ok();
+    }), "names");
+  }
+
+  void CheckLayerRefs() {
+    for (const auto& [id, l] : layers_) {
+      if (l.state == LayerState::kDead) continue;
+      const uint64_t want = expected_refs_.count(id) ? expected_refs_[id] : 0;
+      if (l.refs != want) {
+        Error("layer " + std::to_string(id) + ": reference count " + std::to_string(l.refs) +
+              ", expected " + std::to_string(want));
+      }
+    }
+  }
+
+  // Map entries: each names a known layer and a valid chunk id. The ids are collected
+  // (sorted vector: 32 bytes per entry) to count references per chunk while walking the
+  // chunk index, whose every chunk's hash is checked.
+  void CheckMapsAndChunks() {
+    std::vector<ChunkId> refs;
+    uint64_t malformed = 0;
+    ScanError(s_.catalog().ScanMaps([&](uint64_t layer, uint64_t block, std::string_view v) {
+      ++rep_.map_entries;
+      if (!layers_.count(layer)) {
+        Error("map entry for unknown layer " + std::to_string(layer) + " block " + std::to_string(block));
+      }
+      const format::MapValue m = format::DecodeMapValue(v);
+      if (m.kind == format::MapValue::kMalformed) {
+        Error("layer " + std::to_string(layer) + " block " + std::to_string(block) + ": malformed map entry");
+      } else if (m.is_chunk()) {
+        refs.push_back(m.id);
+      }
+      return Status::Ok();
+    }, &malformed), "maps");
+    for (uint64_t i = 0; i < malformed; ++i) Error("map entry with a malformed key");
+    std::sort(refs.begin(), refs.end());
+    CheckChunks(refs);
+  }
+
+  void CheckChunks(const std::vector<ChunkId>& refs) {
+    size_t pos = 0;
+    auto missing_before = [&](const ChunkId* bound) {
+      while (pos < refs.size() && (bound == nullptr || refs[pos] < *bound)) {
+        Error("chunk " + ToHex(refs[pos]) + " is referenced by a map but missing from the store");
+        const ChunkId missing = refs[pos];
+        while (pos < refs.size() && refs[pos] == missing) ++pos;
+      }
+    };
+    Status walk = s_.chunks->ForEach([&](const ChunkId& id, std::string_view bytes, int64_t count) {
+      missing_before(&id);  // entries naming chunks that sort before this one have none
+      int64_t n = 0;
+      while (pos < refs.size() && refs[pos] == id) ++n, ++pos;
+      if (bytes.empty()) {
+        Error("chunk " + ToHex(id) + ": reference count without data");
+        return Status::Ok();
+      }
+      ++rep_.chunks_checked;
+      if (Sha256(bytes.data(), bytes.size()) != id) {
+        Error("chunk " + ToHex(id) + ": content does not match its SHA-256 (corrupted)");
+      }
+      if (count != n) {
+        Error("chunk " + ToHex(id) + ": reference count " + std::to_string(count) +
+              ", map entries " + std::to_string(n));
+      }
+      return Status::Ok();
+    });
+    ScanError(walk, "chunks");
+    if (walk.ok()) missing_before(nullptr);
+  }
+
+  StoreImpl& s_;
+  FsckReport rep_;
+  std::map<uint64_t, LayerRecord> layers_;
+  std::map<uint64_t, uint64_t> expected_refs_;
+};
+
+}  // namespace
+
+Result<FsckReport> Store::Fsck() { return FsckPass(*impl_).Run(); }
+
+Status Store::WaitIdle() { return impl_->backend->WaitIdle(); }
 
 Result<StoreStats> Store::GetStats(StatsDetail detail) {
   StoreImpl& s = *impl_;
   StoreStats st;
-  auto count = [&](Cf cf) -> Result<uint64_t> {
+  auto count = [&](Table table) -> Result<uint64_t> {
     uint64_t n = 0;
-    auto it = s.db->NewIterator(cf, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) ++n;
-    RETURN_IF_ERROR(FromRocks(it->status(), "stats"));
+    RETURN_IF_ERROR(s.catalog().Scan(table, [&](std::string_view, std::string_view) {
+      ++n;
+      return Status::Ok();
+    }).Annotate("stats"));
     return n;
   };
-  ASSIGN_OR_RETURN(st.volumes, count(Cf::kVolumes));
-  ASSIGN_OR_RETURN(st.snapshots, count(Cf::kSnapshots));
-  ASSIGN_OR_RETURN(st.images, count(Cf::kImages));
-  ASSIGN_OR_RETURN(st.layers, count(Cf::kLayers));
-  st.disk_bytes = s.db->DiskBytes();
+  ASSIGN_OR_RETURN(st.volumes, count(Table::kVolumes));
+  ASSIGN_OR_RETURN(st.snapshots, count(Table::kSnapshots));
+  ASSIGN_OR_RETURN(st.images, count(Table::kImages));
+  ASSIGN_OR_RETURN(st.layers, count(Table::kLayers));
+  st.disk_bytes = s.backend->DiskBytes();
   if (detail == StatsDetail::kEstimate) {
-    ASSIGN_OR_RETURN(st.chunks, s.db->EstimateKeys(Cf::kChunks));
-    ASSIGN_OR_RETURN(st.chunk_bytes, s.db->EstimateValueBytes(Cf::kData));
-    ASSIGN_OR_RETURN(uint64_t entries, s.db->EstimateKeys(Cf::kMaps));
-    st.referenced_bytes = entries * s.options.default_block_size;
+    ASSIGN_OR_RETURN(BackendEstimate e, s.backend->Estimate());
+    st.chunks = e.chunks;
+    st.chunk_bytes = e.chunk_bytes;
+    st.referenced_bytes = e.map_entries * s.options.default_block_size;
     return st;
   }
-  std::map<uint64_t, uint32_t> block_size;
-  {
-    auto it = s.db->NewIterator(Cf::kLayers, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      uint64_t id = format::DecodeLayerKey(it->key().ToStringView());
-      ASSIGN_OR_RETURN(LayerRecord r, format::DecodeLayer(id, it->value().ToStringView()));
-      if (r.state != LayerState::kDead) block_size[id] = r.block_size;
+  ASSIGN_OR_RETURN(auto layers, LoadLayers(s));
+  RETURN_IF_ERROR(s.catalog().ScanMaps([&](uint64_t layer, uint64_t, std::string_view v) {
+    auto l = layers.find(layer);
+    if (!v.empty() && l != layers.end() && l->second.state != LayerState::kDead) {
+      st.referenced_bytes += l->second.block_size;
     }
-  }
-  {
-    auto it = s.db->NewIterator(Cf::kMaps, false);
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      if (it->value().empty()) continue;
-      uint64_t layer, block;
-      format::DecodeMapKey(it->key().ToStringView(), &layer, &block);
-      auto bs = block_size.find(layer);
-      if (bs != block_size.end()) st.referenced_bytes += bs->second;
-    }
-    RETURN_IF_ERROR(FromRocks(it->status(), "stats"));
-  }
+    return Status::Ok();
+  }).Annotate("stats"));
   ASSIGN_OR_RETURN(ChunkTotals totals, s.chunks->Totals());
   st.chunks = totals.chunks;
   st.chunk_bytes = totals.bytes;

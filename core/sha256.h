@@ -23,8 +23,8 @@ ChunkId Sha256(const void* data, size_t len);
 // The SHA-256 of n independent inputs: out[i] = Sha256(in[i]). Where the build has
 // Intel's multi-buffer crypto library (libipsec-mb, Debian's libipsec-mb-dev, amd64),
 // up to 16 inputs are hashed side by side in the CPU's vector registers (AVX-512 lanes,
-// or two SHA-extension streams at once), which is 2.4x the single-input rate on the
-// machines we measured (docs/BENCHMARKS.md); elsewhere it is Sha256() in a loop. The
+// or two SHA-extension streams at once), several times the single-input rate
+// (docs/BENCHMARKS.md has the figures); elsewhere it is Sha256() in a loop. The
 // importer hashes a segment's blocks and the read path verifies a read's chunks this way.
 // Each thread that calls it keeps a manager of the library's, about half a MiB.
 void Sha256Many(const std::string_view* in, size_t n, ChunkId* out);

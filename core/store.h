@@ -34,13 +34,12 @@
 #include <vector>
 
 #include "core/block_io.h"
+#include "core/catalog_info.h"
 #include "core/status.h"
 
 namespace stellarium {
 
 class StoreImpl;
-
-using Attributes = std::map<std::string, std::string>;
 
 inline constexpr uint32_t kDefaultBlockSize = 4096;
 inline constexpr uint32_t kMinBlockSize = 4096;
@@ -55,45 +54,16 @@ struct StoreOptions {
   uint32_t max_chain_depth = 16;
   bool create_if_missing = true;
   // Read table files through mmap (RocksDB allow_mmap_reads) rather than pread: no copy
-  // of each block out of the page cache. On this machine kind,
-  // sequential reads through the node's exposures are 1.1-1.3x and random 4 KiB reads
-  // about 2x as fast (docs/BENCHMARKS.md, "Node exposure"). The cost: a disk I/O error
-  // under a mapped page is a SIGBUS that ends the process, where pread fails that one
-  // read (UNAVAILABLE). Turn it off on disks that return read errors.
+  // of each block out of the page cache, so reads through the node's exposures are
+  // faster (docs/BENCHMARKS.md, "Node exposure", has the figures). The cost: a disk I/O
+  // error under a mapped page is a SIGBUS that ends the process, where pread fails that
+  // one read (UNAVAILABLE). Turn it off on disks that return read errors.
   bool mmap_reads = true;
   // How far ahead of a sequential reader the store asks the kernel to read chunk bytes
   // from disk (0: leave it to the kernel's own read-ahead). A reader is sequential here
   // when it asks for a long, dense run of chunks stored together (a volume read in
   // order after its import). See ChunkStore, "disk read-ahead".
   uint64_t disk_readahead_bytes = 64 << 20;
-};
-
-struct VolumeInfo {
-  std::string id;            // "vol-" + 16 hex digits; stable for the volume's life
-  std::string name;          // unique among volumes
-  uint64_t size_bytes = 0;   // virtual size, a multiple of block_size
-  uint32_t block_size = 0;
-  std::string source_kind;   // "" (blank), "snapshot", "volume" or "image"
-  std::string source_id;     // snapshot id, volume id or image digest (hex)
-  int64_t created_unix_ns = 0;
-  Attributes attributes;     // caller's parameters, compared on idempotent re-create
-};
-
-struct SnapshotInfo {
-  std::string id;            // "snap-" + 16 hex digits
-  std::string name;          // unique among snapshots
-  std::string source_volume_id;
-  uint64_t size_bytes = 0;   // the volume's size when the snapshot was taken
-  uint32_t block_size = 0;
-  int64_t created_unix_ns = 0;
-};
-
-struct ImageInfo {
-  std::string digest;        // hex content digest (see docs/FORMAT.md, "images")
-  uint64_t size_bytes = 0;
-  uint32_t block_size = 0;
-  std::string origin;        // where it was imported from (a path), informational
-  int64_t created_unix_ns = 0;
 };
 
 struct VolumeStats {

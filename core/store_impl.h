@@ -1,25 +1,29 @@
 // Private to core: the state behind Store. See store.h for the contract and
-// docs/FORMAT.md for the data model.
+// docs/FORMAT.md for the data model. Store is written against a backend's seams
+// (core/backend/backend.h), never against RocksDB.
 //
 // Locking (acquire in this order, never the reverse):
-//   1. catalog_mu_            - serializes catalog changes (all O(1) metadata batches)
-//   2. VolumeState::mu        - per open volume: shared for reads, exclusive for writes
-//                               and for catalog changes of that volume (head swaps)
+//   1. catalog_mu            - serializes this process's catalog changes (all O(1)
+//                              metadata batches)
+//   2. VolumeState::mu       - per open volume: shared for reads, exclusive for writes
+//                              and for catalog changes of that volume (head swaps)
 //   3. ChunkStore::sweep_lock - shared by anything that stages a chunk reference
+// Every catalog change is also guarded (Catalog::Expect) by the records it read, so it
+// is refused (ABORTED) rather than applied over a concurrent change the mutex does not
+// see (another process on a shared backend).
 #pragma once
-
-#include <rocksdb/write_batch.h>
 
 #include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <vector>
 
+#include "core/backend/backend.h"
 #include "core/chunk_store.h"
-#include "core/db.h"
 #include "core/format.h"
 #include "core/helper_pool.h"
 #include "core/store.h"
@@ -35,29 +39,104 @@ struct VolumeState {
   std::atomic<int> handles{0};
 };
 
-// A catalog change being assembled: a batch plus the layer records it modifies
-// (read-your-writes for layers touched more than once, e.g. cascading unrefs).
+// A catalog change being assembled: a batch, and the layer records it modifies
+// (read-your-writes for layers touched more than once, e.g. cascading unrefs). Records
+// read through it become the batch's guards.
 struct CatalogTxn {
-  Txn batch;
+  explicit CatalogTxn(Backend& backend) : batch(backend.NewBatch()) {}
+  std::unique_ptr<Batch> batch;
   std::map<uint64_t, format::LayerRecord> layers;
 };
 
-// One block's value as resolved through a chain: a chunk id or a zero marker.
-struct Resolved {
-  uint64_t block;
-  std::string value;  // 32-byte id, or empty for an explicit zero
+// How each kind of record is kept in the catalog: table, name index, decoder.
+template <typename Record>
+struct RecordKind;
+template <>
+struct RecordKind<format::VolumeRecord> {
+  using Info = VolumeInfo;
+  static constexpr Table kTable = Table::kVolumes;
+  static constexpr const char* kWhat = "volume";
+  static std::string NameKey(std::string_view name) { return format::VolumeNameKey(name); }
+  static Result<format::VolumeRecord> Decode(std::string_view key, std::string_view v) {
+    return format::DecodeVolume(key, v);
+  }
+};
+template <>
+struct RecordKind<format::SnapshotRecord> {
+  using Info = SnapshotInfo;
+  static constexpr Table kTable = Table::kSnapshots;
+  static constexpr const char* kWhat = "snapshot";
+  static std::string NameKey(std::string_view name) { return format::SnapshotNameKey(name); }
+  static Result<format::SnapshotRecord> Decode(std::string_view key, std::string_view v) {
+    return format::DecodeSnapshot(key, v);
+  }
+};
+template <>
+struct RecordKind<format::ImageRecord> {
+  using Info = ImageInfo;
+  static constexpr Table kTable = Table::kImages;
+  static constexpr const char* kWhat = "image";
+  static Result<format::ImageRecord> Decode(std::string_view key, std::string_view v) {
+    return format::DecodeImage(key, v);
+  }
 };
 
 class StoreImpl {
  public:
   StoreOptions options;
-  std::unique_ptr<Db> db;
+  std::unique_ptr<Backend> backend;
   std::unique_ptr<ChunkStore> chunks;
   HelperPool read_helpers{2, "stl-read-helper"};  // the second halves of large volume reads
 
   std::mutex catalog_mu;
-  uint64_t next_layer = 1;                                           // GUARDED_BY(catalog_mu)
-  std::map<std::string, std::weak_ptr<VolumeState>> open_volumes;    // GUARDED_BY(catalog_mu)
+  std::map<std::string, std::weak_ptr<VolumeState>> open_volumes;  // GUARDED_BY(catalog_mu)
+
+  Catalog& catalog() { return backend->catalog(); }
+
+  // ---- records ----
+  // A record by key, or nullopt. With a txn, the read becomes one of its guards.
+  Result<std::optional<std::string>> Read(Table table, std::string_view key,
+                                          CatalogTxn* txn = nullptr);
+  template <typename Record>
+  Result<std::optional<Record>> Load(std::string_view key, CatalogTxn* txn = nullptr) {
+    ASSIGN_OR_RETURN(auto v, Read(RecordKind<Record>::kTable, key, txn));
+    if (!v) return std::optional<Record>();
+    ASSIGN_OR_RETURN(Record rec, RecordKind<Record>::Decode(key, *v));
+    return std::optional<Record>(std::move(rec));
+  }
+  // The record's info; NOT_FOUND naming it when absent.
+  template <typename Record>
+  Result<typename RecordKind<Record>::Info> GetInfo(const std::string& id) {
+    ASSIGN_OR_RETURN(auto rec, Load<Record>(id));
+    if (!rec) return Status::NotFound(std::string(RecordKind<Record>::kWhat) + " " + id + " not found");
+    return rec->info;
+  }
+  // The id a name stands for, or nullopt.
+  template <typename Record>
+  Result<std::optional<std::string>> IdOfName(std::string_view name, CatalogTxn* txn = nullptr) {
+    return Read(Table::kNames, RecordKind<Record>::NameKey(name), txn);
+  }
+  template <typename Record>
+  Result<typename RecordKind<Record>::Info> FindInfoByName(const std::string& name) {
+    ASSIGN_OR_RETURN(auto id, IdOfName<Record>(name));
+    if (!id) {
+      return Status::NotFound(std::string(RecordKind<Record>::kWhat) + " named " + name +
+                              " not found");
+    }
+    return GetInfo<Record>(*id);
+  }
+  // Every record's info, in key order.
+  template <typename Record>
+  Result<std::vector<typename RecordKind<Record>::Info>> ListInfos() {
+    std::vector<typename RecordKind<Record>::Info> out;
+    RETURN_IF_ERROR(catalog().Scan(RecordKind<Record>::kTable,
+                                   [&](std::string_view key, std::string_view v) -> Status {
+                                     ASSIGN_OR_RETURN(Record rec, RecordKind<Record>::Decode(key, v));
+                                     out.push_back(std::move(rec.info));
+                                     return Status::Ok();
+                                   }));
+    return out;
+  }
 
   // ---- catalog helpers; REQUIRES: catalog_mu held ----
   Result<format::LayerRecord*> TxnLayer(CatalogTxn* txn, uint64_t id);
@@ -69,16 +148,16 @@ class StoreImpl {
   // reference.
   Status KillLayer(CatalogTxn* txn, uint64_t id);
   Status Commit(CatalogTxn* txn, const std::string& what);
-  Result<std::optional<format::VolumeRecord>> LoadVolume(const std::string& id);
-  Result<std::optional<format::SnapshotRecord>> LoadSnapshot(const std::string& id);
   std::shared_ptr<VolumeState> OpenState(const std::string& id);  // nullptr if not open
-  std::string NewId(const char* prefix, Cf cf);
+  // A fresh id "<prefix><16 hex digits>", free in `table` (guarded in txn).
+  Result<std::string> NewId(const char* prefix, Table table, CatalogTxn* txn);
+  void PutVolume(CatalogTxn* txn, const format::VolumeRecord& rec);
 
   // The idempotency check by name: the existing record when the name exists with the
   // same parameters, ALREADY_EXISTS with others, nullopt when the name is free. Also
   // validates and rounds the size (*size_out).
   Result<std::optional<format::VolumeRecord>> FindCompatible(
-      const CreateVolumeRequest& req, uint32_t block_size, uint64_t min_size,
+      CatalogTxn* txn, const CreateVolumeRequest& req, uint32_t block_size, uint64_t min_size,
       const std::string& source_kind, const std::string& source_id, uint64_t* size_out);
   // Shared by every way of creating a volume: idempotency check by name, size rules,
   // a new empty head over `base` (0 = blank). Stages into txn; *existing is set when

@@ -37,14 +37,14 @@ class VolumeHandle : public Volume {
     std::vector<uint64_t> blocks;
     std::vector<ChunkRef> ids;
     RETURN_IF_ERROR(impl_->ResolveRange(st_->chain, b0, b1, [&](uint64_t block, std::string_view v) {
-      if (format::IsZeroMarker(v)) return Status::Ok();
-      ChunkRef ref;
-      if (!format::DecodeMapValue(v, &ref.id, &ref.hint)) {
+      const format::MapValue m = format::DecodeMapValue(v);
+      if (m.kind == format::MapValue::kZero) return Status::Ok();
+      if (!m.is_chunk()) {
         return Status::Corruption("volume " + id_ + " block " + std::to_string(block) +
                                   ": undecodable map entry; run fsck");
       }
       blocks.push_back(block);
-      ids.push_back(ref);
+      ids.push_back(ChunkRef{m.id, m.hint});
       return Status::Ok();
     }));
     ZeroUnbacked(offset, len, bs, blocks, out);
@@ -89,14 +89,15 @@ class VolumeHandle : public Volume {
     const bool has_parent = st_->chain.size() > 1;
 
     // Current head entries of the range (to drop their references).
-    std::map<uint64_t, std::string> old_head;
+    std::map<uint64_t, format::MapValue> old_head;
     RETURN_IF_ERROR(impl_->ResolveRange({head}, b0, b1, [&](uint64_t b, std::string_view v) {
-      old_head.emplace(b, std::string(v));
+      old_head.emplace(b, format::DecodeMapValue(v));
       return Status::Ok();
     }));
 
     std::shared_lock sweep(impl_->chunks->sweep_lock());
-    Txn batch;
+    Catalog& catalog = impl_->catalog();
+    std::unique_ptr<Batch> batch = impl_->backend->NewBatch();
     Placement place;  // the write's new chunks sit next to each other
     std::string block(bs, '\0');
     for (uint64_t b = b0; b < b1; ++b) {
@@ -113,31 +114,30 @@ class VolumeHandle : public Volume {
         content = block.data();
       }
       auto old = old_head.find(b);
-      bool had_chunk = old != old_head.end() && !format::IsZeroMarker(old->second);
-      std::string key = format::MapKey(head, b);
+      const bool had_chunk = old != old_head.end() && old->second.is_chunk();
       if (IsAllZero(content, bs)) {
-        if (had_chunk) impl_->chunks->DropRef(&batch, ChunkIdFromBytes(old->second));
+        if (had_chunk) impl_->chunks->DropRef(batch.get(), old->second.id);
         if (has_parent) {
-          if (old == old_head.end() || had_chunk) batch.Put(impl_->db->cf(Cf::kMaps), key, "");
+          if (old == old_head.end() || had_chunk) catalog.PutMap(batch.get(), head, b, "");
         } else if (old != old_head.end()) {
-          batch.Delete(impl_->db->cf(Cf::kMaps), key);
+          catalog.DeleteMap(batch.get(), head, b);
         }
         continue;
       }
       ChunkId id = Sha256(content, bs);
-      if (had_chunk && format::MapValueId(old->second) == AsBytes(id)) continue;
+      if (had_chunk && old->second.id == id) continue;
       ASSIGN_OR_RETURN(uint64_t hint, impl_->chunks->Locate(id));
       if (hint != 0) {
-        impl_->chunks->AddRef(&batch, id, {});
+        impl_->chunks->AddRef(batch.get(), id, {});
       } else {
-        if (place.next == place.end) place = impl_->chunks->Reserve(b1 - b);
-        hint = impl_->chunks->AddRef(&batch, id, std::string_view(content, bs), &place);
+        if (place.next == place.end) place = impl_->backend->bytes().Reserve(b1 - b);
+        hint = impl_->chunks->AddRef(batch.get(), id, std::string_view(content, bs), &place);
       }
-      if (had_chunk) impl_->chunks->DropRef(&batch, ChunkIdFromBytes(old->second));
-      batch.Put(impl_->db->cf(Cf::kMaps), key, format::EncodeMapValue(id, hint));
+      if (had_chunk) impl_->chunks->DropRef(batch.get(), old->second.id);
+      catalog.PutMap(batch.get(), head, b, format::MapValueOf(id, hint).view());
     }
-    if (batch.Count() == 0) return Status::Ok();
-    return impl_->db->Write(&batch, WriteMode::kNoSync, "volume " + id_ + ": write");
+    if (batch->Count() == 0) return Status::Ok();
+    return impl_->backend->Commit(batch.get(), Durability::kNoSync, "volume " + id_ + ": write");
   }
 
   Status Flush() override {
@@ -145,7 +145,7 @@ class VolumeHandle : public Volume {
       std::shared_lock l(st_->mu);
       if (st_->deleted) return Status::NotFound("volume " + id_ + " was deleted");
     }
-    return impl_->db->SyncWal();
+    return impl_->backend->Sync();
   }
 
  private:
@@ -188,9 +188,13 @@ class VolumeHandle : public Volume {
     std::memset(out, 0, bs);
     std::string chunk;
     return impl_->ResolveRange(st_->chain, b, b + 1, [&](uint64_t, std::string_view v) -> Status {
-      if (format::IsZeroMarker(v)) return Status::Ok();
-      RETURN_IF_ERROR(impl_->chunks->Read(ChunkIdFromBytes(v), &chunk,
-                                          "volume " + id_ + " block " + std::to_string(b)));
+      const format::MapValue m = format::DecodeMapValue(v);
+      if (m.kind == format::MapValue::kZero) return Status::Ok();
+      if (!m.is_chunk()) {
+        return Status::Corruption("volume " + id_ + " block " + std::to_string(b) +
+                                  ": undecodable map entry; run fsck");
+      }
+      RETURN_IF_ERROR(impl_->chunks->Read(m.id, &chunk, "volume " + id_ + " block " + std::to_string(b)));
       std::memcpy(out, chunk.data(), std::min<size_t>(bs, chunk.size()));
       return Status::Ok();
     });
@@ -208,7 +212,7 @@ Result<std::shared_ptr<VolumeState>> StoreImpl::AcquireState(const std::string& 
   std::lock_guard lock(catalog_mu);
   auto st = OpenState(id);
   if (!st) {
-    ASSIGN_OR_RETURN(auto rec, LoadVolume(id));
+    ASSIGN_OR_RETURN(auto rec, Load<format::VolumeRecord>(id));
     if (!rec) return Status::NotFound("volume " + id + " not found");
     st = std::make_shared<VolumeState>();
     st->rec = *rec;
@@ -257,8 +261,7 @@ Status StoreImpl::FlattenVolume(const std::string& id) {
   if (chain.size() <= 1) return Status::Ok();
   constexpr size_t kBatch = 4096;
   for (size_t i = 1; i < chain.size(); ++i) {
-    std::string next = format::MapKey(chain[i], 0);
-    const std::string end = format::MapKey(chain[i] + 1, 0);
+    uint64_t next = 0;  // the first block of chain[i] not looked at yet
     for (;;) {
       std::unique_lock l(st->mu);
       if (st->deleted) return Status::NotFound("volume " + id + " was deleted");
@@ -266,23 +269,21 @@ Status StoreImpl::FlattenVolume(const std::string& id) {
         return Status::Aborted("flatten of volume " + id + " was interrupted by a snapshot or clone");
       }
       std::shared_lock sweep(chunks->sweep_lock());
-      auto it = db->NewIterator(Cf::kMaps);
-      Txn batch;
-      size_t n = 0;
-      for (it->Seek(next); it->Valid() && it->key().compare(end) < 0 && n < kBatch; it->Next(), ++n) {
-        uint64_t layer, block;
-        format::DecodeMapKey(it->key().ToStringView(), &layer, &block);
-        std::string hk = format::MapKey(head, block);
-        ASSIGN_OR_RETURN(auto mine, db->Get(Cf::kMaps, hk, "flatten volume " + id));
+      auto cursor = catalog().NewMapCursor(chain[i], next, UINT64_MAX);
+      std::unique_ptr<Batch> batch = backend->NewBatch();
+      for (size_t n = 0; cursor->Valid() && n < kBatch; cursor->Next(), ++n) {
+        ASSIGN_OR_RETURN(auto mine, catalog().GetMap(head, cursor->block()));
         if (mine) continue;  // the head (or a layer copied before) overrides it
-        std::string_view v = it->value().ToStringView();
-        if (!format::IsZeroMarker(v)) chunks->AddRef(&batch, ChunkIdFromBytes(v), {});
-        batch.Put(db->cf(Cf::kMaps), hk, it->value());
+        const format::MapValue m = format::DecodeMapValue(cursor->value());
+        if (m.is_chunk()) chunks->AddRef(batch.get(), m.id, {});
+        catalog().PutMap(batch.get(), head, cursor->block(), cursor->value());
       }
-      RETURN_IF_ERROR(FromRocks(it->status(), "flatten volume " + id));
-      bool done = !(it->Valid() && it->key().compare(end) < 0);
-      if (!done) next = it->key().ToString();
-      if (batch.Count() > 0) RETURN_IF_ERROR(db->Write(&batch, WriteMode::kNoSync, "flatten volume " + id));
+      RETURN_IF_ERROR(cursor->status().Annotate("flatten volume " + id));
+      const bool done = !cursor->Valid();
+      if (!done) next = cursor->block();
+      if (batch->Count() > 0) {
+        RETURN_IF_ERROR(backend->Commit(batch.get(), Durability::kNoSync, "flatten volume " + id));
+      }
       if (done) break;
     }
   }
@@ -292,7 +293,7 @@ Status StoreImpl::FlattenVolume(const std::string& id) {
   if (st->chain.front() != head) {
     return Status::Aborted("flatten of volume " + id + " was interrupted by a snapshot or clone");
   }
-  CatalogTxn txn;
+  CatalogTxn txn(*backend);
   ASSIGN_OR_RETURN(LayerRecord * h, TxnLayer(&txn, head));
   uint64_t parent = h->parent;
   h->parent = 0;
@@ -306,7 +307,7 @@ Status Store::FlattenVolume(const std::string& volume_id) { return impl_->Flatte
 
 Result<VolumeStats> Store::GetVolumeStats(const std::string& volume_id) {
   StoreImpl& s = *impl_;
-  ASSIGN_OR_RETURN(auto rec, s.LoadVolume(volume_id));
+  ASSIGN_OR_RETURN(auto rec, s.Load<format::VolumeRecord>(volume_id));
   if (!rec) return Status::NotFound("volume " + volume_id + " not found");
   ASSIGN_OR_RETURN(auto chain, s.LoadChain(rec->head));
   VolumeStats st;
@@ -315,11 +316,11 @@ Result<VolumeStats> Store::GetVolumeStats(const std::string& volume_id) {
   st.chain_depth = static_cast<uint32_t>(chain.size());
   const uint64_t nblocks = rec->info.size_bytes / rec->info.block_size;
   RETURN_IF_ERROR(s.ResolveRange({rec->head}, 0, nblocks, [&](uint64_t, std::string_view v) {
-    if (!format::IsZeroMarker(v)) ++st.head_blocks;
+    if (format::DecodeMapValue(v).is_chunk()) ++st.head_blocks;
     return Status::Ok();
   }));
   RETURN_IF_ERROR(s.ResolveRange(chain, 0, nblocks, [&](uint64_t, std::string_view v) {
-    if (!format::IsZeroMarker(v)) ++st.mapped_blocks;
+    if (format::DecodeMapValue(v).is_chunk()) ++st.mapped_blocks;
     return Status::Ok();
   }));
   // Unique: chunks referenced once, in the layers only this volume reaches (its head and
@@ -329,8 +330,9 @@ Result<VolumeStats> Store::GetVolumeStats(const std::string& volume_id) {
     ASSIGN_OR_RETURN(LayerRecord l, s.LoadLayer(layer));
     if (l.refs != 1) break;
     RETURN_IF_ERROR(s.ResolveRange({layer}, 0, UINT64_MAX, [&](uint64_t, std::string_view v) -> Status {
-      if (format::IsZeroMarker(v)) return Status::Ok();
-      ASSIGN_OR_RETURN(int64_t count, s.chunks->RefCount(ChunkIdFromBytes(v)));
+      const format::MapValue m = format::DecodeMapValue(v);
+      if (!m.is_chunk()) return Status::Ok();
+      ASSIGN_OR_RETURN(int64_t count, s.chunks->RefCount(m.id));
       if (count == 1) st.unique_bytes += l.block_size;
       return Status::Ok();
     }));

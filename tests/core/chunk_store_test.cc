@@ -10,7 +10,8 @@
 #include <filesystem>
 #include <thread>
 
-#include "core/db.h"
+#include "core/local/db.h"
+#include "core/local/local_backend.h"
 #include "core/format.h"
 #include "tests/core/test_util.h"
 
@@ -23,15 +24,23 @@ using testing::Unwrap;
 
 class ChunkStoreTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    db_ = Unwrap(Db::Open(dir_ / "store", true, /*mmap_reads=*/true));
-    chunks_ = Unwrap(NewRocksChunkStore(db_.get(), disk_readahead_));
+  void SetUp() override { Open(); }
+  // (Re)opens the store's backend with disk_readahead_.
+  void Open() {
+    chunks_.reset();
+    backend_.reset();
+    LocalBackendOptions o;
+    o.dir = dir_ / "store";
+    o.disk_readahead_bytes = disk_readahead_;
+    backend_ = Unwrap(LocalBackend::Open(o));
+    db_ = backend_->db();
+    chunks_ = std::make_unique<ChunkStore>(backend_.get());
   }
   // Stores one reference to `data` (with its bytes) in a batch of its own.
   uint64_t Put(const std::string& data, Placement* place = nullptr) {
-    Txn txn;
-    uint64_t loc = chunks_->AddRef(&txn, Sha256(data.data(), data.size()), data, place);
-    EXPECT_TRUE(db_->Write(&txn, WriteMode::kSync, "test").ok());
+    auto batch = backend_->NewBatch();
+    uint64_t loc = chunks_->AddRef(batch.get(), Sha256(data.data(), data.size()), data, place);
+    EXPECT_TRUE(backend_->Commit(batch.get(), Durability::kSync, "test").ok());
     return loc;
   }
   // Reads refs and returns each one's bytes by index.
@@ -45,14 +54,15 @@ class ChunkStoreTest : public ::testing::Test {
   }
 
   TempDir dir_;
-  uint64_t disk_readahead_ = 0;  // NewRocksChunkStore's disk_readahead_bytes
-  std::unique_ptr<Db> db_;
+  uint64_t disk_readahead_ = 0;  // LocalBackendOptions::disk_readahead_bytes
+  std::unique_ptr<LocalBackend> backend_;
+  Db* db_ = nullptr;  // backend_'s
   std::unique_ptr<ChunkStore> chunks_;
   std::mt19937_64 rng_{7};
 };
 
 TEST_F(ChunkStoreTest, ReservedPlacesAreConsecutiveAndSurviveReopen) {
-  Placement p = chunks_->Reserve(3);
+  Placement p = backend_->bytes().Reserve(3);
   std::vector<uint64_t> locs;
   for (int i = 0; i < 3; ++i) locs.push_back(Put(RandomBytes(rng_, 4096), &p));
   EXPECT_EQ(locs[1], locs[0] + 1);
@@ -60,9 +70,7 @@ TEST_F(ChunkStoreTest, ReservedPlacesAreConsecutiveAndSurviveReopen) {
   uint64_t after = Put(RandomBytes(rng_, 4096));  // the placement is used up
   EXPECT_GT(after, locs[2]);
   // A reopened store hands out locators past every stored one.
-  chunks_.reset();
-  db_.reset();
-  SetUp();
+  Open();
   EXPECT_GT(Put(RandomBytes(rng_, 4096)), after);
 }
 
@@ -92,9 +100,9 @@ TEST_F(ChunkStoreTest, DroppedChunksGoWithTheirBytes) {
   std::string a = RandomBytes(rng_, 4096);
   ChunkId id = Sha256(a.data(), a.size());
   Put(a);
-  Txn drop;
-  chunks_->DropRef(&drop, id);
-  ASSERT_TRUE(db_->Write(&drop, WriteMode::kSync, "test").ok());
+  auto drop = backend_->NewBatch();
+  chunks_->DropRef(drop.get(), id);
+  ASSERT_TRUE(backend_->Commit(drop.get(), Durability::kSync, "test").ok());
   EXPECT_TRUE(Unwrap(chunks_->Contains(id))) << "stays until swept";
   SweepResult sw = Unwrap(chunks_->Sweep());
   EXPECT_EQ(sw.chunks_deleted, 1u);
@@ -136,12 +144,10 @@ TEST_F(ChunkStoreTest, PresenceFilterNeverHidesAStoredChunk) {
     before.push_back(Sha256(d.data(), d.size()));
     Put(d);
   }
-  chunks_.reset();
-  db_.reset();
-  SetUp();
-  chunks_->WaitForPresenceFilter();
+  Open();
+  backend_->index().WaitForPresenceFilter();
   std::vector<uint64_t> locs;
-  ASSERT_OK(chunks_->LocateMany(before, &locs));
+  ASSERT_OK(backend_->index().LocateMany(before, &locs));
   for (size_t i = 0; i < before.size(); ++i) ASSERT_NE(locs[i], 0u) << "chunk " << i << " hidden";
   for (const ChunkId& id : before) ASSERT_NE(Unwrap(chunks_->Locate(id)), 0u);
 
@@ -152,10 +158,10 @@ TEST_F(ChunkStoreTest, PresenceFilterNeverHidesAStoredChunk) {
 
   std::string g = RandomBytes(rng_, 4096);
   ChunkId gid = Sha256(g.data(), g.size());
-  auto batch = db_->NewIngestBatch("test");
-  Placement p = chunks_->Reserve(1);
-  ASSERT_OK(chunks_->StageBytes(batch.get(), p.next, g));
-  ASSERT_OK(chunks_->StageRefs(batch.get(), gid, 1, p.next));
+  auto batch = backend_->NewBulkBatch("test");
+  Placement p = backend_->bytes().Reserve(1);
+  ASSERT_OK(backend_->bytes().Put(batch.get(), p.next, g));
+  ASSERT_OK(backend_->index().AddRefs(batch.get(), gid, 1, p.next));
   ASSERT_OK(batch->Ingest());
   EXPECT_EQ(Unwrap(chunks_->Locate(gid)), p.next);
   EXPECT_EQ(Unwrap(ReadAll({{gid, 0}}))[0], g);
@@ -232,10 +238,10 @@ class DiskReadAheadTest : public ChunkStoreTest {
   // bytes_read_ahead() once the store's read-ahead thread has finished asking: the
   // counter grows after each whole ask, and pages may arrive before the ask returns.
   uint64_t SettledBytesReadAhead() {
-    uint64_t last = chunks_->bytes_read_ahead();
+    uint64_t last = backend_->bytes().bytes_read_ahead();
     for (int i = 0; i < 100; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      const uint64_t now = chunks_->bytes_read_ahead();
+      const uint64_t now = backend_->bytes().bytes_read_ahead();
       if (now == last) return now;
       last = now;
     }
@@ -276,15 +282,14 @@ TEST_F(DiskReadAheadTest, PrefetchReadsTheAskedKeysOfTheirTable) {
 // A long, dense run of chunks makes the store read the chunks that follow it ahead
 // from disk; short runs, sparse runs, and a store with read-ahead off do not.
 TEST_F(DiskReadAheadTest, LongDenseRunsReadTheFollowingChunksAhead) {
-  chunks_.reset();
   disk_readahead_ = 12 * kMiB;
-  chunks_ = Unwrap(NewRocksChunkStore(db_.get(), disk_readahead_));
+  Open();
   Evict();
   // Short (100 chunks) and sparse (256 chunks over 1024 locators) runs: nothing.
   ReadRun(1, 100);
   ReadRun(2 * kPerTable + 1, 256, 4);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_EQ(chunks_->bytes_read_ahead(), 0u);
+  EXPECT_EQ(backend_->bytes().bytes_read_ahead(), 0u);
   EXPECT_EQ(Resident(1, 1 * kMiB, 7 * kMiB), 0u);
   // 256 chunks in a row at the start of table 0: the next 12 MiB (the rest of table 0
   // and table 1's first half) are asked for and arrive, table 3 is left alone.
@@ -297,15 +302,15 @@ TEST_F(DiskReadAheadTest, LongDenseRunsReadTheFollowingChunksAhead) {
   // The reader going on within what was asked for asks nothing more.
   ReadRun(257, 256);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_EQ(chunks_->bytes_read_ahead(), asked);
+  EXPECT_EQ(backend_->bytes().bytes_read_ahead(), asked);
 
   // Read-ahead off: the same long run asks for nothing.
-  chunks_.reset();
-  chunks_ = Unwrap(NewRocksChunkStore(db_.get(), 0));
+  disk_readahead_ = 0;
+  Open();
   Evict();
   ReadRun(1, 256);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_EQ(chunks_->bytes_read_ahead(), 0u);
+  EXPECT_EQ(backend_->bytes().bytes_read_ahead(), 0u);
   EXPECT_EQ(Resident(1, 1 * kMiB, 7 * kMiB), 0u);
 }
 

@@ -1,4 +1,4 @@
-#include "core/db.h"
+#include "core/local/db.h"
 
 #include <fcntl.h>
 #include <rocksdb/filter_policy.h>
@@ -216,11 +216,10 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
   if (!ver) {
     rocksdb::WriteBatch b;
     b.Put(db->cf(Cf::kMeta), std::string(format::kMetaFormat),
-          format::EncodeU64(format::kFormatVersion).substr(0, 4));
+          format::EncodeFormatVersion(format::kFormatVersion));
     RETURN_IF_ERROR(db->Write(&b, WriteMode::kSync, "store " + dir + ": initialize"));
   } else {
-    uint32_t v = 0;
-    if (ver->size() == 4) std::memcpy(&v, ver->data(), 4);
+    const uint32_t v = format::DecodeFormatVersion(*ver);
     if (v != format::kFormatVersion) {
       return Status::FailedPrecondition("store " + dir + ": format version " + std::to_string(v) +
                                         ", this build reads version " +

@@ -1,0 +1,121 @@
+// The local store's ChunkIndex: the "chunks" family (chunk id -> count and locator,
+// changed by merge operands; db.cc's merge operator) and the presence filter in front
+// of it.
+#include <algorithm>
+
+#include "core/format.h"
+#include "core/local/local_seams.h"
+#include "core/thread_name.h"
+
+namespace stellarium {
+namespace {
+
+rocksdb::Slice Key(const ChunkId& id) {
+  const std::string_view k = format::ChunkKey(id);
+  return rocksdb::Slice(k.data(), k.size());
+}
+
+Status Undecodable(const ChunkId& id) {
+  return Status::Corruption("chunk " + ToHex(id) + ": undecodable index record; run fsck");
+}
+
+}  // namespace
+
+LocalChunkIndex::LocalChunkIndex(Db* db, uint64_t chunks_now)
+    : db_(db),
+      plus_one_(format::EncodeChunkRecord({1, 0})),
+      minus_one_(format::EncodeChunkRecord({-1, 0})),
+      filter_(std::max<uint64_t>(1u << 20, 2 * chunks_now), kFilterMaxBytes) {
+  scan_ = std::thread([this] {
+    NameThisThread("stl-filter-scan");
+    ScanIntoFilter();
+  });
+}
+
+LocalChunkIndex::~LocalChunkIndex() {
+  stop_scan_ = true;
+  scan_.join();
+}
+
+Result<std::optional<IndexEntry>> LocalChunkIndex::Get(const ChunkId& id) {
+  ASSIGN_OR_RETURN(auto v, db_->Get(Cf::kChunks, Key(id), "chunk " + ToHex(id)));
+  if (!v) return std::optional<IndexEntry>();
+  format::ChunkRecord r;
+  if (!format::DecodeChunkRecord(*v, &r)) return Undecodable(id);
+  return std::optional<IndexEntry>(IndexEntry{r.count, r.locator});
+}
+
+Status LocalChunkIndex::LocateMany(const std::vector<ChunkId>& ids,
+                                   std::vector<uint64_t>* locators) {
+  locators->assign(ids.size(), 0);
+  std::vector<size_t> ask;  // the ids the filter cannot rule out
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (filter_.MayContain(ids[i])) ask.push_back(i);
+  }
+  const size_t n = ask.size();
+  if (n == 0) return Status::Ok();
+  std::vector<rocksdb::Slice> keys(n);
+  std::vector<rocksdb::PinnableSlice> records(n);
+  std::vector<rocksdb::Status> statuses(n);
+  for (size_t k = 0; k < n; ++k) keys[k] = Key(ids[ask[k]]);
+  db_->raw()->MultiGet(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), n, keys.data(),
+                       records.data(), statuses.data());
+  for (size_t k = 0; k < n; ++k) {
+    const ChunkId& id = ids[ask[k]];
+    if (statuses[k].IsNotFound()) continue;
+    if (!statuses[k].ok()) return FromRocks(statuses[k], "chunk " + ToHex(id));
+    format::ChunkRecord r;
+    if (!format::DecodeChunkRecord(records[k].ToStringView(), &r)) return Undecodable(id);
+    (*locators)[ask[k]] = r.locator;
+  }
+  return Status::Ok();
+}
+
+void LocalChunkIndex::AddRefs(Batch* batch, const ChunkId& id, int64_t delta, uint64_t locator) {
+  if (locator != 0) filter_.Add(id);  // before the chunk can be seen in the index
+  rocksdb::ColumnFamilyHandle* cf = db_->cf(Cf::kChunks);
+  rocksdb::WriteBatch& w = AsLocal(batch)->writes;
+  if (locator == 0 && delta == 1) {
+    w.Merge(cf, Key(id), plus_one_);
+  } else if (locator == 0 && delta == -1) {
+    w.Merge(cf, Key(id), minus_one_);
+  } else {
+    w.Merge(cf, Key(id), format::EncodeChunkRecord({delta, locator}));
+  }
+}
+
+Status LocalChunkIndex::AddRefs(BulkBatch* batch, const ChunkId& id, int64_t delta,
+                                uint64_t locator) {
+  if (locator != 0) filter_.Add(id);  // before the chunk can be seen in the index
+  return AsLocal(batch)->Merge(Cf::kChunks, format::ChunkKey(id),
+                               format::EncodeChunkRecord({delta, locator}));
+}
+
+void LocalChunkIndex::Erase(Batch* batch, const ChunkId& id) {
+  AsLocal(batch)->writes.Delete(db_->cf(Cf::kChunks), Key(id));
+}
+
+Status LocalChunkIndex::ForEach(
+    const std::function<Status(const ChunkId&, const IndexEntry&)>& fn) {
+  auto it = db_->NewIterator(Cf::kChunks, /*fill_cache=*/false);
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const ChunkId id = ChunkIdFromBytes(it->key().ToStringView());
+    format::ChunkRecord r;
+    if (!format::DecodeChunkRecord(it->value().ToStringView(), &r)) return Undecodable(id);
+    RETURN_IF_ERROR(fn(id, IndexEntry{r.count, r.locator}));
+  }
+  return FromRocks(it->status(), "scan chunk index");
+}
+
+// Adds every chunk of the index to the filter, then declares it complete.
+void LocalChunkIndex::ScanIntoFilter() {
+  auto it = db_->NewIterator(Cf::kChunks, /*fill_cache=*/false);
+  for (it->SeekToFirst(); it->Valid() && !stop_scan_.load(); it->Next()) {
+    filter_.Add(ChunkIdFromBytes(it->key().ToStringView()));
+  }
+  // A failed scan leaves the filter incomplete: it then answers "maybe" to everything.
+  if (it->status().ok() && !stop_scan_.load()) filter_.MarkComplete();
+  scan_done_.set_value();
+}
+
+}  // namespace stellarium
