@@ -59,3 +59,15 @@ def staged_binaries():
         raise AssertionError("Dockerfile: the build stage does not run "
                              "scripts/stage-runtime.sh /build /out BINARY...")
     return m.group(1).split()
+
+
+def smoke_commands():
+    """{binary: flag} of the runtime stage's `NAME --version` / `NAME --help` commands."""
+    found = {}
+    for ins, args in stages()["runtime"]["ins"]:
+        if ins == "RUN":
+            for command in args.split("&&"):
+                m = re.match(r"\s*([\w.-]+) (--version|--help)\b", command)
+                if m:
+                    found[m.group(1)] = m.group(2)
+    return found
