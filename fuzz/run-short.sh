@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang++ and runs each for FUZZ_SECONDS (default 30).
 # Usage: fuzz/run-short.sh [BUILD_DIR]     (exit status non-zero on any finding)
-# Needs Debian's clang and libclang-rt-14-dev (scripts/deps/node.txt).
+# Needs Debian's clang and libclang-rt-14-dev (scripts/deps/test.txt).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-$here/../build-fuzz}

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import subprocess
 
 import yaml
 
@@ -54,3 +55,15 @@ def flag_name(arg):
 def values():
     with open(CHART / "values.yaml") as f:
         return yaml.safe_load(f)
+
+
+def stop_process(proc, grace=30):
+    """SIGTERM, then SIGKILL if proc has not exited within `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

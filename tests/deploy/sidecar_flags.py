@@ -69,7 +69,9 @@ SIDECARS = {
             "retry-interval-max", "node-deployment", "groupsnapshot-name-prefix",
             "groupsnapshot-name-uuid-length", "feature-gates",
         } | LOGSAPI_FLAGS,
-        "feature_gates": {"CSIVolumeGroupSnapshot", "VolumeGroupSnapshot"},
+        # The gate's name is CSIVolumeGroupSnapshot (pkg/features/features.go);
+        # v8.7 turns it on by default.
+        "feature_gates": {"CSIVolumeGroupSnapshot", "ReleaseLeaderElectionOnExit"},
     },
     "csi-resizer": {
         "image": "registry.k8s.io/sig-storage/csi-resizer",
@@ -120,6 +122,27 @@ SIDECARS = {
         } | LOGSAPI_FLAGS,
         "feature_gates": set(),
     },
+}
+
+# The optional snapshot-controller (charts: snapshotController.create,
+# manifests/snapshot-controller/), checked the same way as the sidecars.
+SNAPSHOT_CONTROLLER = {
+    "image": "registry.k8s.io/sig-storage/snapshot-controller",
+    "tag": "v8.7.0",
+    "source": (
+        "kubernetes-csi/external-snapshotter cmd/snapshot-controller/main.go of the v8 "
+        "module (flag definitions; --enable-distributed-snapshotting labels contents with "
+        "their node); pkg/features/features.go: CSIVolumeGroupSnapshot, "
+        "ReleaseLeaderElectionOnExit; CHANGELOG-8.7.md (VolumeGroupSnapshot gate enabled)"),
+    "flags": {
+        "kubeconfig", "resync-period", "version", "worker-threads", "leader-election",
+        "leader-election-namespace", "leader-election-lease-duration",
+        "leader-election-renew-deadline", "leader-election-retry-period", "kube-api-qps",
+        "kube-api-burst", "http-endpoint", "metrics-path", "retry-interval-start",
+        "retry-interval-max", "enable-distributed-snapshotting",
+        "prevent-volume-mode-conversion", "retry-crd-interval-max", "feature-gates",
+    } | LOGSAPI_FLAGS,
+    "feature_gates": {"CSIVolumeGroupSnapshot", "ReleaseLeaderElectionOnExit"},
 }
 
 # The stellarium-csi flags agreed for the driver (docs/configuration.md). When the

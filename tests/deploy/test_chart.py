@@ -1,7 +1,8 @@
-"""charts/stellarium-csi: templates parse once their actions are neutralized, every
-.Values path exists in values.yaml and values.schema.json, every value is used, the
-schema accepts the defaults and rejects bad input, and with its defaults the chart
-produces the same objects, images and sidecar flags as manifests/."""
+"""charts/stellarium-csi, with a real helm (scripts/install-helm.sh): `helm lint` passes;
+`helm template` with the defaults renders exactly the objects of `kubectl kustomize
+manifests/` (the Namespace aside), and with every option on, exactly those of the optional
+kustomizations too; every container is locked down; values.yaml, values.schema.json
+and the templates agree; the schema rejects bad values through helm itself."""
 
 import copy
 import json
@@ -11,33 +12,27 @@ import unittest
 import jsonschema
 import yaml
 
-from chart_text import Comparer, PLACEHOLDER_RE, lookup, neutralize, values_paths
-from common import CHART, TEMPLATES, daemonset_containers, install_objects, values
-from sidecar_flags import SIDECARS
-from test_manifests import check_sidecar_args
+from common import CHART, TEMPLATES, daemonset_containers, values
+from rendered import (ALL_OPTIONAL, NAMESPACE, OPTIONAL_KUSTOMIZATIONS, chart_objects,
+                      check_security, check_snapshot_wiring, first_difference, helm, key,
+                      kustomize_objects, normalized)
+from sidecar_flags import SIDECARS, SNAPSHOT_CONTROLLER
+from test_manifests import check_args, check_sidecar_args
 
-# manifests/ objects with no chart template: the chart installs into the release
-# namespace (helm --create-namespace), and StorageClasses come from a range over
-# .Values.storageClasses (compared separately below).
-NOT_IN_CHART = {"Namespace", "StorageClass"}
-
-
-def yaml_templates():
-    return sorted(TEMPLATES.glob("*.yaml"))
+VALUES_PATH_RE = re.compile(r"\$?\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
 
 
-def chart_objects():
-    """(file, neutralized, doc) for every document of every template."""
-    out = []
-    for path in yaml_templates():
-        n = neutralize(path.read_text())
-        try:
-            docs = [d for d in yaml.safe_load_all(n.text) if d is not None]
-        except yaml.YAMLError as e:
-            raise AssertionError(f"{path.name}: not YAML once actions are neutralized: {e}\n"
-                                 f"{n.text}") from e
-        out.extend((path.name, n, d) for d in docs)
-    return out
+def values_paths(text):
+    """Every `.Values.a.b` path a template refers to, as 'a.b'."""
+    return {m.group(1)[1:] for m in VALUES_PATH_RE.finditer(text)}
+
+
+def lookup(node, dotted):
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
 
 
 def leaves(node, prefix=""):
@@ -58,35 +53,129 @@ def schema_node(schema, dotted):
     return node
 
 
-class ChartFilesTest(unittest.TestCase):
-    def test_chart_yaml(self):
+class HelmTest(unittest.TestCase):
+    def test_lint_passes_with_defaults_and_with_every_option(self):
+        for extra in ((), ALL_OPTIONAL[1:]):
+            r = helm("lint", "--strict", str(CHART), *extra)
+            self.assertIn("0 chart(s) failed", r.stdout, r.stdout + r.stderr)
+
+    def test_helm_rejects_bad_values_naming_them(self):
+        for setting, name in (("logLevel=loud", "logLevel"),
+                              ("metrics.serviceMonitor.interval=often", "interval"),
+                              ("snapshotController.replicas=0", "replicas"),
+                              ("node.importRoots[0]=/elsewhere", "importRoots")):
+            r = helm("template", "x", str(CHART), "--set", setting, check=False)
+            self.assertNotEqual(r.returncode, 0, f"helm accepted {setting}")
+            self.assertIn(name, r.stderr, f"{setting}: {r.stderr}")
+        r = helm("template", "x", str(CHART), "--set", "metrics.service.create=false",
+                 "--set", "metrics.serviceMonitor.create=true", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("metrics.serviceMonitor.create needs metrics.service.create", r.stderr)
+
+    def test_version_matches_cmake_and_the_image(self):
         chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
         self.assertEqual(chart["apiVersion"], "v2")
-        self.assertEqual(chart["name"], "stellarium-csi")
-        for key in ("version", "appVersion", "description"):
-            self.assertTrue(chart.get(key), key)
         cmake = (CHART.parents[1] / "CMakeLists.txt").read_text()
         project_version = re.search(r"project\(stellarium VERSION ([0-9.]+)", cmake).group(1)
         self.assertEqual(chart["appVersion"], project_version, "appVersion follows CMake's")
         self.assertEqual(values()["image"]["stellarium"]["tag"], project_version)
 
-    def test_every_template_document_is_a_named_object(self):
-        objs = chart_objects()
-        self.assertGreaterEqual(len(objs), 12)
-        for name, _, doc in objs:
-            self.assertIsInstance(doc, dict, name)
-            for key in ("apiVersion", "kind"):
-                self.assertIsInstance(doc.get(key), str, f"{name}: no {key}")
-            self.assertIsInstance(doc.get("metadata", {}).get("name"), str,
-                                  f"{name} {doc.get('kind')}: no metadata.name")
 
-    def test_neutralizer_keeps_structure(self):
-        n = neutralize('a: {{ .Values.x }}\n{{- if .Values.y }}\nb:\n  {{- toYaml .Values.z | nindent 2 }}\n{{- end }}\n')
-        doc = yaml.safe_load(n.text)
-        self.assertEqual(set(doc), {"a", "b"})
-        self.assertEqual(n.action(doc["a"]), ".Values.x")
-        (block,) = doc["b"]
-        self.assertEqual(n.action(block), "toYaml .Values.z | nindent 2")
+class ChartEqualsManifestsTest(unittest.TestCase):
+    def compare(self, chart, manifests, what):
+        chart_keys = {key(o): o for o in chart}
+        manifest_keys = {key(o): o for o in manifests}
+        self.assertEqual(sorted(chart_keys), sorted(manifest_keys), f"{what}: object sets")
+        for k, obj in chart_keys.items():
+            diff = first_difference(normalized(obj), normalized(manifest_keys[k]))
+            self.assertIsNone(diff, f"{what}: {k}: {diff}")
+
+    def test_defaults_render_the_objects_of_manifests(self):
+        manifests = kustomize_objects()
+        (ns,) = [o for o in manifests if o["kind"] == "Namespace"]
+        self.assertEqual(ns["metadata"]["name"], NAMESPACE)
+        # The chart installs into the release namespace: Helm does not create it.
+        self.compare(chart_objects(), [o for o in manifests if o["kind"] != "Namespace"],
+                     "helm template (defaults) vs kubectl kustomize manifests/")
+
+    def test_every_option_renders_the_optional_kustomizations(self):
+        base = {key(o) for o in chart_objects()}
+        optional = [o for o in chart_objects(*ALL_OPTIONAL) if key(o) not in base]
+        expected = []
+        for sub in OPTIONAL_KUSTOMIZATIONS:
+            expected += kustomize_objects(sub)
+        self.compare(optional, expected,
+                     "helm template (every option) vs manifests/{" +
+                     ",".join(OPTIONAL_KUSTOMIZATIONS) + "}")
+
+    def test_non_default_values_reach_the_objects(self):
+        objs = chart_objects("--set", "kubeletDir=/var/snap/k8s/kubelet",
+                             "--set", "driver.name=csi.example.org",
+                             "--set", "node.metricsPort=9999")
+        (ds,) = [o for o in objs if o["kind"] == "DaemonSet"]
+        c = daemonset_containers(ds)
+        self.assertIn("--kubelet-registration-path=/var/snap/k8s/kubelet/plugins/"
+                      "csi.example.org/csi.sock", c["node-driver-registrar"]["args"])
+        self.assertIn("--metrics-address=:9999", c["stellarium-csi"]["args"])
+        (svc,) = [o for o in objs if o["kind"] == "Service"]
+        self.assertEqual(svc["spec"]["ports"][0]["port"], 9999)
+        (drv,) = [o for o in objs if o["kind"] == "CSIDriver"]
+        self.assertEqual(drv["metadata"]["name"], "csi.example.org")
+
+
+class RenderedChartTest(unittest.TestCase):
+    def setUp(self):
+        self.objs = chart_objects(*ALL_OPTIONAL)
+
+    def test_every_container_is_locked_down(self):
+        check_security(self, self.objs, "chart")
+
+    def test_snapshot_wiring(self):
+        check_snapshot_wiring(self, self.objs, "chart")
+
+    def test_sidecar_and_controller_args_are_flags_of_the_pinned_releases(self):
+        (ds,) = [o for o in self.objs if o["kind"] == "DaemonSet"]
+        check_sidecar_args(self, daemonset_containers(ds))
+        for name, spec in SIDECARS.items():
+            self.assertEqual(daemonset_containers(ds)[name]["image"],
+                             f"{spec['image']}:{spec['tag']}", name)
+        (ctrl,) = [o for o in self.objs if o["kind"] == "Deployment"]
+        (c,) = ctrl["spec"]["template"]["spec"]["containers"]
+        self.assertEqual(c["image"], f"{SNAPSHOT_CONTROLLER['image']}:{SNAPSHOT_CONTROLLER['tag']}")
+        check_args(self, "snapshot-controller", SNAPSHOT_CONTROLLER, c["args"])
+
+    def test_csidriver_asks_for_selinux_mounts(self):
+        (drv,) = [o for o in self.objs if o["kind"] == "CSIDriver"]
+        self.assertIs(drv["spec"]["seLinuxMount"], True)
+
+    def test_metrics_service_and_monitor_reach_the_driver_port(self):
+        (ds,) = [o for o in self.objs if o["kind"] == "DaemonSet"]
+        drv = daemonset_containers(ds)["stellarium-csi"]
+        port = int(next(a for a in drv["args"] if a.startswith("--metrics-address=")).rsplit(":", 1)[1])
+        self.assertIn({"name": "metrics", "containerPort": port, "protocol": "TCP"}, drv["ports"])
+        (svc,) = [o for o in self.objs if o["kind"] == "Service"]
+        self.assertEqual(svc["spec"]["clusterIP"], "None")
+        pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+        self.assertLessEqual(svc["spec"]["selector"].items(), pod_labels.items())
+        self.assertEqual(svc["spec"]["ports"], [{"name": "metrics", "port": port,
+                                                 "targetPort": "metrics", "protocol": "TCP"}])
+        (mon,) = [o for o in self.objs if o["kind"] == "ServiceMonitor"]
+        self.assertLessEqual(mon["spec"]["selector"]["matchLabels"].items(),
+                             svc["metadata"]["labels"].items())
+        self.assertEqual(mon["spec"]["endpoints"][0]["port"], "metrics")
+        self.assertEqual(mon["spec"]["namespaceSelector"]["matchNames"], [NAMESPACE])
+        labelled = chart_objects("--set", "metrics.serviceMonitor.create=true",
+                                 "--set", "metrics.serviceMonitor.labels.release=prom")
+        (mon,) = [o for o in labelled if o["kind"] == "ServiceMonitor"]
+        self.assertEqual(mon["metadata"]["labels"]["release"], "prom")
+
+    def test_notes_tell_how_to_allow_privileged_pods(self):
+        r = helm("install", "--dry-run=client", "stellarium-csi", str(CHART),
+                 "--namespace", NAMESPACE)
+        notes = r.stdout.split("NOTES:", 1)[1]
+        self.assertIn(f"kubectl label namespace {NAMESPACE} "
+                      "pod-security.kubernetes.io/enforce=privileged", notes)
+        self.assertIn("--enable-distributed-snapshotting=true", notes)
 
 
 class ValuesTest(unittest.TestCase):
@@ -94,7 +183,7 @@ class ValuesTest(unittest.TestCase):
         self.values = values()
         self.schema = json.loads((CHART / "values.schema.json").read_text())
         self.used = set()
-        for path in list(TEMPLATES.glob("*")):
+        for path in TEMPLATES.glob("*"):
             self.used |= values_paths(path.read_text())
 
     def test_every_values_path_in_templates_exists_in_values_and_schema(self):
@@ -102,8 +191,8 @@ class ValuesTest(unittest.TestCase):
         for path in sorted(self.used):
             try:
                 lookup(self.values, path)
-            except KeyError as e:
-                self.fail(f".Values.{path} used in a template, but values.yaml has no {e}")
+            except KeyError:
+                self.fail(f".Values.{path} used in a template, but values.yaml lacks it")
             try:
                 schema_node(self.schema, path)
             except KeyError:
@@ -113,12 +202,6 @@ class ValuesTest(unittest.TestCase):
         for leaf in leaves(self.values):
             self.assertTrue(any(leaf == u or leaf.startswith(u + ".") for u in self.used),
                             f"values.yaml {leaf} is used by no template")
-
-    def test_every_storage_class_key_is_used(self):
-        text = (TEMPLATES / "storageclasses.yaml").read_text()
-        for sc in self.values["storageClasses"]:
-            for key in sc:
-                self.assertRegex(text, r"\{\{[^}]*\s\." + key + r"\b", f"storageClasses[].{key}")
 
     def test_schema_is_valid_and_accepts_the_defaults(self):
         jsonschema.Draft7Validator.check_schema(self.schema)
@@ -136,6 +219,8 @@ class ValuesTest(unittest.TestCase):
             ("importRoots", lambda v: v["node"].__setitem__("importRoots", ["images"])),
             ("metricsPort", lambda v: v["node"].__setitem__("metricsPort", 70000)),
             ("pullPolicy", lambda v: v["image"]["csiProvisioner"].__setitem__("pullPolicy", "Sometimes")),
+            ("serviceMonitor", lambda v: v["metrics"]["serviceMonitor"].__setitem__("enabled", True)),
+            ("replicas", lambda v: v["snapshotController"].__setitem__("replicas", 0)),
         ]
         validator = jsonschema.Draft7Validator(self.schema)
         for name, mutate in cases:
@@ -146,80 +231,13 @@ class ValuesTest(unittest.TestCase):
             text = " ".join(f"{'/'.join(map(str, e.absolute_path))} {e.message}" for e in errors)
             self.assertIn(name, text, f"the error should name {name}: {text}")
 
-
-class ChartAgreesWithManifestsTest(unittest.TestCase):
-    def setUp(self):
-        self.values = values()
-        self.manifests = [doc for _, doc in install_objects()]
-
-    def test_objects_match_manifests(self):
-        chart = [(f, n, d) for f, n, d in chart_objects() if d["kind"] not in NOT_IN_CHART]
-        wanted = [d for d in self.manifests if d["kind"] not in NOT_IN_CHART]
-        matched = set()
-        for fname, n, doc in chart:
-            cmp = Comparer(n, self.values)
-            candidates = [i for i, m in enumerate(wanted) if m["kind"] == doc["kind"]
-                          and cmp.matches_scalar(doc["metadata"]["name"], m["metadata"]["name"])]
-            self.assertEqual(len(candidates), 1,
-                             f"{fname}: {doc['kind']} {doc['metadata']['name']} matches "
-                             f"{len(candidates)} manifests/ objects")
-            (i,) = candidates
-            self.assertNotIn(i, matched)
-            matched.add(i)
-            cmp.compare(doc, wanted[i], f"{fname} {doc['kind']}")
-            self.assertEqual(cmp.errors, [], "\n".join(cmp.errors))
-        missing = [f"{m['kind']} {m['metadata']['name']}" for i, m in enumerate(wanted)
-                   if i not in matched]
-        self.assertEqual(missing, [], "manifests/ objects with no chart template")
-
-    def test_images_match_manifests(self):
-        (ds,) = [d for d in self.manifests if d["kind"] == "DaemonSet"]
-        containers = daemonset_containers(ds)
-        keys = {"stellarium-csi": "stellarium", "fd-holder": "stellarium",
-                "csi-provisioner": "csiProvisioner",
-                "csi-snapshotter": "csiSnapshotter", "csi-resizer": "csiResizer",
-                "node-driver-registrar": "nodeDriverRegistrar", "liveness-probe": "livenessProbe"}
-        self.assertEqual(set(keys), set(containers))
-        self.assertEqual(set(keys.values()), set(self.values["image"]))
-        for name, key in keys.items():
-            img = self.values["image"][key]
-            self.assertEqual(f"{img['repository']}:{img['tag']}", containers[name]["image"], name)
-            self.assertEqual(img["pullPolicy"], containers[name]["imagePullPolicy"], name)
-
-    def test_chart_sidecar_args_are_flags_of_the_pinned_releases(self):
-        (fname, n, ds) = next(o for o in chart_objects() if o[2]["kind"] == "DaemonSet")
-        cmp = Comparer(n, self.values)
-
-        def substitute(text):
-            # .Values references take their default; other actions stay placeholders.
-            def sub(m):
-                known, value = cmp._value_of(n.actions[int(m.group(2))])
-                return str(value) if known else m.group(0)
-            return PLACEHOLDER_RE.sub(sub, text)
-
-        def resolve(arg):
-            name = arg.split("=", 1)[0]
-            self.assertFalse(PLACEHOLDER_RE.search(name), f"{fname}: templated flag name {arg}")
-            return substitute(arg)
-
-        check_sidecar_args(self, daemonset_containers(ds), resolve)
-        for name, spec in SIDECARS.items():
-            c = daemonset_containers(ds)[name]
-            self.assertEqual(substitute(c["image"]), f"{spec['image']}:{spec['tag']}", name)
-
-    def test_storage_classes_match_manifests(self):
-        sc_manifests = {d["metadata"]["name"]: d for d in self.manifests
-                        if d["kind"] == "StorageClass"}
-        self.assertEqual({sc["name"] for sc in self.values["storageClasses"]}, set(sc_manifests))
+    def test_storage_classes_render_from_values(self):
+        rendered = {o["metadata"]["name"]: o for o in chart_objects() if o["kind"] == "StorageClass"}
+        self.assertEqual(set(rendered), {sc["name"] for sc in self.values["storageClasses"]})
         for sc in self.values["storageClasses"]:
-            m = sc_manifests[sc["name"]]
-            self.assertEqual(sc["parameters"], m["parameters"], sc["name"])
-            self.assertEqual(sc["reclaimPolicy"], m["reclaimPolicy"], sc["name"])
-            self.assertEqual(sc["allowVolumeExpansion"], m["allowVolumeExpansion"], sc["name"])
-            self.assertEqual(self.values["driver"]["name"], m["provisioner"])
-            self.assertEqual(m["volumeBindingMode"], "WaitForFirstConsumer")
-        (fname, n, doc) = next(o for o in chart_objects() if o[2]["kind"] == "StorageClass")
-        self.assertEqual(doc["volumeBindingMode"], "WaitForFirstConsumer")
+            obj = rendered[sc["name"]]
+            self.assertEqual(obj["parameters"], sc["parameters"])
+            self.assertEqual(obj["volumeBindingMode"], "WaitForFirstConsumer")
 
 
 if __name__ == "__main__":

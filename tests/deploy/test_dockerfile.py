@@ -1,44 +1,39 @@
-"""The Dockerfile, read as text (no Docker engine runs here): two bookworm stages, the
-build stage installs the project's own package lists and stages the runtime set with
-scripts/stage-runtime.sh, the runtime stage copies exactly that set, and every file the
-build context needs is in the context."""
+"""The Dockerfile, read as text (no Docker engine runs here): two bookworm stages; the
+build stage installs the build package list only and stages the project's binaries
+with scripts/stage-runtime.sh; the runtime stage installs the runtime package list only
+and copies exactly the staged binaries; every file the build context needs is in it.
+test_runtime_image.py runs what these stages produce."""
 
 import fnmatch
 import re
+import subprocess
 import unittest
 
 from common import REPO
+from dockerfile import installed_lists, runs, smoke_commands, staged_binaries, stages
+
+DEPS = REPO / "scripts" / "deps"
+# Tools that belong to tests and fuzzing, never to the image's build stage.
+TEST_TOOLS = {"qemu-system-x86", "qemu-utils", "busybox-static", "clang", "libclang-rt-14-dev",
+              "libgtest-dev", "libgmock-dev", "debootstrap", "python3-yaml", "git"}
 
 
-def instructions(text):
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    out, current = [], ""
-    for line in text.splitlines():
-        if not current and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        current += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip()
-        if not line.endswith("\\"):
-            word, _, rest = current.partition(" ")
-            out.append((word.upper(), rest.strip()))
-            current = ""
-    return out
+def package_list(*names):
+    """The packages install-deps.sh installs for these lists on this architecture."""
+    args = ["bash", str(REPO / "scripts" / "install-deps.sh"), "--print"]
+    for name in names:
+        args += ["--only", name]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError(f"install-deps.sh --print {names}: {r.stderr}")
+    return set(r.stdout.split())
 
 
 class DockerfileTest(unittest.TestCase):
     def setUp(self):
-        self.ins = instructions((REPO / "Dockerfile").read_text())
-        self.args = {a.split("=", 1)[0]: a.split("=", 1)[1] for i, a in self.ins
-                     if i == "ARG" and "=" in a}
-        self.stages = {}
-        name = None
-        for i, a in self.ins:
-            if i == "FROM":
-                m = re.fullmatch(r"(\S+) AS (\S+)", a)
-                self.assertIsNotNone(m, f"FROM without a stage name: {a}")
-                name = m.group(2)
-                self.stages[name] = {"from": m.group(1), "ins": []}
-            elif name:
-                self.stages[name]["ins"].append((i, a))
+        self.stages = stages()
+        text = (REPO / "Dockerfile").read_text()
+        self.args = dict(m.groups() for m in re.finditer(r"^ARG (\w+)=(\S+)", text, re.M))
 
     def base(self, stage):
         image = self.stages[stage]["from"]
@@ -49,24 +44,51 @@ class DockerfileTest(unittest.TestCase):
         self.assertEqual(self.base("build"), "debian:bookworm")
         self.assertEqual(self.base("runtime"), "debian:bookworm-slim")
 
-    def test_build_stage_uses_the_project_package_lists_and_stages_the_binaries(self):
-        runs = " ".join(a for i, a in self.stages["build"]["ins"] if i == "RUN")
-        self.assertIn("scripts/install-deps.sh", runs)
-        self.assertRegex(runs, r"--target stellarium stellarium-csi")
-        self.assertRegex(runs, r"scripts/stage-runtime\.sh /build /out stellarium stellarium-csi")
+    def test_build_stage_installs_build_dependencies_only(self):
+        self.assertEqual(installed_lists("build"), ["build"])
         copies = [a for i, a in self.stages["build"]["ins"] if i == "COPY"]
-        self.assertIn("scripts/deps/ /src/scripts/deps/", copies)
+        self.assertIn("scripts/deps/build.txt /src/scripts/deps/build.txt", copies)
+        self.assertFalse(any(c.startswith("scripts/deps/ ") for c in copies),
+                         "the build stage must not see the other lists")
+        self.assertNotRegex(runs("build"), r"apt-get\s+install",
+                            "packages come from scripts/deps/build.txt only")
+        build = package_list("build")
+        self.assertEqual(build & TEST_TOOLS, set(), "test tools in scripts/deps/build.txt")
+        self.assertEqual(build & package_list("test"), set(),
+                         "a package is both in build.txt and test.txt")
 
-    def test_runtime_stage_has_the_tools_and_only_the_staged_set(self):
+    def test_build_stage_stages_the_shipped_binaries_stripped(self):
+        names = staged_binaries()
+        self.assertEqual(names, ["stellarium", "stellarium-csi", "stellarium-fd-holder",
+                                 "stellarium-csi-client"])
+        build = runs("build")
+        self.assertRegex(build, r"--target " + " ".join(names))
+        # Each staged name is a CMake executable target of this tree.
+        targets = set()
+        for cmake in REPO.glob("**/CMakeLists.txt"):
+            if "build" not in cmake.relative_to(REPO).parts[:1]:
+                targets |= set(re.findall(r"add_executable\(\s*([\w.-]+)", cmake.read_text()))
+        for name in names:
+            self.assertIn(name, targets, f"{name}: no add_executable target")
+        script = (REPO / "scripts" / "stage-runtime.sh").read_text()
+        self.assertIn("strip --strip-all", script)
+        self.assertNotIn("ldd", script, "libraries come from Debian packages, not the build stage")
+
+    def test_runtime_stage_installs_the_runtime_list_and_copies_only_the_binaries(self):
+        self.assertEqual(installed_lists("runtime"), ["runtime"])
         ins = self.stages["runtime"]["ins"]
-        runs = " ".join(a for i, a in ins if i == "RUN")
-        for pkg in ("e2fsprogs", "util-linux", "mount", "fuse3"):
-            self.assertRegex(runs, rf"\b{pkg}\b")
+        run = runs("runtime")
+        self.assertNotRegex(run, r"apt-get\s+install", "packages come from runtime.txt only")
+        self.assertIn("rm -rf /var/lib/apt/lists/*", run)
         copies = [a for i, a in ins if i == "COPY"]
-        self.assertEqual(copies, ["--from=build /out/ /opt/stellarium/"])
-        self.assertIn("/usr/local/bin/stellarium --version", runs)
-        self.assertIn("/usr/local/bin/stellarium-csi --version", runs)
-        self.assertEqual([a for i, a in ins if i == "ENTRYPOINT"], ['["/usr/local/bin/stellarium-csi"]'])
+        self.assertEqual(copies, ["--from=build /out/ /"])
+        self.assertEqual(sorted(smoke_commands()), sorted(staged_binaries()),
+                         "the runtime stage starts every staged binary")
+        self.assertEqual([a for i, a in ins if i == "ENTRYPOINT"],
+                         ['["/usr/local/bin/stellarium-csi"]'])
+        runtime = package_list("runtime")
+        self.assertIn("ca-certificates", runtime)
+        self.assertEqual(runtime & TEST_TOOLS, set())
 
     def test_runtime_stage_is_non_root_labelled_and_states_its_health_check(self):
         ins = self.stages["runtime"]["ins"]
@@ -80,19 +102,42 @@ class DockerfileTest(unittest.TestCase):
     def test_copied_sources_exist_and_are_not_docker_ignored(self):
         ignore = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines()
                   if l.strip() and not l.startswith("#")]
-        needed = ["scripts/install-deps.sh", "scripts/deps/core.txt", "scripts/stage-runtime.sh",
-                  "CMakeLists.txt", "core", "builder", "csi"]
-        for i, a in self.stages["build"]["ins"]:
-            if i == "COPY" and not a.startswith("--from"):
-                src = a.split()[0]
-                if src != ".":
-                    needed.append(src.rstrip("/"))
+        needed = ["scripts/install-deps.sh", "scripts/deps/build.txt", "scripts/deps/runtime.txt",
+                  "scripts/stage-runtime.sh", "CMakeLists.txt", "core", "builder", "csi"]
+        for stage in self.stages.values():
+            for i, a in stage["ins"]:
+                if i == "COPY" and not a.startswith("--from"):
+                    src = a.split()[0]
+                    if src != ".":
+                        needed.append(src.rstrip("/"))
+        for m in re.finditer(r"--mount=type=bind,source=([\w./-]+)", runs("runtime")):
+            needed.append(m.group(1))
         for path in needed:
             self.assertTrue((REPO / path).exists(), f"COPY source {path} is missing")
             for pattern in ignore:
                 self.assertFalse(fnmatch.fnmatch(path, pattern.rstrip("/")) or
                                  fnmatch.fnmatch(path.split("/")[0] + "/", pattern),
                                  f".dockerignore pattern {pattern} hides {path}")
+
+
+class InstallDepsTest(unittest.TestCase):
+    """scripts/install-deps.sh: what CI installs covers every list; --only is exact."""
+
+    def test_default_installs_build_runtime_and_test(self):
+        everything = package_list("build", "runtime", "test")
+        r = subprocess.run(["bash", str(REPO / "scripts" / "install-deps.sh"), "--print"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(set(r.stdout.split()), everything)
+        self.assertEqual({p.stem for p in DEPS.glob("*.txt")},
+                         {"build", "runtime", "test", "bench"},
+                         "a new list must be installed by default (or be bench.txt)")
+
+    def test_unknown_list_is_named(self):
+        r = subprocess.run(["bash", str(REPO / "scripts" / "install-deps.sh"), "--print",
+                            "--only", "nope"], capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("there is no scripts/deps/nope.txt", r.stderr)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import unittest
 import yaml
 
 from common import DOCS, REPO, values
-from sidecar_flags import SIDECARS, STELLARIUM_CSI_FLAGS
+from sidecar_flags import SIDECARS, SNAPSHOT_CONTROLLER, STELLARIUM_CSI_FLAGS
 
 DOC_FILES = ("install.md", "usage.md", "configuration.md", "troubleshooting.md", "upgrade.md")
 
@@ -114,11 +114,13 @@ class DocsTest(unittest.TestCase):
                 self.assertTrue((REPO / ref).exists(), f"docs/{name} names {ref}, which does not exist")
 
     def test_quoted_sidecar_versions_are_the_pinned_ones(self):
-        pinned = {spec["image"].rsplit("/", 1)[1]: spec["tag"] for spec in SIDECARS.values()}
+        pinned = {spec["image"].rsplit("/", 1)[1]: spec["tag"]
+                  for spec in [*SIDECARS.values(), SNAPSHOT_CONTROLLER]}
         for name in DOC_FILES:
             text = (DOCS / name).read_text()
             for image, tag in re.findall(r"\b(csi-provisioner|csi-snapshotter|csi-resizer|"
-                                         r"csi-node-driver-registrar|livenessprobe):(v[0-9.]+)", text):
+                                         r"csi-node-driver-registrar|livenessprobe|"
+                                         r"snapshot-controller):(v[0-9.]+)", text):
                 self.assertEqual(tag, pinned[image], f"docs/{name} quotes {image}:{tag}")
 
     def test_microvm_descriptors_match_what_the_driver_writes(self):

@@ -1,5 +1,6 @@
 """manifests/: every file parses into Kubernetes objects, the install set is complete
-and consistent, and every container argument is a flag the pinned sidecar has."""
+and consistent (and `kubectl kustomize` builds it), every container is locked down, and
+every container argument is a flag the pinned sidecar has."""
 
 import os
 import pathlib
@@ -12,8 +13,10 @@ import unittest
 import yaml
 
 from common import (MANIFESTS, daemonset_containers, flag_name, install_objects,
-                    load_docs, manifest_files)
-from sidecar_flags import REQUIRED_ARGS, SIDECARS, STELLARIUM_CSI_FLAGS
+                    load_docs, manifest_files, stop_process)
+from rendered import (OPTIONAL_KUSTOMIZATIONS, all_manifest_objects, check_security,
+                      check_snapshot_wiring, key, kustomize_objects)
+from sidecar_flags import REQUIRED_ARGS, SIDECARS, SNAPSHOT_CONTROLLER, STELLARIUM_CSI_FLAGS
 
 DRIVER = "csi.stellarium.io"
 
@@ -47,16 +50,30 @@ class ManifestFilesTest(unittest.TestCase):
                          "kustomization.yaml resources must be every manifests/*.yaml")
 
     def test_kustomize_build_yields_the_same_objects(self):
-        kubectl = shutil.which("kubectl")
-        if not kubectl:
-            self.skipTest("kubectl is not installed: `kubectl kustomize` cannot be run here")
-        out = subprocess.run([kubectl, "kustomize", str(MANIFESTS)], capture_output=True,
-                             text=True, timeout=120)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        built = sorted((d["kind"], d["metadata"]["name"])
-                       for d in yaml.safe_load_all(out.stdout) if d)
-        expected = sorted((d["kind"], d["metadata"]["name"]) for _, d in install_objects())
+        built = sorted(key(d) for d in kustomize_objects())
+        expected = sorted(key(d) for _, d in install_objects())
         self.assertEqual(built, expected)
+
+    def test_optional_kustomizations_list_exactly_their_files(self):
+        for sub in OPTIONAL_KUSTOMIZATIONS:
+            kust = load_docs(MANIFESTS / sub / "kustomization.yaml")[0]
+            on_disk = sorted(str(p.relative_to(MANIFESTS / sub))
+                             for p in (MANIFESTS / sub).rglob("*.yaml")
+                             if p.name != "kustomization.yaml")
+            self.assertEqual(sorted(kust["resources"]), on_disk, sub)
+            built = sorted(key(d) for d in kustomize_objects(sub))
+            files = sorted(key(d) for f in on_disk for d in load_docs(MANIFESTS / sub / f))
+            self.assertEqual(built, files, sub)
+
+    def test_chart_crds_are_the_manifests_crds(self):
+        # One copy: the chart's crds/ are links to manifests/snapshot-controller/crds/.
+        crds = MANIFESTS / "snapshot-controller" / "crds"
+        chart_crds = MANIFESTS.parent / "charts" / "stellarium-csi" / "crds"
+        self.assertEqual(sorted(p.name for p in chart_crds.iterdir()),
+                         sorted(p.name for p in crds.iterdir()))
+        for p in chart_crds.iterdir():
+            self.assertTrue(p.is_symlink(), f"{p} must link to {crds / p.name}")
+            self.assertEqual(p.resolve(), (crds / p.name).resolve())
 
     def test_namespaced_objects_live_in_the_driver_namespace(self):
         ns = objects_of("Namespace")
@@ -91,7 +108,24 @@ class ManifestFilesTest(unittest.TestCase):
         self.assertEqual(drv["metadata"]["name"], DRIVER)
         self.assertEqual(drv["spec"], {
             "attachRequired": False, "podInfoOnMount": True, "storageCapacity": True,
-            "fsGroupPolicy": "File", "volumeLifecycleModes": ["Persistent"]})
+            "fsGroupPolicy": "File", "seLinuxMount": True,
+            "volumeLifecycleModes": ["Persistent"]})
+
+    def test_every_container_is_locked_down(self):
+        check_security(self, all_manifest_objects(), "manifests/")
+
+    def test_snapshot_wiring(self):
+        objs = all_manifest_objects()
+        check_snapshot_wiring(self, objs, "manifests/")
+        (ctrl,) = [o for o in objs if o["kind"] == "Deployment"]
+        (c,) = ctrl["spec"]["template"]["spec"]["containers"]
+        self.assertEqual(c["image"], f"{SNAPSHOT_CONTROLLER['image']}:{SNAPSHOT_CONTROLLER['tag']}")
+        check_args(self, "snapshot-controller", SNAPSHOT_CONTROLLER, c["args"])
+
+    def test_namespace_allows_privileged_pods(self):
+        (ns,) = objects_of("Namespace")
+        self.assertEqual(ns["metadata"]["labels"].get("pod-security.kubernetes.io/enforce"),
+                         "privileged")
 
     def test_storage_classes_bind_on_first_consumer(self):
         classes = objects_of("StorageClass")
@@ -306,14 +340,7 @@ class ShippedClassesAgainstDriverTest(unittest.TestCase):
         self.addCleanup(log.close)
         proc = subprocess.Popen([self.bin, *args], stdout=log, stderr=subprocess.STDOUT)
 
-        def stop():
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.addCleanup(stop)
+        self.addCleanup(stop_process, proc)
         for _ in range(300):  # the socket appears once the server listens
             if os.path.exists(f"{self.tmp}/csi.sock") or proc.poll() is not None:
                 break
@@ -352,18 +379,23 @@ class ShippedClassesAgainstDriverTest(unittest.TestCase):
         self.assertEqual(restored["context.stellarium.io/source-kind"], "snapshot")
 
 
-def check_sidecar_args(test, containers, resolve=lambda arg: arg):
+def check_args(test, name, spec, args):
+    """Every arg is a flag of the pinned release `spec`, every feature gate one it has."""
+    for arg in args:
+        flag = flag_name(arg)
+        test.assertIsNotNone(flag, f"{name}: positional argument {arg!r}")
+        test.assertIn(flag, spec["flags"],
+                      f"{name} {spec['tag']} has no flag --{flag} (source: {spec['source']})")
+        if flag == "feature-gates":
+            for gate in arg.split("=", 1)[1].split(","):
+                test.assertIn(gate.split("=")[0], spec["feature_gates"], f"{name}: {arg}")
+
+
+def check_sidecar_args(test, containers):
     """Every arg of every sidecar is a flag of its pinned release; required ones are set."""
     for name, spec in SIDECARS.items():
-        args = [resolve(a) for a in containers[name]["args"]]
-        for arg in args:
-            flag = flag_name(arg)
-            test.assertIsNotNone(flag, f"{name}: positional argument {arg!r}")
-            test.assertIn(flag, spec["flags"],
-                          f"{name} {spec['tag']} has no flag --{flag} (source: {spec['source']})")
-            if flag == "feature-gates":
-                for gate in arg.split("=", 1)[1].split(","):
-                    test.assertIn(gate.split("=")[0], spec["feature_gates"], f"{name}: {arg}")
+        args = containers[name]["args"]
+        check_args(test, name, spec, args)
         for required in REQUIRED_ARGS.get(name, ()):
             test.assertIn(required, args, f"{name} needs {required} for distributed provisioning")
 

@@ -36,3 +36,19 @@ app.kubernetes.io/component: node
 {{- define "stellarium-csi.socketDir" -}}
 {{- printf "%s/plugins/%s" .Values.kubeletDir .Values.driver.name }}
 {{- end }}
+
+{{/*
+The securityContext of every node-pod container but the driver: root without any
+capability, no privilege escalation, a read-only root file system. Root because the
+sockets these containers use are root's with mode 0600 (the driver's CSI socket, the fd
+holder's socket) or live in root's kubelet directory (the registration socket); no
+capability because owning a file needs none.
+*/}}
+{{- define "stellarium-csi.rootWithoutCapabilities" -}}
+runAsUser: 0
+runAsGroup: 0
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end }}
