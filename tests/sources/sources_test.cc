@@ -493,6 +493,34 @@ TEST_F(SourcesTest, UnsupportedAndMalformedFormatsAreInvalidArgument) {
   }
 }
 
+// A truncated container says where it ends, so a user can tell a cut download from a
+// damaged one (issue 18: "refused with an error naming the file and offset").
+TEST_F(SourcesTest, TruncatedContainersNameTheFileAndTheOffset) {
+  const uint64_t before = Chunks();
+  for (const char* f : {"disk.img.gz", "disk.img.xz", "disk.img.zst", "disk.qcow2"}) {
+    SCOPED_TRACE(f);
+    const std::string whole = ReadFile(*www_ / f);
+    const std::string cut = dir_ / (std::string("cut-") + f);
+    WriteFile(cut, whole.substr(0, whole.size() / 2));
+    ImageSourceSpec spec;
+    spec.path = cut;
+    auto r = Import("cut", spec);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+    EXPECT_NE(r.status().message().find("image " + cut + ": "), std::string::npos) << r.status().ToString();
+    EXPECT_NE(r.status().message().find("file offset"), std::string::npos) << r.status().ToString();
+    unlink(cut.c_str());
+    ExpectNothingLeft("cut", before);
+  }
+  const std::string header = dir_ / "header.qcow2";
+  WriteFile(header, ReadFile(*www_ / "disk.qcow2").substr(0, 50));
+  ImageSourceSpec spec;
+  spec.path = header;
+  auto r = Import("cut", spec);
+  EXPECT_NE(r.status().message().find("qcow2 header is truncated at file offset 50"), std::string::npos)
+      << r.status().ToString();
+}
+
 TEST_F(SourcesTest, MaxSizeIsOutOfRange) {
   ImageSourceSpec spec = Url("/disk.img");
   spec.max_size_bytes = kImageBytes - 4096;
