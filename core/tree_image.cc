@@ -72,14 +72,18 @@ Status BuildExt4FromTree(const std::string& dir, uint64_t size, const std::strin
   std::string out;
   Status s = RunProgramOk(argv, {"E2FSPROGS_FAKE_TIME=1700000000"}, &out);
   if (!s.ok()) {
+    const uint64_t fits = DefaultImageSize(t);
     bool full = s.message().find("Could not allocate") != std::string::npos ||
                 s.message().find("No space") != std::string::npos ||
                 s.message().find("not enough") != std::string::npos;
-    if (full) {
-      return fail(Status::ResourceExhausted("directory " + dir + " does not fit in an image of " +
-                                            std::to_string(size) + " bytes (it holds about " +
-                                            std::to_string(t.file_bytes) + " bytes of data); " +
-                                            "give a larger --size"));
+    // Below the default size any refusal of mkfs (too little space for the data, the
+    // inode table or the journal) means the same thing to the user: a larger size.
+    if (full || size < fits) {
+      return fail(Status::OutOfRange(
+          "directory " + dir + " does not fit in an image of " + std::to_string(size) +
+          " bytes: it holds about " + std::to_string(t.file_bytes) + " bytes of data in " +
+          std::to_string(t.inodes) + " files and directories; an image of " + std::to_string(fits) +
+          " bytes fits it"));
     }
     return fail(s.Annotate("build image from " + dir));
   }

@@ -3,16 +3,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cctype>
-#include <filesystem>
 #include <sstream>
 
-#include <unistd.h>
-
-#include "core/image_source.h"
+#include "core/provision.h"
 #include "core/sources/http_source.h"
-#include "core/tree_image.h"
 #include "csi/node_service.h"
 #include "csi/paths.h"
 #include "csi/server.h"
@@ -150,132 +145,6 @@ Volume ControllerService::ToCsi(const VolumeInfo& info) const {
 // CreateVolume
 // ---------------------------------------------------------------------------------------
 
-Result<VolumeInfo> ControllerService::CreateFromSource(
-    const CreateVolumeRequest& req, const VolumeParams& params,
-    const std::optional<ImportedImage>& url_image) {
-  const uint64_t required = static_cast<uint64_t>(req.capacity_range().required_bytes());
-  const uint64_t limit = static_cast<uint64_t>(req.capacity_range().limit_bytes());
-  ::stellarium::CreateVolumeRequest creq;
-  creq.name = req.name();
-  creq.attributes = params.ToAttributes();
-  creq.block_size = params.block_size;
-  const uint32_t block_size =
-      params.block_size ? params.block_size : driver_->store->options().default_block_size;
-
-  auto fit = [&](uint64_t source_size, uint32_t bs, const std::string& what) -> Result<uint64_t> {
-    uint64_t size = RoundUp(std::max(required, source_size), bs);
-    if (limit > 0 && size > limit) {
-      return Status::OutOfRange(what + " needs " + std::to_string(size) +
-                                " bytes, more than limit_bytes " + std::to_string(limit));
-    }
-    return size;
-  };
-
-  if (req.has_volume_content_source()) {
-    const VolumeContentSource& src = req.volume_content_source();
-    if (src.has_snapshot()) {
-      const std::string& snap_id = src.snapshot().snapshot_id();
-      ASSIGN_OR_RETURN(SnapshotInfo snap, driver_->store->GetSnapshot(snap_id));
-      if (params.block_size && params.block_size != snap.block_size) {
-        return Status::InvalidArgument("parameter blockSize " + std::to_string(params.block_size) +
-                                       " differs from source snapshot " + snap_id + "'s " +
-                                       std::to_string(snap.block_size));
-      }
-      ASSIGN_OR_RETURN(creq.size_bytes,
-                       fit(snap.size_bytes, snap.block_size, "source snapshot " + snap_id));
-      return driver_->store->CreateVolumeFromSnapshot(creq, snap_id);
-    }
-    const std::string& vol_id = src.volume().volume_id();
-    ASSIGN_OR_RETURN(VolumeInfo source, driver_->store->GetVolume(vol_id));
-    if (params.block_size && params.block_size != source.block_size) {
-      return Status::InvalidArgument("parameter blockSize " + std::to_string(params.block_size) +
-                                     " differs from source volume " + vol_id + "'s " +
-                                     std::to_string(source.block_size));
-    }
-    ASSIGN_OR_RETURN(creq.size_bytes,
-                     fit(source.size_bytes, source.block_size, "source volume " + vol_id));
-    // A source in use on this node: its latest writes must be in the store first.
-    auto source_lock = driver_->locks.Acquire(Driver::VolumeKey(vol_id));
-    RETURN_IF_ERROR(node_->FlushVolume(vol_id));
-    return driver_->store->CloneVolume(creq, vol_id);
-  }
-
-  if (!params.url.empty()) {
-    const std::string what = "url " + RedactUrl(params.url);
-    if (!url_image) {
-      // The volume existed before the import and was deleted since: start over.
-      return Status::Aborted("volume " + req.name() + " from " + what + " changed meanwhile; retry");
-    }
-    const ImportedImage& img = *url_image;
-    creq.block_size = img.block_size;
-    creq.size_bytes = RoundUp(std::max(required, img.size_bytes), img.block_size);
-    if (limit > 0 && creq.size_bytes > limit) {
-      return Status::OutOfRange(what + ": image needs " + std::to_string(creq.size_bytes) +
-                                " bytes, more than limit_bytes " + std::to_string(limit));
-    }
-    Result<VolumeInfo> v = importer_->CloneFrom(creq, img.digest);
-    if (!v.ok() && v.status().IsNotFound()) {
-      return Status::Aborted(what + ": its image was released while this volume was being made; retry");
-    }
-    if (v.ok()) {
-      spdlog::info("volume {} ({}): clone of image {} from {}{}", v->id, req.name(), img.digest, what,
-                   img.downloaded ? "" : " (no download: the node had it)");
-    }
-    return v;
-  }
-
-  if (!params.image.empty() || !params.image_dir.empty()) {
-    const bool from_tree = !params.image_dir.empty();
-    const std::string what = from_tree ? "parameter imageDir" : "parameter image";
-    ASSIGN_OR_RETURN(std::string path,
-                     ResolveUnderAnyRoot(what, from_tree ? params.image_dir : params.image,
-                                         driver_->options.import_root));
-    std::string built;  // the temporary image built from a tree
-    if (from_tree) {
-      ASSIGN_OR_RETURN(TreeSize tree, MeasureTree(path));
-      uint64_t image_size = std::max<uint64_t>(DefaultImageSize(tree), RoundUp(required, block_size));
-      ASSIGN_OR_RETURN(image_size, fit(image_size, block_size, "imageDir " + path));
-      static std::atomic<uint64_t> counter{0};
-      const std::string tmp_dir = driver_->options.state_dir + "/tmp";
-      std::error_code ec;
-      std::filesystem::create_directories(tmp_dir, ec);
-      if (ec) return Status::Internal("create " + tmp_dir + ": " + ec.message());
-      built = tmp_dir + "/tree-" + std::to_string(::getpid()) + "-" +
-              std::to_string(counter.fetch_add(1)) + ".img";
-      RETURN_IF_ERROR(BuildExt4FromTree(path, image_size, kTreeImageLabel, built));
-    }
-    struct Cleanup {
-      std::string path;
-      ~Cleanup() {
-        if (!path.empty()) ::unlink(path.c_str());
-      }
-    } cleanup{built};
-    ASSIGN_OR_RETURN(std::unique_ptr<ImageSource> source,
-                     OpenFileImageSource(from_tree ? built : path));
-    const uint64_t image_size = source->Size().value_or(0);
-    ASSIGN_OR_RETURN(creq.size_bytes, fit(image_size, block_size, "image " + path));
-    ImportOptions options;
-    options.volume = creq;
-    options.pad_to_block = true;
-    ASSIGN_OR_RETURN(ImportResult imported, driver_->store->ImportImage(*source, options));
-    spdlog::info("volume {} ({}): imported {} ({} bytes, {} new chunks{})", imported.volume.id,
-                 req.name(), path, imported.summary.raw_bytes, imported.summary.new_chunks,
-                 imported.summary.reused_image ? ", image already known: cloned" : "");
-    return imported.volume;
-  }
-
-  uint64_t size = required ? required : kDefaultVolumeBytes;
-  if (!required && limit) size = std::min<uint64_t>(size, limit);
-  size = RoundUp(size, block_size);
-  if (limit > 0 && size > limit) {
-    return Status::OutOfRange("capacity_range " + DescribeRange(req.capacity_range()) +
-                              ": no multiple of the block size " + std::to_string(block_size) +
-                              " fits");
-  }
-  creq.size_bytes = size;
-  return driver_->store->CreateVolume(creq);
-}
-
 grpc::Status ControllerService::Create(grpc::ServerContext* context, const CreateVolumeRequest& req,
                                        CreateVolumeResponse* resp) {
   CSI_RETURN_IF_GRPC_ERROR(CheckName(req.name(), "name"));
@@ -295,24 +164,7 @@ grpc::Status ControllerService::Create(grpc::ServerContext* context, const Creat
   }
   CSI_ASSIGN_OR_RETURN(VolumeParams params,
                        ParseVolumeParameters(req.parameters(), driver_->devices->Name()));
-  std::string source_kind, source_id;
-  if (req.has_volume_content_source()) {
-    const auto& src = req.volume_content_source();
-    if (src.has_snapshot()) {
-      source_kind = "snapshot";
-      source_id = src.snapshot().snapshot_id();
-    } else if (src.has_volume()) {
-      source_kind = "volume";
-      source_id = src.volume().volume_id();
-    } else {
-      return InvalidArgument("volume_content_source: set snapshot or volume");
-    }
-    if (source_id.empty()) return InvalidArgument("volume_content_source: the source id is empty");
-    if (!params.image.empty() || !params.image_dir.empty() || !params.url.empty()) {
-      return InvalidArgument("volume_content_source and the image/imageDir/url parameters are "
-                             "exclusive");
-    }
-  }
+  CSI_ASSIGN_OR_RETURN(ProvisionRequest preq, ProvisionRequestOf(req, params));
   if (req.has_accessibility_requirements() &&
       req.accessibility_requirements().requisite_size() > 0) {
     bool reachable = false;
@@ -346,33 +198,97 @@ grpc::Status ControllerService::Create(grpc::ServerContext* context, const Creat
   }
 
   auto name_lock = driver_->locks.Acquire(Driver::VolumeNameKey(req.name()));
-  Result<VolumeInfo> existing = driver_->store->FindVolumeByName(req.name());
-  if (existing.ok()) {
-    const VolumeInfo& v = *existing;
-    const uint64_t required = static_cast<uint64_t>(range.required_bytes());
-    const uint64_t limit = static_cast<uint64_t>(range.limit_bytes());
-    std::string why;
-    if (v.size_bytes < required) why = "it is " + std::to_string(v.size_bytes) + " bytes";
-    else if (limit > 0 && v.size_bytes > limit) why = "it is " + std::to_string(v.size_bytes) + " bytes";
-    else if (!source_kind.empty() && (v.source_kind != source_kind || v.source_id != source_id))
-      why = "its source is " + (v.source_kind.empty() ? "none" : v.source_kind + " " + v.source_id);
-    else if (source_kind.empty() && params.image.empty() && params.image_dir.empty() &&
-             params.url.empty() && !v.source_kind.empty())
-      why = "it was created from " + v.source_kind + " " + v.source_id;
-    else if (v.attributes != params.ToAttributes()) why = "it has other parameters";
-    else if (params.block_size && v.block_size != params.block_size)
-      why = "its block size is " + std::to_string(v.block_size);
-    if (!why.empty()) {
-      return AlreadyExists("volume name '" + req.name() + "' is taken by " + v.id + " and " + why);
-    }
-    *resp->mutable_volume() = ToCsi(v);
-    return grpc::Status::OK;
+  LockTable::Guard source_lock;
+  CSI_ASSIGN_OR_RETURN(
+      ProvisionResult made,
+      Provision(*driver_->store, preq, Hooks(req, params, url_image, &source_lock)));
+  if (made.import) {
+    spdlog::info("volume {} ({}): imported {} ({} bytes, {} new chunks{})", made.volume.id,
+                 req.name(), params.image.empty() ? params.image_dir : params.image,
+                 made.import->raw_bytes, made.import->new_chunks,
+                 made.import->reused_image ? ", image already known: cloned" : "");
+  } else if (!made.existed && url_image) {
+    spdlog::info("volume {} ({}): clone of image {} from url {}{}", made.volume.id, req.name(),
+                 url_image->digest, RedactUrl(params.url),
+                 url_image->downloaded ? "" : " (no download: the node had it)");
   }
-  if (!existing.status().IsNotFound()) return ToGrpcStatus(existing.status());
-
-  CSI_ASSIGN_OR_RETURN(VolumeInfo created, CreateFromSource(req, params, url_image));
-  *resp->mutable_volume() = ToCsi(created);
+  *resp->mutable_volume() = ToCsi(made.volume);
   return grpc::Status::OK;
+}
+
+ProvisionHooks ControllerService::Hooks(const CreateVolumeRequest& req, const VolumeParams& params,
+                                        const std::optional<ImportedImage>& url_image,
+                                        LockTable::Guard* source_lock) {
+  ProvisionHooks hooks;
+  hooks.before_volume_clone = [this, source_lock](const std::string& volume_id) {
+    // A source in use on this node: its latest writes must be in the store first.
+    *source_lock = driver_->locks.Acquire(Driver::VolumeKey(volume_id));
+    return node_->FlushVolume(volume_id);
+  };
+  const std::string what = params.image_dir.empty() ? "parameter image" : "parameter imageDir";
+  hooks.resolve_path = [this, what](const std::string& path) {
+    return ResolveUnderAnyRoot(what, path, driver_->options.import_root);
+  };
+  const std::string url = "url " + RedactUrl(params.url);
+  hooks.url_image = [&req, &url_image, url]() -> Result<ProvisionedImage> {
+    if (!url_image) {
+      // The volume existed before the import and was deleted since: start over.
+      return Status::Aborted("volume " + req.name() + " from " + url + " changed meanwhile; retry");
+    }
+    return ProvisionedImage{url_image->digest, url_image->size_bytes, url_image->block_size};
+  };
+  hooks.clone_image = [this, url](const ::stellarium::CreateVolumeRequest& request,
+                                  const std::string& digest) -> Result<VolumeInfo> {
+    Result<VolumeInfo> v = importer_->CloneFrom(request, digest);
+    if (!v.ok() && v.status().IsNotFound()) {
+      return Status::Aborted(url +
+                             ": its image was released while this volume was being made; retry");
+    }
+    return v;
+  };
+  return hooks;
+}
+
+Result<ProvisionRequest> ControllerService::ProvisionRequestOf(const CreateVolumeRequest& req,
+                                                               const VolumeParams& params) const {
+  ProvisionRequest p;
+  p.name = req.name();
+  p.required_bytes = static_cast<uint64_t>(req.capacity_range().required_bytes());
+  p.limit_bytes = static_cast<uint64_t>(req.capacity_range().limit_bytes());
+  p.block_size = params.block_size;
+  p.attributes = params.ToAttributes();
+  p.pad_to_block = true;
+  p.scratch_dir = driver_->options.state_dir + "/tmp";
+  if (req.has_volume_content_source()) {
+    const auto& src = req.volume_content_source();
+    if (src.has_snapshot()) {
+      p.source.kind = SourceKind::kSnapshot;
+      p.source.id = src.snapshot().snapshot_id();
+    } else if (src.has_volume()) {
+      p.source.kind = SourceKind::kVolume;
+      p.source.id = src.volume().volume_id();
+    } else {
+      return Status::InvalidArgument("volume_content_source: set snapshot or volume");
+    }
+    if (p.source.id.empty())
+      return Status::InvalidArgument("volume_content_source: the source id is empty");
+    if (!params.image.empty() || !params.image_dir.empty() || !params.url.empty()) {
+      return Status::InvalidArgument(
+          "volume_content_source and the image/imageDir/url parameters are "
+          "exclusive");
+    }
+  } else if (!params.url.empty()) {
+    p.source.kind = SourceKind::kUrl;
+    p.source.image.url = params.url;
+  } else if (!params.image.empty()) {
+    p.source.kind = SourceKind::kImageFile;
+    p.source.image.path = params.image;
+  } else if (!params.image_dir.empty()) {
+    p.source.kind = SourceKind::kTree;
+    p.source.tree_dir = params.image_dir;
+    p.source.tree_label = kTreeImageLabel;
+  }
+  return p;
 }
 
 grpc::Status ControllerService::Delete(const DeleteVolumeRequest& req) {

@@ -3,6 +3,10 @@
 // volume: clones are O(1) in core), snapshots, listing with paging, capacity,
 // expansion, validation.
 //
+// CreateVolume translates the request into core's ProvisionRequest and calls Provision
+// (core/provision.h), which owns sizing, the sources and the name-idempotency rule; the
+// driver adds only its hooks (see Hooks()).
+//
 // Volumes from a URL go through the ImageImporter (csi/image_importer.h): the image is
 // imported once per node on a background thread and every volume is a clone of it; a
 // call whose deadline comes first answers ABORTED with the progress and its retry joins
@@ -19,9 +23,11 @@
 #include <memory>
 #include <optional>
 
+#include "core/provision.h"
 #include "csi.grpc.pb.h"
 #include "csi/driver.h"
 #include "csi/image_importer.h"
+#include "csi/volume_spec.h"
 
 namespace stellarium::csi {
 
@@ -100,11 +106,16 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   grpc::Status GetVolume(const ::csi::v1::ControllerGetVolumeRequest& req,
                          ::csi::v1::ControllerGetVolumeResponse* resp);
 
-  // Creates the volume from the request's source (none, snapshot, volume, image, URL:
-  // `url_image` is the URL's image, imported beforehand without the name lock held).
-  Result<VolumeInfo> CreateFromSource(const ::csi::v1::CreateVolumeRequest& req,
-                                      const struct VolumeParams& params,
-                                      const std::optional<ImportedImage>& url_image);
+  // The request as core's ProvisionRequest (core/provision.h): the capacity range, the
+  // parameters as attributes, the source. INVALID_ARGUMENT for a malformed source.
+  Result<ProvisionRequest> ProvisionRequestOf(const ::csi::v1::CreateVolumeRequest& req,
+                                              const VolumeParams& params) const;
+  // What the driver adds to core's provisioning: flushing (and locking, in *source_lock)
+  // a source volume staged on this node, confining image paths to the import roots, the
+  // URL's image from the ImageImporter (`url_image`, fetched before the name lock).
+  ProvisionHooks Hooks(const ::csi::v1::CreateVolumeRequest& req, const VolumeParams& params,
+                       const std::optional<ImportedImage>& url_image,
+                       LockTable::Guard* source_lock);
   ::csi::v1::Volume ToCsi(const VolumeInfo& info) const;
   ::csi::v1::VolumeCondition Condition(const std::string& volume_id) const;
 

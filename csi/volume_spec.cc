@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstdio>
 
+#include "core/provision.h"
 #include "core/sources/http_source.h"
 #include "csi/options.h"
 #include "csi/status_map.h"
@@ -48,14 +49,7 @@ Result<VolumeParams> ParseVolumeParameters(
     } else if (key == kParamSha256) {
       ASSIGN_OR_RETURN(p.sha256, ParseSha256Digest(value, "parameter sha256"));
     } else if (key == kParamBlockSize) {
-      Result<uint64_t> size = ParseSize(value);
-      if (!size.ok() || *size > kMaxBlockSize) {
-        return Status::InvalidArgument("parameter blockSize '" + value +
-                                       "': must be a power of two from 4K to 1M");
-      }
-      p.block_size = static_cast<uint32_t>(*size);
-      Status st = ValidateBlockSize(p.block_size);
-      if (!st.ok()) return Status::InvalidArgument("parameter blockSize: " + st.message());
+      ASSIGN_OR_RETURN(p.block_size, ParseBlockSize(value, "parameter blockSize"));
     } else if (key == kParamFsType) {
       if (value != "ext4") {
         return Status::InvalidArgument("parameter fsType '" + value +

@@ -3,12 +3,14 @@
 // volume capabilities the driver supports. Shared by the controller and node services.
 //
 // StorageClass parameters (docs/CSI.md has the long version):
-//   image      path of a raw or ext4 image file under an --import-root
+//   image      path of an image file under an --import-root: raw or ext4 (sparse-aware),
+//              qcow2, gzip/xz/zstd of those, detected as for url (core/provision.h)
 //   imageDir   a directory under an --import-root, built into an ext4 image
 //   url        an http:// or https:// URL of an image (raw, ext4, gzip/xz/zstd, qcow2);
 //              imported once per node and cloned (csi/image_importer.h, docs/IMAGES.md)
 //   sha256     the expected digest of the bytes at `url` ("sha256:<hex>" or "<hex>")
-//   blockSize  the volume's block size ("4096", "64K"); blank and image volumes only
+//   blockSize  the volume's block size ("4096", "64K"; core/provision.h ParseBlockSize);
+//              blank and image volumes only
 //   fsType     filesystem for Mount access: "ext4" (the default and the only one)
 //   exposure   how the node serves the volume: the block device provider's name (the
 //              default: a kernel block device, mounted or bind-mounted for pods) or
@@ -54,7 +56,6 @@ inline constexpr char kCtxNode[] = "stellarium.io/node";
 inline constexpr char kExposureVhostUserBlk[] = "vhost-user-blk";
 
 inline constexpr char kDefaultFsType[] = "ext4";
-inline constexpr uint64_t kDefaultVolumeBytes = 1ull << 30;  // no capacity_range given
 
 struct VolumeParams {
   std::string image;       // as given (resolved later against the import roots)

@@ -109,10 +109,7 @@ class DecompressingSource : public ImageSource {
       if (r.produced > 0) return r.produced;
       if (r.end) continue;
       if (r.consumed == 0) {
-        if (in_eof_) {
-          return Status::InvalidArgument(what_ + ": " + codec_ + " stream is truncated after " +
-                                         std::to_string(out_total_) + " decompressed bytes");
-        }
+        if (in_eof_) return Truncated();
         RETURN_IF_ERROR(Refill());
       }
     }
@@ -123,15 +120,27 @@ class DecompressingSource : public ImageSource {
   virtual Result<Step> Decode(const char* in, size_t in_len, bool in_eof, char* out, size_t out_len) = 0;
   // Called when a stream ended but input remains: start the next member or refuse.
   virtual Status NextMember(const char* in, size_t in_len) {
-    return Status::InvalidArgument(what_ + ": trailing data after the " + std::string(codec_) + " stream");
+    return Status::InvalidArgument(what_ + ": trailing data after the " + std::string(codec_) +
+                                   " stream at file offset " + std::to_string(InputOffset()));
   }
   Status Malformed(const std::string& detail) const {
-    return Status::InvalidArgument(what_ + ": malformed " + std::string(codec_) + " data (" + detail +
-                                   ") after " + std::to_string(out_total_) + " decompressed bytes");
+    return Status::InvalidArgument(what_ + ": malformed " + std::string(codec_) + " data (" +
+                                   detail + ") in the bytes from file offset " +
+                                   std::to_string(InputOffset()) + ", after " +
+                                   std::to_string(out_total_) + " decompressed bytes");
+  }
+  Status Truncated() const {
+    return Status::InvalidArgument(what_ + ": " + codec_ + " stream is truncated at file offset " +
+                                   std::to_string(InputOffset()) +
+                                   " (the end of the file), after " + std::to_string(out_total_) +
+                                   " decompressed bytes");
   }
   const std::string& what() const { return what_; }
 
  private:
+  // Where in the compressed file the decoder is: bytes read minus those not yet decoded.
+  uint64_t InputOffset() const { return in_read_ - (in_len_ - in_pos_); }
+
   // Moves unread input to the front and reads more from the inner source.
   Status Refill() {
     if (in_pos_ > 0) {
@@ -148,6 +157,7 @@ class DecompressingSource : public ImageSource {
     }
     if (hole) std::memset(in_.data() + in_len_, 0, n);
     in_len_ += n;
+    in_read_ += n;
     return Status::Ok();
   }
 
@@ -158,6 +168,7 @@ class DecompressingSource : public ImageSource {
   std::vector<char> in_;
   size_t in_pos_ = 0, in_len_ = 0;
   bool in_eof_ = false, finished_ = false;
+  uint64_t in_read_ = 0;  // bytes read from the inner source
   uint64_t out_total_ = 0;
 };
 
@@ -194,7 +205,7 @@ class GzipSource : public DecompressingSource {
   Status NextMember(const char* in, size_t in_len) override {
     // gzip allows concatenated members (pigz, `cat a.gz b.gz`).
     if (in_len < 2 || static_cast<uint8_t>(in[0]) != 0x1f || static_cast<uint8_t>(in[1]) != 0x8b) {
-      return Status::InvalidArgument(what() + ": trailing data after the gzip stream");
+      return DecompressingSource::NextMember(in, in_len);
     }
     inflateReset(&z_);
     return Status::Ok();
@@ -232,9 +243,7 @@ class XzSource : public DecompressingSource {
         s.end = true;
         break;
       case LZMA_BUF_ERROR:
-        if (in_eof) {
-          return Status::InvalidArgument(what() + ": xz stream is truncated");
-        }
+        if (in_eof) return Truncated();
         break;
       case LZMA_MEMLIMIT_ERROR:
         return Malformed("needs more than 1 GiB of decoder memory");
@@ -266,7 +275,7 @@ class ZstdSource : public DecompressingSource {
     Step s;
     if (in_len == 0 && in_eof) {
       // A frame is complete exactly when the last call returned 0.
-      if (last_ != 0) return Status::InvalidArgument(what() + ": zstd stream is truncated");
+      if (last_ != 0) return Truncated();
       s.end = true;
       return s;
     }

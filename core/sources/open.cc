@@ -99,6 +99,9 @@ Result<OpenedImageSource> OpenImageSource(const ImageSourceSpec& spec) {
   FormatOptions f;
   f.scratch_dir = spec.scratch_dir;
   f.max_raw_bytes = spec.max_size_bytes;
+  if (spec.max_raw_bytes && (!f.max_raw_bytes || spec.max_raw_bytes < f.max_raw_bytes)) {
+    f.max_raw_bytes = spec.max_raw_bytes;
+  }
   ASSIGN_OR_RETURN(out.source, OpenFormatted(std::move(raw), f, &out.format));
   return out;
 }

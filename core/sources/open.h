@@ -38,6 +38,7 @@ struct ImageSourceSpec {
   std::string ca_bundle;             // https only: PEM CA bundle; "" = the system's
   std::vector<std::string> headers;  // http(s) only: "Name: value"
   uint64_t max_size_bytes = 0;       // limit on downloaded and on raw bytes; 0 = none
+  uint64_t max_raw_bytes = 0;        // a further limit on raw bytes only; 0 = none
   std::string scratch_dir;           // qcow2 reorder-buffer spill (format.h); "" = $TMPDIR
   // http(s) only: a conditional request (http_source.h). When the server answers 304
   // the result has not_modified set and no source.

@@ -96,7 +96,11 @@ struct Header {
 
 Result<Header> ParseHeader(const std::string& head, const std::string& what) {
   auto bad = [&](const std::string& m) { return Status::InvalidArgument(what + ": " + m); };
-  if (head.size() < 72) return bad("qcow2 header is truncated");
+  auto truncated = [&](size_t need) {
+    return bad("qcow2 header is truncated at file offset " + std::to_string(head.size()) +
+               " (it has " + std::to_string(need) + " bytes)");
+  };
+  if (head.size() < 72) return truncated(72);
   const char* p = head.data();
   Header h;
   h.version = Be32(p + 4);
@@ -126,7 +130,7 @@ Result<Header> ParseHeader(const std::string& head, const std::string& what) {
   const uint32_t nb_snapshots = Be32(p + 60);
   const uint64_t snapshots_offset = Be64(p + 64);
   if (h.version == 3) {
-    if (head.size() < 104) return bad("qcow2 v3 header is truncated");
+    if (head.size() < 104) return truncated(104);
     h.incompatible = Be64(p + 72);
     h.refcount_order = Be32(p + 96);
     const uint32_t header_length = Be32(p + 100);

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -185,6 +186,103 @@ TEST_F(CliTest, BadInputFailsClearlyAndLeavesTheStoreUnchanged) {
   EXPECT_EQ(Cli({"gc", "--store", Store()}).exit_code, 0);
   json fsck = CliJson({"fsck", "--store", Store(), "--json"});
   EXPECT_TRUE(fsck["ok"].get<bool>()) << fsck.dump();
+}
+
+// Regression (issue 18): building the same volume again printed a summary of zeros
+// ("raw size 0 B ... 0 MB/s") as if it had imported something.
+TEST_F(CliTest, RebuildingTheSameVolumeSaysItExistsInsteadOfAZeroSummary) {
+  std::string tree = dir_ / "tree";
+  MakeTree(tree, 1);
+  const std::vector<std::string> build = {"build", "--store", Store(), "--from-dir", tree, "--name", "t"};
+  auto first = Cli(build);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const std::string id = CliJson({"list", "--store", Store(), "--json"})["volumes"][0]["id"];
+  auto again = Cli(build);
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("volume t (" + id + ") already exists"), std::string::npos) << again.output;
+  EXPECT_EQ(again.output.find("raw size"), std::string::npos) << again.output;
+  EXPECT_EQ(again.output.find("MB/s"), std::string::npos) << again.output;
+  std::vector<std::string> as_json = build;
+  as_json.push_back("--json");
+  json j = CliJson(as_json);
+  EXPECT_TRUE(j["already_exists"].get<bool>()) << j.dump();
+  EXPECT_EQ(j["volume"]["id"], id);
+  EXPECT_FALSE(j.contains("raw_bytes")) << j.dump();
+  EXPECT_EQ(CliJson({"list", "--store", Store(), "--json"})["volumes"].size(), 1u);
+}
+
+// Regression (issue 18): --block-size 4k was refused while the StorageClass parameter
+// blockSize takes 4K; both now go through one parser.
+TEST_F(CliTest, BlockSizeTakesTheUnitsTheStorageClassTakes) {
+  std::string img = dir_ / "d.img";
+  auto mk = Unwrap(RunProgram({"mkfs.ext4", "-q", "-F", "-b", "4096", "-d", "/usr/share/doc/e2fsprogs", img, "8M"}));
+  ASSERT_EQ(mk.exit_code, 0) << mk.output;
+  const std::vector<std::pair<std::string, uint32_t>> cases = {
+      {"4k", 4096}, {"4K", 4096}, {"64KiB", 65536}, {"1M", 1u << 20}, {"8192", 8192}};
+  for (const auto& [text, want] : cases) {
+    SCOPED_TRACE(text);
+    json s = CliJson({"build", "--store", Store(), "--from-image", img, "--name", "bs-" + text, "--block-size", text,
+                      "--json"});
+    EXPECT_EQ(s["volume"]["block_size"], want) << s.dump();
+  }
+  for (const std::string& bad : std::vector<std::string>{"3000", "2M", "4q", ""}) {
+    auto r = Cli({"build", "--store", Store(), "--from-image", img, "--name", "bad", "--block-size", bad});
+    EXPECT_NE(r.exit_code, 0) << bad;
+    EXPECT_NE(r.output.find("--block-size"), std::string::npos) << r.output;
+  }
+}
+
+// Regression (issue 18): --size too small for a tree with many files made mkfs refuse its
+// inode table, which came out as INTERNAL and mkfs's own multi-line message.
+TEST_F(CliTest, TreeTooLargeForItsSizeIsOneLineNamingTheTreeAndASizeThatFits) {
+  std::string tree = dir_ / "many";
+  std::filesystem::create_directories(tree);
+  for (int i = 0; i < 4000; ++i) std::ofstream(tree + "/f" + std::to_string(i)) << i;
+  auto r = Cli({"build", "--store", Store(), "--from-dir", tree, "--name", "m", "--size", "1M"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.output.find("INTERNAL"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("mkfs"), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  EXPECT_NE(r.output.find("directory " + tree + " does not fit in an image of 1048576 bytes"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find(" bytes fits it"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(Store())) << "a failed first build leaves no store behind";
+  // The size it names is enough.
+  const size_t at = r.output.find("an image of ", r.output.find("files and directories"));
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const std::string fits = std::to_string(std::stoull(r.output.substr(at + 12)));
+  auto ok = Cli({"build", "--store", Store(), "--from-dir", tree, "--name", "m", "--size", fits});
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+}
+
+// Regression (issue 18): names with '/', "..", a newline (which broke the `list` table)
+// or of 10,000 characters were accepted. The rule: 1 to 1024 bytes, no '/', no control
+// characters, not "." or "..".
+TEST_F(CliTest, NamesFollowTheDocumentedRule) {
+  std::string tree = dir_ / "tree";
+  MakeTree(tree, 1);
+  ASSERT_EQ(Cli({"build", "--store", Store(), "--from-dir", tree, "--name", "ok"}).exit_code, 0);
+  ASSERT_EQ(Cli({"snapshot", "--store", Store(), "--volume", "ok", "--name", "s"}).exit_code, 0);
+  json before = CliJson({"list", "--store", Store(), "--json"});
+  for (const std::string& bad : std::vector<std::string>{"a/b", "..", ".", "x\ny", "tab\there", "del\x7f",
+                                                         std::string(1025, 'n'), ""}) {
+    SCOPED_TRACE(bad.substr(0, 20));
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"build", "--store", Store(), "--from-dir", tree, "--name", bad},
+             {"clone", "--store", Store(), "--from-volume", "ok", "--name", bad},
+             {"snapshot", "--store", Store(), "--volume", "ok", "--name", bad}}) {
+      auto r = Cli(args);
+      EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << r.output;
+      EXPECT_NE(r.output.find("INVALID_ARGUMENT"), std::string::npos) << args[0] << ": " << r.output;
+      EXPECT_LT(r.output.size(), 300u) << "the message bounds the name it quotes";
+    }
+  }
+  EXPECT_EQ(CliJson({"list", "--store", Store(), "--json"}), before);
+  const std::string longest(1024, 'l');
+  EXPECT_EQ(Cli({"clone", "--store", Store(), "--from-volume", "ok", "--name", longest}).exit_code, 0);
+  EXPECT_EQ(Cli({"snapshot", "--store", Store(), "--volume", longest, "--name", "with space"}).exit_code, 0);
+  auto help = Cli({"build", "--help"});
+  EXPECT_NE(help.output.find("no '/'"), std::string::npos) << help.output;
 }
 
 TEST_F(CliTest, StoreHeldByAnotherProcessIsRefused) {

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <set>
 
+#include "core/export.h"
+#include "core/process.h"
 #include "core/store.h"
 #include "tests/csi/csi_fixture.h"
 
@@ -258,6 +260,75 @@ TEST_F(ServiceTest, CreateFromDirectoryTree) {
   EXPECT_EQ(after->chunks, before->chunks);
   EXPECT_FALSE(fs::exists(root_ + "/state/tmp") && !fs::is_empty(root_ + "/state/tmp"))
       << "the temporary image is removed";
+}
+
+// Makes `out` from `in` with a program (qemu-img, gzip); false when the program is missing.
+bool Convert(const std::vector<std::string>& argv) {
+  std::string output;
+  Status st = RunProgramOk(argv, {}, &output);
+  if (st.code() == stellarium::StatusCode::kNotFound) return false;
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  return true;
+}
+
+std::string FileBytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Regression (issues 17, 18): the StorageClass parameter image= stored a local qcow2 as
+// its container bytes (url= of the same file converted it). Local files now go through
+// the same format detection as URLs.
+TEST_F(ServiceTest, ImageParameterQcow2AndGzipBecomeTheDiskTheyContain) {
+  const std::string raw = MakeExt4Image("disk", {{"etc/motd", "hello from inside a qcow2\n"}});
+  if (!Convert({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, images_ + "/disk.qcow2"}) ||
+      !Convert({"qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", raw, images_ + "/disk-c.qcow2"}) ||
+      !Convert({"gzip", "-k", raw})) {
+    GTEST_SKIP() << "needs qemu-img and gzip";
+  }
+  const std::string want = FileBytes(raw);
+  int n = 0;
+  for (const std::string& file : {images_ + "/disk.qcow2", images_ + "/disk-c.qcow2", raw + ".gz"}) {
+    SCOPED_TRACE(file);
+    v1::Volume v;
+    grpc::Status st = CreateVolume(VolumeRequest("local-" + std::to_string(n++), 0, {{"image", file}}), &v);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(v.capacity_bytes(), static_cast<int64_t>(want.size()));
+    auto vol = driver().store->OpenVolume(v.volume_id(), /*read_only=*/true);
+    ASSERT_TRUE(vol.ok()) << vol.status().ToString();
+    const std::string out = root_ + "/export.raw";
+    ASSERT_TRUE(ExportVolume(**vol, out).ok());
+    EXPECT_TRUE(FileBytes(out) == want) << "the volume is not the disk " << file << " contains";
+  }
+  auto images = driver().store->ListImages();
+  ASSERT_TRUE(images.ok());
+  EXPECT_EQ(images->size(), 1u) << "three containers of one disk are one image";
+}
+
+// Regression (issue 18): a truncated qcow2 was imported as a raw image. A damaged or
+// unsupported container is INVALID_ARGUMENT naming the file and leaves nothing behind.
+TEST_F(ServiceTest, ImageParameterTruncatedOrUnsupportedContainerIsRefused) {
+  const std::string raw = MakeExt4Image("disk", {{"a", "a"}});
+  const std::string qcow2 = root_ + "/whole.qcow2";
+  if (!Convert({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, qcow2})) {
+    GTEST_SKIP() << "needs qemu-img";
+  }
+  const std::string whole = FileBytes(qcow2);
+  { std::ofstream(images_ + "/half.qcow2", std::ios::binary) << whole.substr(0, whole.size() / 2); }
+  { std::ofstream(images_ + "/disk.vmdk", std::ios::binary) << "KDMV" << std::string(8188, '\1'); }
+  for (const auto& [file, says] : std::vector<std::pair<std::string, std::string>>{
+           {"half.qcow2", "file offset"}, {"disk.vmdk", "VMDK images are not supported"}}) {
+    SCOPED_TRACE(file);
+    grpc::Status st = CreateVolume(VolumeRequest("bad", 0, {{"image", images_ + "/" + file}}));
+    EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_NE(st.error_message().find(images_ + "/" + file), std::string::npos) << st.error_message();
+    EXPECT_NE(st.error_message().find(says), std::string::npos) << st.error_message();
+  }
+  EXPECT_TRUE(driver().store->ListVolumes()->empty());
+  EXPECT_TRUE(driver().store->ListImages()->empty());
+  ASSERT_TRUE(driver().store->Gc().ok());
+  EXPECT_EQ(driver().store->GetStats()->chunks, 0u) << "a refused import left chunks after gc";
+  EXPECT_FALSE(fs::exists(root_ + "/state/tmp") && !fs::is_empty(root_ + "/state/tmp"));
 }
 
 TEST_F(ServiceTest, ImagePathsAreConfinedToImportRoots) {

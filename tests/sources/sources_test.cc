@@ -9,6 +9,7 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "core/export.h"
 #include "core/process.h"
@@ -61,6 +62,7 @@ class SourcesTest : public ::testing::Test {
     const std::string raw = *www_ / "disk.img";
     WriteFile(raw, raw_);
     MustRun({"qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, *www_ / "disk.qcow2"});
+    MustRun({"qemu-img", "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", raw, *www_ / "disk-compressed.qcow2"});
     MustRun({"gzip", "-k", "-6", raw});
     MustRun({"xz", "-k", "-T1", "-1", raw});
     MustRun({"zstd", "-q", "-k", raw, "-o", *www_ / "disk.img.zst"});
@@ -493,6 +495,34 @@ TEST_F(SourcesTest, UnsupportedAndMalformedFormatsAreInvalidArgument) {
   }
 }
 
+// A truncated container says where it ends, so a user can tell a cut download from a
+// damaged one (issue 18: "refused with an error naming the file and offset").
+TEST_F(SourcesTest, TruncatedContainersNameTheFileAndTheOffset) {
+  const uint64_t before = Chunks();
+  for (const char* f : {"disk.img.gz", "disk.img.xz", "disk.img.zst", "disk.qcow2"}) {
+    SCOPED_TRACE(f);
+    const std::string whole = ReadFile(*www_ / f);
+    const std::string cut = dir_ / (std::string("cut-") + f);
+    WriteFile(cut, whole.substr(0, whole.size() / 2));
+    ImageSourceSpec spec;
+    spec.path = cut;
+    auto r = Import("cut", spec);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+    EXPECT_NE(r.status().message().find("image " + cut + ": "), std::string::npos) << r.status().ToString();
+    EXPECT_NE(r.status().message().find("file offset"), std::string::npos) << r.status().ToString();
+    unlink(cut.c_str());
+    ExpectNothingLeft("cut", before);
+  }
+  const std::string header = dir_ / "header.qcow2";
+  WriteFile(header, ReadFile(*www_ / "disk.qcow2").substr(0, 50));
+  ImageSourceSpec spec;
+  spec.path = header;
+  auto r = Import("cut", spec);
+  EXPECT_NE(r.status().message().find("qcow2 header is truncated at file offset 50"), std::string::npos)
+      << r.status().ToString();
+}
+
 TEST_F(SourcesTest, MaxSizeIsOutOfRange) {
   ImageSourceSpec spec = Url("/disk.img");
   spec.max_size_bytes = kImageBytes - 4096;
@@ -557,6 +587,81 @@ TEST_F(SourcesTest, CliBuildFromUrl) {
   auto both = Unwrap(RunProgram({STELLARIUM_CLI_PATH, "build", "--store", store, "--name", "x", "--from-url",
                                  server_->Url("/disk.img"), "--from-image", *www_ / "disk.img"}));
   EXPECT_NE(both.exit_code, 0);
+}
+
+// ---- The CLI with local image files (issue 18: a local qcow2 was stored as its
+// container bytes; --from-image now detects formats like --from-url) ----
+
+ProgramResult Cli(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {STELLARIUM_CLI_PATH};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return Unwrap(RunProgram(argv));
+}
+
+class CliLocalImageTest : public SourcesTest, public ::testing::WithParamInterface<const char*> {};
+
+// Regression: `stellarium build --from-image disk.qcow2` made a volume of the qcow2 file's
+// bytes with exit 0. Every format is now the disk it contains.
+TEST_P(CliLocalImageTest, BuildFromImageIsTheDiskTheFileContains) {
+  const std::string store = dir_ / "cli-store";
+  auto r = Cli({"build", "--store", store, "--name", "local", "--from-image", *www_ / GetParam(), "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"size_bytes\": " + std::to_string(kImageBytes)), std::string::npos) << r.output;
+  auto e = Cli({"export", "--store", store, "--volume", "local", "-o", dir_ / "local.raw"});
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_TRUE(ReadFile(dir_ / "local.raw") == raw_) << GetParam() << " did not become the raw image";
+  unlink((dir_ / "local.raw").c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, CliLocalImageTest,
+                         ::testing::Values("disk.img", "disk.qcow2", "disk-compressed.qcow2", "disk.img.gz",
+                                           "disk.img.xz", "disk.img.zst", "disk.qcow2.zst"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n) if (c == '.' || c == '-') c = '_';
+                           return n;
+                         });
+
+// Regression: a truncated qcow2 was accepted as a raw image. A truncated or malformed
+// container, and a known container format we do not read, are refused naming the file
+// (and, for a damaged one, the offset) and change nothing in the store.
+TEST_F(SourcesTest, CliRefusesTruncatedAndUnsupportedContainersAndChangesNothing) {
+  const std::string store = dir_ / "cli-store";
+  ASSERT_EQ(Cli({"build", "--store", store, "--name", "ok", "--from-image", *www_ / "disk.img"}).exit_code, 0);
+  const std::string qcow = ReadFile(*www_ / "disk.qcow2");
+  const std::string gz = ReadFile(*www_ / "disk.img.gz");
+  struct Bad {
+    std::string file, bytes, says;
+  };
+  const std::vector<Bad> bad = {
+      {"half.qcow2", qcow.substr(0, qcow.size() / 2), "file offset"},
+      {"header.qcow2", qcow.substr(0, 40), "header is truncated at file offset 40"},
+      {"half.img.gz", gz.substr(0, gz.size() / 2), "truncated at file offset"},
+      {"disk.vmdk", "KDMV" + std::string(8188, '\1'), "VMDK images are not supported"},
+      {"disk.vhd", "conectix" + std::string(8184, '\0'), "VHD images are not supported"},
+      {"disk.vhdx", "vhdxfile" + std::string(8184, '\0'), "VHDX images are not supported"},
+      {"disk.vdi", std::string(64, 'x') + "\x7f\x10\xda\xbe" + std::string(8124, '\0'),
+       "VDI images are not supported"},
+  };
+  const std::string list_before = Cli({"list", "--store", store, "--json"}).output;
+  auto chunks = [&] {
+    return nlohmann::json::parse(Cli({"info", "--store", store, "--json"}).output)["chunks"].get<uint64_t>();
+  };
+  const uint64_t chunks_before = chunks();
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.file);
+    WriteFile(dir_ / b.file, b.bytes);
+    auto r = Cli({"build", "--store", store, "--name", "bad", "--from-image", dir_ / b.file});
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("INVALID_ARGUMENT: "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("image " + (dir_ / b.file) + ": "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(b.says), std::string::npos) << r.output;
+    unlink((dir_ / b.file).c_str());
+  }
+  EXPECT_EQ(Cli({"list", "--store", store, "--json"}).output, list_before);
+  ASSERT_EQ(Cli({"gc", "--store", store}).exit_code, 0);
+  EXPECT_EQ(chunks(), chunks_before) << "a refused import left chunks";
+  EXPECT_EQ(Cli({"fsck", "--store", store}).exit_code, 0);
 }
 
 }  // namespace
