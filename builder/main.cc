@@ -472,12 +472,16 @@ int RunGc(Store& store, const Common& c) {
   return 0;
 }
 
+// Exit status: 0 no problem, 1 fsck could not run, 2 problems found (listed).
 int RunFsck(Store& store, const Common& c) {
   auto r = store.Fsck();
   if (!r.ok()) return Fail(r.status());
   if (c.json) {
     std::cout << json{{"ok", r->ok()},
                       {"errors", r->errors},
+                      {"problems", r->problems},
+                      {"affected", r->affected},
+                      {"chunks", r->chunks},
                       {"chunks_checked", r->chunks_checked},
                       {"map_entries", r->map_entries},
                       {"layers", r->layers},
@@ -486,16 +490,26 @@ int RunFsck(Store& store, const Common& c) {
                       {"snapshots", r->snapshots}}
                      .dump(2)
               << "\n";
-  } else {
-    for (const auto& e : r->errors) printf("error: %s\n", e.c_str());
-    printf(
-        "fsck: %llu chunks, %llu map entries, %llu layers (%llu awaiting gc), %llu volumes, "
-        "%llu snapshots: %zu errors\n",
-        (unsigned long long)r->chunks_checked, (unsigned long long)r->map_entries,
-        (unsigned long long)r->layers, (unsigned long long)r->dead_layers,
-        (unsigned long long)r->volumes, (unsigned long long)r->snapshots, r->errors.size());
+    return r->ok() ? 0 : 2;
   }
-  return r->ok() ? 0 : 2;
+  for (const auto& e : r->errors) printf("error: %s\n", e.c_str());
+  printf("fsck: %llu chunks (%llu checked), %llu map entries, %llu layers (%llu awaiting gc), "
+         "%llu volumes, %llu snapshots\n",
+         (unsigned long long)r->chunks, (unsigned long long)r->chunks_checked,
+         (unsigned long long)r->map_entries, (unsigned long long)r->layers,
+         (unsigned long long)r->dead_layers, (unsigned long long)r->volumes,
+         (unsigned long long)r->snapshots);
+  if (r->ok()) {
+    printf("fsck: no problems\n");
+    return 0;
+  }
+  std::string counts;
+  for (const auto& [kind, n] : r->problems) {
+    counts += (counts.empty() ? "" : ", ") + std::to_string(n) + " " + kind;
+  }
+  printf("problems: %s\n", counts.c_str());
+  for (const auto& who : r->affected) printf("damaged: %s\n", who.c_str());
+  return 2;
 }
 
 // ---- Flags ----

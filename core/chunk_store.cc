@@ -136,30 +136,41 @@ Result<SweepResult> ChunkStore::Sweep() {
   return r;
 }
 
-// Index entries are taken in groups, and each group's bytes read with one GetMany.
-Status ChunkStore::ForEach(
-    const std::function<Status(const ChunkId&, std::string_view, int64_t)>& fn) {
+// Index entries are taken in groups, and each group's bytes read with one GetMany; a
+// group that cannot be read is read again chunk by chunk, so one bad table block costs
+// only the chunks in it.
+Status ChunkStore::ForEach(const std::function<Status(const ChunkId&, std::string_view, int64_t,
+                                                      const Status&)>& fn) {
   constexpr size_t kGroup = 1024;
   std::vector<std::pair<ChunkId, IndexEntry>> group;
-  auto flush = [&]() -> Status {
+  Status stop;  // what fn returned when it asked to stop
+  // Reads the bytes of group[from, to) and calls fn for each, in group order.
+  auto read = [&](size_t from, size_t to) -> Status {
     std::vector<std::pair<uint64_t, size_t>> order;  // (locator, position in group)
-    for (size_t k = 0; k < group.size(); ++k) {
+    for (size_t k = from; k < to; ++k) {
       if (group[k].second.locator != 0) order.emplace_back(group[k].second.locator, k);
     }
     std::sort(order.begin(), order.end());
     std::vector<uint64_t> locators(order.size());
     for (size_t k = 0; k < order.size(); ++k) locators[k] = order[k].first;
-    Status st = backend_->bytes().GetMany(
+    return backend_->bytes().GetMany(
         locators, "scan chunks", [&](std::span<const std::string_view> found) -> Status {
-          std::vector<std::string_view> bytes(group.size());
-          for (size_t k = 0; k < order.size(); ++k) bytes[order[k].second] = found[k];
-          for (size_t k = 0; k < group.size(); ++k) {
-            RETURN_IF_ERROR(fn(group[k].first, bytes[k], group[k].second.refs));
+          std::vector<std::string_view> bytes(to - from);
+          for (size_t k = 0; k < order.size(); ++k) bytes[order[k].second - from] = found[k];
+          for (size_t k = from; k < to && stop.ok(); ++k) {
+            stop = fn(group[k].first, bytes[k - from], group[k].second.refs, Status::Ok());
           }
-          return Status::Ok();
+          return stop;
         });
+  };
+  auto flush = [&]() -> Status {
+    Status whole = read(0, group.size());
+    for (size_t k = 0; !whole.ok() && stop.ok() && k < group.size(); ++k) {
+      Status one = read(k, k + 1);
+      if (!one.ok() && stop.ok()) stop = fn(group[k].first, {}, group[k].second.refs, one);
+    }
     group.clear();
-    return st;
+    return stop;
   };
   RETURN_IF_ERROR(backend_->index().ForEach([&](const ChunkId& id, const IndexEntry& e) {
     group.emplace_back(id, e);

@@ -75,10 +75,12 @@ class ChunkStore {
   // Deletes every chunk whose count is zero or below, and stored bytes no chunk refers
   // to. Excludes writers while it runs.
   Result<SweepResult> Sweep();
-  // Calls fn(id, bytes, count) for every index entry, in id order, with the hash check
-  // left to the caller (bytes are empty for an entry without data). Stops at the first
-  // error fn returns or the backend reports.
-  Status ForEach(const std::function<Status(const ChunkId&, std::string_view, int64_t)>& fn);
+  // Calls fn(id, bytes, count, read) for every index entry, in id order, with the hash
+  // check left to the caller: bytes are empty for an entry without data, or when they
+  // could not be read (read then says why, and the walk goes on). Stops at the first
+  // error fn returns or the index reports.
+  Status ForEach(const std::function<Status(const ChunkId&, std::string_view, int64_t,
+                                            const Status&)>& fn);
   // How many chunks and stored bytes there are (one scan, no hash checks).
   Result<ChunkTotals> Totals();
 

@@ -81,15 +81,25 @@ Result<GcReport> Store::Gc() {
 
 namespace {
 
-// One fsck pass: what it has learnt so far and the errors it found.
+// One fsck pass: what it has learnt so far and the problems it found. Every scan goes
+// on past what it cannot read where the backend allows, and a scan that stops is one
+// problem whose follow-ons (checks that need what it did not read) are skipped, not
+// listed.
 class FsckPass {
  public:
   explicit FsckPass(StoreImpl& s) : s_(s) {}
 
   Result<FsckReport> Run() {
     std::vector<std::string> bad;
-    ASSIGN_OR_RETURN(layers_, LoadLayers(s_, &bad));
-    for (auto& e : bad) Error(std::move(e));
+    auto layers = LoadLayers(s_, &bad);
+    if (layers.ok()) {
+      layers_ = std::move(layers).value();
+    } else {
+      layers_ok_ = false;
+      Problem("unreadable table", "layers: " + layers.status().message() +
+                                      "; layer links and reference counts not checked");
+    }
+    for (auto& e : bad) Problem("catalog", std::move(e));
     rep_.layers = layers_.size();
     CheckLayerLinks();
     CheckVolumes();
@@ -98,15 +108,28 @@ class FsckPass {
     CheckNames();
     CheckLayerRefs();
     CheckMapsAndChunks();
+    ReportDamagedChunks();
+    Finish();
     return std::move(rep_);
   }
 
  private:
-  void Error(std::string e) {
-    if (rep_.errors.size() < 1000) rep_.errors.push_back(std::move(e));
+  // A chunk whose data is damaged, and the line that will say so.
+  struct Damaged {
+    std::string kind, message;
+    std::vector<std::string> users;  // filled by ReportDamagedChunks
+  };
+
+  void Problem(const std::string& kind, std::string line) {
+    ++rep_.problems[kind];
+    lines_.push_back(std::move(line));
   }
-  void ScanError(const Status& st, const char* what) {
-    if (!st.ok()) Error(std::string(what) + ": " + st.message());
+  // A scan that stopped on an error; `skipped` says which checks that costs.
+  bool ScanOk(const Status& st, const char* table, const std::string& skipped) {
+    if (st.ok()) return true;
+    Problem("unreadable table", std::string(table) + ": " + st.message() +
+                                    (skipped.empty() ? "" : "; " + skipped + " not checked"));
+    return false;
   }
   bool Live(uint64_t id) const {
     auto it = layers_.find(id);
@@ -117,9 +140,17 @@ class FsckPass {
   void CheckNameOf(const std::string& id, const std::string& name) {
     auto named = s_.IdOfName<Record>(name);
     if (!named.ok() || !named->has_value() || **named != id) {
-      Error(std::string(RecordKind<Record>::kWhat) + " " + id + ": name index entry for '" + name +
-            "' is missing or wrong");
+      Problem("catalog", std::string(RecordKind<Record>::kWhat) + " " + id +
+                             ": name index entry for '" + name + "' is missing or wrong");
     }
+  }
+  // A record's layer (head or frozen layer): missing or dead is a problem (unless the
+  // layers could not be read), and it is one more reference the layer should count.
+  void CheckLayerOf(const std::string& who, const char* which, uint64_t layer) {
+    if (layers_ok_ && !Live(layer)) {
+      Problem("catalog", who + ": " + which + " " + std::to_string(layer) + " is missing or dead");
+    }
+    ++expected_refs_[layer];
   }
 
   void CheckLayerLinks() {
@@ -128,91 +159,83 @@ class FsckPass {
         ++rep_.dead_layers;
         continue;
       }
-      if (l.parent != 0) {
-        if (!Live(l.parent)) {
-          Error("layer " + std::to_string(id) + ": parent layer " + std::to_string(l.parent) +
-                " is missing or dead");
-        }
-        ++expected_refs_[l.parent];
-      }
+      if (l.parent != 0) CheckLayerOf("layer " + std::to_string(id), "parent layer", l.parent);
     }
   }
 
   void CheckVolumes() {
     std::set<uint64_t> heads;
-    ScanError(s_.catalog().Scan(Table::kVolumes, [&](std::string_view key, std::string_view v) {
+    records_ok_ &= ScanOk(s_.catalog().Scan(Table::kVolumes, [&](std::string_view key, std::string_view v) {
       ++rep_.volumes;
       auto rec = format::DecodeVolume(key, v);
       if (!rec.ok()) {
-        Error(rec.status().message());
+        Problem("catalog", rec.status().message());
         return Status::Ok();
       }
       const VolumeInfo& info = rec->info;
-      if (!Live(rec->head)) {
-        Error("volume " + info.id + ": head layer " + std::to_string(rec->head) + " is missing or dead");
-      } else if (layers_[rec->head].state != LayerState::kActive) {
-        Error("volume " + info.id + ": head layer is not writable");
+      CheckLayerOf("volume " + info.id, "head layer", rec->head);
+      if (Live(rec->head) && layers_[rec->head].state != LayerState::kActive) {
+        Problem("catalog", "volume " + info.id + ": head layer is not writable");
       }
-      if (!heads.insert(rec->head).second) Error("volume " + info.id + ": head layer shared with another volume");
-      ++expected_refs_[rec->head];
+      if (!heads.insert(rec->head).second) {
+        Problem("catalog", "volume " + info.id + ": head layer shared with another volume");
+      }
       CheckNameOf<format::VolumeRecord>(info.id, info.name);
+      owners_.emplace_back(rec->head, "volume " + info.id + " (" + info.name + ")");
       return Status::Ok();
-    }), "volumes");
+    }), "volumes", "layer reference counts");
   }
 
   void CheckSnapshots() {
-    ScanError(s_.catalog().Scan(Table::kSnapshots, [&](std::string_view key, std::string_view v) {
+    records_ok_ &= ScanOk(s_.catalog().Scan(Table::kSnapshots, [&](std::string_view key, std::string_view v) {
       ++rep_.snapshots;
       auto rec = format::DecodeSnapshot(key, v);
       if (!rec.ok()) {
-        Error(rec.status().message());
+        Problem("catalog", rec.status().message());
         return Status::Ok();
       }
-      if (rec->layer != 0) {
-        if (!Live(rec->layer)) {
-          Error("snapshot " + rec->info.id + ": layer " + std::to_string(rec->layer) +
-                " is missing or dead");
-        }
-        ++expected_refs_[rec->layer];
-      }
+      if (rec->layer != 0) CheckLayerOf("snapshot " + rec->info.id, "layer", rec->layer);
       CheckNameOf<format::SnapshotRecord>(rec->info.id, rec->info.name);
+      owners_.emplace_back(rec->layer, "snapshot " + rec->info.id + " (" + rec->info.name + ")");
       return Status::Ok();
-    }), "snapshots");
+    }), "snapshots", "layer reference counts");
   }
 
   void CheckImages() {
-    ScanError(s_.catalog().Scan(Table::kImages, [&](std::string_view key, std::string_view v) {
+    ScanOk(s_.catalog().Scan(Table::kImages, [&](std::string_view key, std::string_view v) {
       auto rec = format::DecodeImage(key, v);
       if (!rec.ok()) {
-        Error(rec.status().message());
+        Problem("catalog", rec.status().message());
         return Status::Ok();
       }
-      if (!Live(rec->layer)) {
-        Error("image " + rec->info.digest + ": layer " + std::to_string(rec->layer) +
-              " is missing or dead");
+      if (layers_ok_ && !Live(rec->layer)) {
+        Problem("catalog", "image " + rec->info.digest + ": layer " + std::to_string(rec->layer) +
+                               " is missing or dead");
       }
+      owners_.emplace_back(rec->layer, "image " + rec->info.digest);
       return Status::Ok();
-    }), "images");
+    }), "images", "");
   }
 
   void CheckNames() {
-    ScanError(s_.catalog().Scan(Table::kNames, [&](std::string_view key, std::string_view id) {
+    ScanOk(s_.catalog().Scan(Table::kNames, [&](std::string_view key, std::string_view id) {
       const Table table = !key.empty() && key[0] == 's' ? Table::kSnapshots : Table::kVolumes;
       auto target = s_.catalog().Get(table, id);
       if (!target.ok() || !target->has_value()) {
-        Error("name '" + std::string(key.substr(1)) + "' points to missing " + std::string(id));
+        Problem("catalog", "name '" + std::string(key.substr(1)) + "' points to missing " + std::string(id));
       }
       return Status::Ok();
-    }), "names");
+    }), "names", "");
   }
 
   void CheckLayerRefs() {
+    if (!layers_ok_ || !records_ok_) return;  // follow-ons of an unreadable table
     for (const auto& [id, l] : layers_) {
       if (l.state == LayerState::kDead) continue;
       const uint64_t want = expected_refs_.count(id) ? expected_refs_[id] : 0;
       if (l.refs != want) {
-        Error("layer " + std::to_string(id) + ": reference count " + std::to_string(l.refs) +
-              ", expected " + std::to_string(want));
+        Problem("reference count", "layer " + std::to_string(id) + ": reference count " +
+                                       std::to_string(l.refs) + ", expected " + std::to_string(want));
       }
     }
   }
@@ -223,20 +246,22 @@ class FsckPass {
   void CheckMapsAndChunks() {
     std::vector<ChunkId> refs;
     uint64_t malformed = 0;
-    ScanError(s_.catalog().ScanMaps([&](uint64_t layer, uint64_t block, std::string_view v) {
+    maps_ok_ = ScanOk(s_.catalog().ScanMaps([&](uint64_t layer, uint64_t block, std::string_view v) {
       ++rep_.map_entries;
-      if (!layers_.count(layer)) {
-        Error("map entry for unknown layer " + std::to_string(layer) + " block " + std::to_string(block));
+      if (layers_ok_ && !layers_.count(layer)) {
+        Problem("catalog", "map entry for unknown layer " + std::to_string(layer) + " block " +
+                               std::to_string(block));
       }
       const format::MapValue m = format::DecodeMapValue(v);
       if (m.kind == format::MapValue::kMalformed) {
-        Error("layer " + std::to_string(layer) + " block " + std::to_string(block) + ": malformed map entry");
+        Problem("catalog", "layer " + std::to_string(layer) + " block " + std::to_string(block) +
+                               ": malformed map entry");
       } else if (m.is_chunk()) {
         refs.push_back(m.id);
       }
       return Status::Ok();
-    }, &malformed), "maps");
-    for (uint64_t i = 0; i < malformed; ++i) Error("map entry with a malformed key");
+    }, &malformed), "block maps", "chunk reference counts");
+    for (uint64_t i = 0; i < malformed; ++i) Problem("catalog", "map entry with a malformed key");
     std::sort(refs.begin(), refs.end());
     CheckChunks(refs);
   }
@@ -245,37 +270,94 @@ class FsckPass {
     size_t pos = 0;
     auto missing_before = [&](const ChunkId* bound) {
       while (pos < refs.size() && (bound == nullptr || refs[pos] < *bound)) {
-        Error("chunk " + ToHex(refs[pos]) + " is referenced by a map but missing from the store");
         const ChunkId missing = refs[pos];
+        damaged_[missing] = {"missing chunk", "chunk " + ToHex(missing) +
+                                                  " is referenced by a map but missing from the store"};
         while (pos < refs.size() && refs[pos] == missing) ++pos;
       }
     };
-    Status walk = s_.chunks->ForEach([&](const ChunkId& id, std::string_view bytes, int64_t count) {
+    Status walk = s_.chunks->ForEach([&](const ChunkId& id, std::string_view bytes, int64_t count,
+                                         const Status& read) {
+      ++rep_.chunks;
       missing_before(&id);  // entries naming chunks that sort before this one have none
       int64_t n = 0;
       while (pos < refs.size() && refs[pos] == id) ++n, ++pos;
+      if (!read.ok()) {
+        damaged_[id] = {"unreadable chunk", "chunk " + ToHex(id) + ": cannot be read: " + read.message()};
+        return Status::Ok();
+      }
       if (bytes.empty()) {
-        Error("chunk " + ToHex(id) + ": reference count without data");
+        damaged_[id] = {"missing chunk", "chunk " + ToHex(id) + ": reference count without data"};
         return Status::Ok();
       }
       ++rep_.chunks_checked;
       if (Sha256(bytes.data(), bytes.size()) != id) {
-        Error("chunk " + ToHex(id) + ": content does not match its SHA-256 (corrupted)");
+        damaged_[id] = {"corrupt chunk",
+                        "chunk " + ToHex(id) + ": content does not match its SHA-256 (corrupted)"};
       }
-      if (count != n) {
-        Error("chunk " + ToHex(id) + ": reference count " + std::to_string(count) +
-              ", map entries " + std::to_string(n));
+      if (maps_ok_ && count != n) {
+        Problem("reference count", "chunk " + ToHex(id) + ": reference count " +
+                                       std::to_string(count) + ", map entries " + std::to_string(n));
       }
       return Status::Ok();
     });
-    ScanError(walk, "chunks");
-    if (walk.ok()) missing_before(nullptr);
+    if (ScanOk(walk, "chunk index", "the chunks after the last one read")) missing_before(nullptr);
+  }
+
+  // Names whose data each damaged chunk is: the map entries naming it (a second pass
+  // over the maps), their layers, and the volumes, snapshots and images whose chain
+  // reaches those layers.
+  void ReportDamagedChunks() {
+    if (damaged_.empty()) return;
+    std::map<uint64_t, std::vector<std::pair<ChunkId, uint64_t>>> by_layer;  // layer -> (id, block)
+    if (maps_ok_) {
+      (void)s_.catalog().ScanMaps([&](uint64_t layer, uint64_t block, std::string_view v) {
+        const format::MapValue m = format::DecodeMapValue(v);
+        if (m.is_chunk() && damaged_.count(m.id)) by_layer[layer].emplace_back(m.id, block);
+        return Status::Ok();
+      });
+    }
+    std::set<std::string> affected;
+    for (const auto& [top, owner] : owners_) {
+      for (uint64_t layer = top, hops = 0; layer != 0 && hops < 4096; ++hops) {
+        auto found = by_layer.find(layer);
+        if (found != by_layer.end()) {
+          for (const auto& [id, block] : found->second) {
+            auto& users = damaged_[id].users;
+            if (users.size() < 8) users.push_back(owner + " block " + std::to_string(block));
+          }
+          affected.insert(owner);
+        }
+        auto l = layers_.find(layer);
+        layer = l == layers_.end() ? 0 : l->second.parent;
+      }
+    }
+    rep_.affected.assign(affected.begin(), affected.end());
+    for (auto& [id, d] : damaged_) {
+      std::string line = d.message;
+      for (size_t i = 0; i < d.users.size(); ++i) line += (i == 0 ? "; data of " : ", ") + d.users[i];
+      Problem(d.kind, std::move(line));
+    }
+  }
+
+  void Finish() {
+    const size_t total = lines_.size();
+    if (total > FsckReport::kMaxErrorLines) {
+      lines_.resize(FsckReport::kMaxErrorLines - 1);
+      lines_.push_back("... and " + std::to_string(total - lines_.size()) +
+                       " more problems (counted above)");
+    }
+    rep_.errors = std::move(lines_);
   }
 
   StoreImpl& s_;
   FsckReport rep_;
+  std::vector<std::string> lines_;
   std::map<uint64_t, LayerRecord> layers_;
   std::map<uint64_t, uint64_t> expected_refs_;
+  std::vector<std::pair<uint64_t, std::string>> owners_;  // (top layer, "volume vol-1 (a)")
+  std::map<ChunkId, Damaged> damaged_;
+  bool layers_ok_ = true, records_ok_ = true, maps_ok_ = true;
 };
 
 }  // namespace

@@ -95,10 +95,27 @@ struct GcReport {
   uint64_t bytes_freed = 0;     // uncompressed chunk bytes
 };
 
+// What Fsck found. It checks everything it can reach in one pass: a chunk, a record or
+// a table it cannot read is reported and the check goes on with the rest.
 struct FsckReport {
   uint64_t chunks_checked = 0, map_entries = 0, layers = 0, volumes = 0, snapshots = 0;
+  uint64_t chunks = 0;          // chunk index entries walked
   uint64_t dead_layers = 0;     // waiting for gc: not an error
-  std::vector<std::string> errors;  // empty when the store is consistent
+  // One line per problem, causes first. A problem that follows from another (counts
+  // that cannot be compared because a table could not be read) is not listed on its
+  // own: its cause's line says what was not checked. A damaged chunk's line names the
+  // volumes, snapshots and images whose data it is. At most kMaxErrorLines lines; the
+  // counts below cover everything.
+  std::vector<std::string> errors;
+  static constexpr size_t kMaxErrorLines = 1000;
+  // Problems by kind: "corrupt chunk" (bytes that do not match their SHA-256),
+  // "unreadable chunk" (the store cannot read them), "missing chunk" (named by a map,
+  // not stored), "reference count" (a chunk's or a layer's), "catalog" (records, names,
+  // links between them), "unreadable table" (a scan that stopped on an error).
+  std::map<std::string, uint64_t> problems;
+  // "volume vol-... (name)", "snapshot snap-... (name)", "image <digest>": whose data
+  // is damaged (a chunk of theirs is corrupt, unreadable or missing), sorted.
+  std::vector<std::string> affected;
   bool ok() const { return errors.empty(); }
 };
 

@@ -353,3 +353,47 @@ TEST_F(CliTest, DeleteEverythingThenGcLeavesZeroChunks) {
 
 }  // namespace
 }  // namespace stellarium
+
+namespace stellarium {
+namespace {
+
+// fsck's exit status and summary: 0 on a consistent store; 2 with the problems counted
+// and the damaged volume named once chunk bytes no longer pass RocksDB's checksums.
+TEST_F(CliTest, FsckExitsTwoAndNamesTheDamagedVolume) {
+  std::mt19937_64 rng(3);
+  testing::WriteFile(dir_ / "img", testing::RandomBytes(rng, 8 << 20));
+  ASSERT_EQ(Cli({"build", "--store", Store(), "--from-image", dir_ / "img", "--name", "disk"})
+                .exit_code, 0);
+  auto clean = Cli({"fsck", "--store", Store()});
+  EXPECT_EQ(clean.exit_code, 0) << clean.output;
+  EXPECT_NE(clean.output.find("no problems"), std::string::npos) << clean.output;
+  // The import's chunk bytes are one table file of about 8 MiB: damage two of its blocks.
+  int flipped = 0;
+  for (const auto& f : std::filesystem::recursive_directory_iterator(Store())) {
+    if (f.path().extension() != ".sst" || f.file_size() < (4u << 20)) continue;
+    std::fstream io(f.path(), std::ios::in | std::ios::out | std::ios::binary);
+    for (uint64_t at : {f.file_size() / 3, 2 * f.file_size() / 3}) {
+      char c;
+      io.seekg(at);
+      io.read(&c, 1);
+      c ^= 0x5a;
+      io.seekp(at);
+      io.write(&c, 1);
+      ++flipped;
+    }
+  }
+  ASSERT_EQ(flipped, 2);
+  auto bad = Cli({"fsck", "--store", Store()});
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("problems: "), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("unreadable chunk"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("damaged: volume vol-"), std::string::npos) << bad.output;
+  auto as_json = Cli({"fsck", "--store", Store(), "--json"});
+  EXPECT_EQ(as_json.exit_code, 2);
+  json j = json::parse(as_json.output, nullptr, /*allow_exceptions=*/false);
+  EXPECT_FALSE(j.value("ok", true)) << as_json.output;
+  EXPECT_GE(j["problems"].value("unreadable chunk", 0), 2) << as_json.output;
+}
+
+}  // namespace
+}  // namespace stellarium
