@@ -2,15 +2,13 @@
 // node, and back. The node service knows volumes only through this interface; the
 // mechanism behind it is replaceable without touching the services.
 //
-// Implementations (Options::block_device chooses one):
-//   - FuseLoopBlockDeviceProvider (csi/exposure/fuse_loop_provider.h), "fuse", the
-//     default: a file in the driver's FUSE mount over core's BlockIo behind a loop
-//     device; lazy, every write reaches the store directly, Sync() only flushes; with
-//     the fd holder, attached devices survive a restart of the driver.
-//   - LoopBlockDeviceProvider (csi/loop_block_device.h), "loop": exports the volume to
-//     a raw file in the state directory and attaches a loop device to it; changed
-//     blocks go back into the store on Sync() and Detach(). The first attach reads the
-//     whole volume once and the file takes the volume's used space.
+// The implementation (Options::block_device "fuse"): FuseLoopBlockDeviceProvider
+// (csi/exposure/fuse_loop_provider.h), a file in the driver's FUSE mount over core's
+// BlockIo behind a loop device; lazy, every write reaches the store directly, Sync()
+// only flushes; with the fd holder, attached devices survive a restart of the driver.
+// The interface stays with one implementation: the node's exposures use a device
+// without knowing what serves it, and a kernel mechanism (ublk, nbd) where a node has
+// one would sit behind it without touching them.
 //
 // Contract shared by every implementation:
 //   - Attach is idempotent: attaching an attached volume with the same read_only returns

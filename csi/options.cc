@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 
 const std::set<std::string> kLogLevels = {"trace", "debug", "info", "warn", "error"};
 const std::set<std::string> kLogFormats = {"text", "json"};
-const std::set<std::string> kBlockDevices = {"fuse", "loop"};
+
 
 // Every YAML key, in the order --dump-config prints them.
 const std::vector<std::string> kKeys = {"endpoint",
@@ -231,10 +231,16 @@ Status Validate(Options* o) {
   if (!kLogFormats.count(o->log_format)) {
     return Status::InvalidArgument("log_format '" + o->log_format + "': must be text or json");
   }
-  if (!kBlockDevices.count(o->block_device)) {
-    return Status::InvalidArgument("block_device '" + o->block_device + "': must be fuse or loop");
+  if (o->block_device == "loop") {
+    return Status::InvalidArgument(
+        "block_device 'loop' was removed (it exported each staged volume to a raw file): use "
+        "fuse, the default, or drop the setting; unstage the node's volumes with the old "
+        "driver first");
   }
-  if (o->block_device == "fuse" && FdHolderSocket(*o).size() >= 108) {
+  if (o->block_device != "fuse") {
+    return Status::InvalidArgument("block_device '" + o->block_device + "': must be fuse");
+  }
+  if (FdHolderSocket(*o).size() >= 108) {
     return Status::InvalidArgument("state_dir '" + o->state_dir +
                                    "': too long for the fd holder's socket path "
                                    "(<state_dir>/fd-holder.sock must be under 108 bytes)");
@@ -267,7 +273,7 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
       ->default_str("hostname");
   app.add_option("--store", flags.store, "store directory")->default_str(kDefaultStore);
   app.add_option("--state-dir", flags.state_dir,
-                 "node-side files (exported devices, staging bookkeeping)")
+                 "node-side files (FUSE mount, sockets, staging bookkeeping)")
       ->default_str(kDefaultStateDir);
   app.add_option("--driver-name", flags.driver_name, "CSI driver name")
       ->default_str(kDefaultDriverName);
@@ -314,8 +320,8 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
                  "image imports from URLs running at once on this node")
       ->default_str("2");
   app.add_option("--block-device", flags.block_device,
-                 "fuse (a file in the driver's FUSE mount, lazy; survives driver restarts with "
-                 "stellarium-fd-holder) or loop (an exported raw file)")
+                 "fuse: a file in the driver's FUSE mount behind a loop device, lazy; survives "
+                 "driver restarts with stellarium-fd-holder (the only value; loop was removed)")
       ->default_str("fuse");
   app.add_flag("--dump-config", dump_config,
                "print the effective configuration as YAML (every key) and exit");

@@ -78,8 +78,6 @@ Options CsiDriverTest::MakeOptions() const {
   o.metrics_address = metrics_address_;
   o.controller_expansion = controller_expansion_;
   o.kata_direct_volume_dir = root_ + "/kata";  // never the host's /run/kata-containers
-  // The node's default block devices; where FUSE is missing, the export provider.
-  o.block_device = ::access("/dev/fuse", R_OK | W_OK) == 0 ? "fuse" : "loop";
   Status st = Validate(&o);
   EXPECT_TRUE(st.ok()) << st.ToString();
   return o;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -173,7 +174,7 @@ TEST(DriverProcessTest, SigbusIsExplainedBeforeTheDriverDies) {
   const std::string sock = dir.path() + "/csi.sock";
   const pid_t pid = stellarium::testing::SpawnLogged(
       {STELLARIUM_CSI_PATH, "--endpoint", "unix://" + sock, "--node-id", "n1", "--store",
-       dir.path() + "/store", "--state-dir", dir.path() + "/state", "--block-device", "loop"},
+       dir.path() + "/store", "--state-dir", dir.path() + "/state"},
       log);
   ASSERT_GT(pid, 0);
   for (int i = 0; i < 500 && !fs::exists(sock); ++i) ::usleep(20000);
@@ -181,6 +182,9 @@ TEST(DriverProcessTest, SigbusIsExplainedBeforeTheDriverDies) {
   ASSERT_EQ(::kill(pid, SIGBUS), 0);
   std::string out;
   const int status = stellarium::testing::WaitLogged(pid, log, &out);
+  // The driver's FUSE mount outlives it (no fd holder here, so its connection is dead):
+  // detach it so that the directory can be removed.
+  ::umount2((dir.path() + "/state/fuse").c_str(), MNT_DETACH);
   ASSERT_TRUE(WIFSIGNALED(status)) << "status " << status << "; log:\n" << out;
   EXPECT_EQ(WTERMSIG(status), SIGBUS);
   EXPECT_NE(out.find("SIGBUS"), std::string::npos) << out;
@@ -224,13 +228,30 @@ TEST(OptionsTest, ReadaheadSizesFromYamlAndFlag) {
   }
 }
 
-TEST(OptionsTest, BlockDeviceFromYamlAndFlag) {
+TEST(OptionsTest, BlockDeviceFuseFromYamlAndFlag) {
   Options o;
-  ASSERT_TRUE(LoadYaml("block_device: loop\n", "c.yaml", &o).ok());
-  EXPECT_EQ(o.block_device, "loop");
-  CommandLine cl = Parse({"--node-id", "n1", "--block-device", "loop"});
+  ASSERT_TRUE(LoadYaml("block_device: fuse\n", "c.yaml", &o).ok());
+  EXPECT_EQ(o.block_device, "fuse");
+  CommandLine cl = Parse({"--node-id", "n1", "--block-device", "fuse"});
   ASSERT_FALSE(cl.exit) << cl.output;
-  EXPECT_EQ(cl.options.block_device, "loop");
+  EXPECT_EQ(cl.options.block_device, "fuse");
+}
+
+// The export-to-file device (block_device: loop) was removed: a configuration that still
+// names it, in the YAML file or as a flag, stops the start with a message that says so
+// and what to use instead.
+TEST(OptionsTest, RemovedLoopBlockDeviceFailsNamingTheReplacement) {
+  TempDir dir;
+  const std::string config = dir.path() + "/c.yaml";
+  std::ofstream(config) << "node_id: n1\nblock_device: loop\n";
+  for (const auto& args : {std::vector<std::string>{"--config", config},
+                           std::vector<std::string>{"--node-id", "n1", "--block-device", "loop"}}) {
+    CommandLine cl = Parse(args);
+    EXPECT_TRUE(cl.exit);
+    EXPECT_EQ(cl.exit_code, 2);
+    EXPECT_NE(cl.output.find("block_device 'loop' was removed"), std::string::npos) << cl.output;
+    EXPECT_NE(cl.output.find("use fuse"), std::string::npos) << cl.output;
+  }
 }
 
 TEST(OptionsTest, YamlThenFlagsOverride) {
