@@ -15,7 +15,7 @@
 #include "core/tree_image.h"
 #include "csi/node_service.h"
 #include "csi/paths.h"
-#include "csi/server.h"
+#include "csi/run_rpc.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
 

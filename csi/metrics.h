@@ -22,7 +22,7 @@
 
 #include "core/status.h"
 #include "csi/driver.h"
-#include "csi/server.h"
+#include "csi/run_rpc.h"
 
 namespace stellarium::csi {
 

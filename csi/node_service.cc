@@ -3,7 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "csi/paths.h"
-#include "csi/server.h"
+#include "csi/run_rpc.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
 

@@ -7,7 +7,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstring>
 #include <filesystem>
 
@@ -16,12 +15,11 @@
 #include "csi/identity_service.h"
 #include "csi/metrics.h"
 #include "csi/node_service.h"
+#include "csi/run_rpc.h"
 #include "csi/volume_spec.h"
 
 namespace stellarium::csi {
 namespace {
-
-std::atomic<RpcObserver*> g_observer{nullptr};
 
 // True when something accepts connections on the unix socket at `path`.
 bool SocketIsServed(const std::string& path) {
@@ -58,9 +56,6 @@ Status PrepareSocketPath(const std::string& path) {
 }
 
 }  // namespace
-
-void SetRpcObserver(RpcObserver* observer) { g_observer.store(observer); }
-RpcObserver* GetRpcObserver() { return g_observer.load(); }
 
 Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   std::unique_ptr<Server> server(new Server());
