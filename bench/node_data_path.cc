@@ -36,9 +36,9 @@
 #include "core/image_source.h"
 #include "core/sha256.h"
 #include "core/store.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "tests/node/guest_util.h"
 #include "tests/node/test_util.h"
 

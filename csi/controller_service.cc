@@ -14,7 +14,7 @@
 #include "core/sources/http_source.h"
 #include "core/tree_image.h"
 #include "csi/node_service.h"
-#include "csi/paths.h"
+#include "csi/node/paths.h"
 #include "csi/run_rpc.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"

@@ -21,7 +21,7 @@
 
 #include "csi.grpc.pb.h"
 #include "csi/driver.h"
-#include "csi/image_importer.h"
+#include "csi/node/image_importer.h"
 
 namespace stellarium::csi {
 

@@ -11,10 +11,10 @@
 #include <memory>
 
 #include "core/store.h"
-#include "csi/block_device.h"
-#include "csi/lock_table.h"
-#include "csi/mounter.h"
-#include "csi/node_state.h"
+#include "csi/node/block_device/block_device_provider.h"
+#include "csi/node/lock_table.h"
+#include "csi/node/mounter.h"
+#include "csi/node/node_state.h"
 #include "csi/options.h"
 
 namespace stellarium::csi {

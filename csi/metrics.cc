@@ -9,7 +9,7 @@
 
 #include <exception>
 
-#include "csi/image_importer.h"
+#include "csi/node/image_importer.h"
 #include "csi/status_map.h"
 
 namespace stellarium::csi {

@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "csi/paths.h"
+#include "csi/node/paths.h"
 #include "csi/run_rpc.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
@@ -41,6 +41,7 @@ NodeService::NodeService(Driver* driver) : driver_(driver) {
   Driver& d = *driver_;
   exposures_ = std::make_unique<NodeExposures>(
       d.devices->Name(), NewBlockDeviceExposure(d.devices.get(), &d.mounter),
+      kExposureVhostUserBlk,
       NewVhostUserBlkExposure(d.store.get(), d.devices.get(), &d.mounter,
                               d.options.state_dir + "/vhost",
                               d.options.exposure_readahead_mib << 20),

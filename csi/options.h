@@ -66,7 +66,7 @@ struct Options {
   // most held per FUSE-served volume and per vhost-user-blk connection, each read by 3
   // helper threads of its own (started at the first read-ahead); 0 = off.
   uint64_t exposure_readahead_mib = 8;
-  // Images from URLs (csi/image_importer.h): the largest image a download may bring,
+  // Images from URLs (csi/node/image_importer.h): the largest image a download may bring,
   // in bytes (the YAML key and the flag also take "10G", "512M"); 0 = no limit. And how
   // many imports may run at once on this node; a CreateVolume that would start one more
   // gets ABORTED and is retried by the sidecar.

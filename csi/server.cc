@@ -11,7 +11,7 @@
 #include <filesystem>
 
 #include "csi/controller_service.h"
-#include "csi/exposure/fuse_loop_provider.h"
+#include "csi/node/block_device/fuse_loop_provider.h"
 #include "csi/identity_service.h"
 #include "csi/metrics.h"
 #include "csi/node_service.h"

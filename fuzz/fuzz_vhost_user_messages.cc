@@ -13,7 +13,7 @@
 #include <cstring>
 #include <vector>
 
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "fuzz/fuzz_mem_io.h"
 
 using namespace stellarium;

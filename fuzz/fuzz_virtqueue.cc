@@ -7,8 +7,8 @@
 #include <memory>
 #include <vector>
 
-#include "csi/exposure/vhost_user_blk.h"
-#include "csi/exposure/virtio_blk.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
+#include "csi/node/vhost_user/virtio_blk.h"
 #include "fuzz/fuzz_mem_io.h"
 
 using namespace stellarium;

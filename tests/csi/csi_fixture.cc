@@ -11,7 +11,7 @@
 
 #include "core/tree_image.h"
 #include "csi/logging.h"
-#include "csi/node_state.h"
+#include "csi/node/node_state.h"
 
 namespace stellarium::csi::testing {
 

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "csi.grpc.pb.h"
-#include "csi/exposure/fd_holder.h"
+#include "csi/node/block_device/fd_holder.h"
 #include "csi/options.h"
 #include "csi/server.h"
 

@@ -13,11 +13,11 @@
 #include <thread>
 
 #include "core/store.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/vhost_user_blk.h"
-#include "csi/lock_table.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
+#include "csi/node/lock_table.h"
 #include "csi/options.h"
-#include "csi/paths.h"
+#include "csi/node/paths.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
 #include "tests/spawn_util.h"

@@ -17,10 +17,10 @@
 #include <set>
 #include <sstream>
 
-#include "csi/exposure/descriptors.h"
-#include "csi/exposure/vhost_user_protocol.h"
-#include "csi/node_exposure.h"
-#include "csi/node_state.h"
+#include "csi/node/runtime_descriptors.h"
+#include "csi/node/vhost_user/vhost_user_protocol.h"
+#include "csi/node/node_exposure.h"
+#include "csi/node/node_state.h"
 #include "tests/csi/csi_fixture.h"
 #include "tests/node/guest_util.h"
 #include "tests/node/node_fixture.h"

@@ -1,6 +1,6 @@
 // FuseLoopBlockDeviceProvider against the csi::BlockDeviceProvider contract, over a
 // real Store, real FUSE, real loop devices and ext4.
-#include "csi/exposure/fuse_loop_provider.h"
+#include "csi/node/block_device/fuse_loop_provider.h"
 
 #include <gtest/gtest.h>
 #include <sys/mount.h>

@@ -12,8 +12,8 @@
 #include <fstream>
 #include <thread>
 
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
 #include "tests/node/test_util.h"
 #include "tests/thread_names.h"
 

@@ -17,9 +17,9 @@
 #include <regex>
 
 #include "core/store.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "tests/node/guest_util.h"
 #include "tests/node/node_fixture.h"
 #include "tests/node/test_util.h"

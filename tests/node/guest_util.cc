@@ -10,8 +10,8 @@
 #include <fstream>
 #include <regex>
 
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
 
 namespace stellarium::testing {
 

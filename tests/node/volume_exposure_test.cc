@@ -13,8 +13,8 @@
 
 #include "core/export.h"
 #include "core/store.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
 #include "tests/node/node_fixture.h"
 #include "tests/node/test_util.h"
 

@@ -1,14 +1,14 @@
 // The runtime descriptor exposure (node_exposure.h): at publish, for a volume served
 // over vhost-user-blk, the files microVM runtimes read (formats in
-// csi/exposure/descriptors.h, locations and examples in docs/EXPOSURE.md section 7):
+// csi/node/runtime_descriptors.h, locations and examples in docs/EXPOSURE.md section 7):
 //   <kata root>/<base64url(target)>/mountInfo.json   Kata direct-assigned volume
 //   <target>.firecracker-drive.json                   Firecracker PUT /drives body
 //   <target>.cloud-hypervisor-disk                    Cloud Hypervisor --disk value
 // Unpublish removes all three; stage and unstage have nothing to do.
 #include <sys/stat.h>
 
-#include "csi/exposure/descriptors.h"
-#include "csi/node_exposure.h"
+#include "csi/node/runtime_descriptors.h"
+#include "csi/node/node_exposure.h"
 
 namespace stellarium::csi {
 namespace {

@@ -1,4 +1,4 @@
-#include "csi/lock_table.h"
+#include "csi/node/lock_table.h"
 
 namespace stellarium::csi {
 

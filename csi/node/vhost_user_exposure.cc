@@ -12,8 +12,8 @@
 #include <cerrno>
 #include <mutex>
 
-#include "csi/exposure/vhost_user_blk.h"
-#include "csi/node_exposure.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
+#include "csi/node/node_exposure.h"
 
 namespace stellarium::csi {
 namespace {

@@ -1,5 +1,7 @@
-// Loop devices: turn a regular file (a FuseBlockServer file) into a kernel block device.
-// Every loop ioctl and /sys/block/loop* read in the project lives in this file.
+// Loop control: turn a regular file (a FuseBlockServer file) into a kernel block device
+// and back. Every loop ioctl and /sys/block/loop* read in the project lives in
+// loop_control.cc; FuseLoopBlockDeviceProvider (fuse_loop_provider.h) is what joins it
+// to the FUSE file server.
 //
 // Attach uses LOOP_CTL_GET_FREE + LOOP_CONFIGURE (one atomic ioctl: file, flags, block
 // size), retrying when another process grabs the same free device first. Direct I/O is

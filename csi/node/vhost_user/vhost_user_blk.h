@@ -43,9 +43,9 @@
 
 #include "core/block_io.h"
 #include "core/status.h"
-#include "csi/exposure/read_ahead.h"
-#include "csi/exposure/vhost_user_protocol.h"
-#include "csi/exposure/virtio_blk.h"
+#include "csi/node/read_ahead.h"
+#include "csi/node/vhost_user/vhost_user_protocol.h"
+#include "csi/node/vhost_user/virtio_blk.h"
 
 namespace stellarium::exposure {
 

@@ -3,7 +3,7 @@
 // mechanism behind it is replaceable without touching the services.
 //
 // The implementation (Options::block_device "fuse"): FuseLoopBlockDeviceProvider
-// (csi/exposure/fuse_loop_provider.h), a file in the driver's FUSE mount over core's
+// (fuse_loop_provider.h), a file in the driver's FUSE mount over core's
 // BlockIo behind a loop device; lazy, every write reaches the store directly, Sync()
 // only flushes; with the fd holder, attached devices survive a restart of the driver.
 // The interface stays with one implementation: the node's exposures use a device

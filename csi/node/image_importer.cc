@@ -1,4 +1,4 @@
-#include "csi/image_importer.h"
+#include "csi/node/image_importer.h"
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>

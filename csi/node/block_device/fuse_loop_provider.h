@@ -1,4 +1,4 @@
-// FuseLoopBlockDeviceProvider: the csi::BlockDeviceProvider (csi/block_device.h) that
+// FuseLoopBlockDeviceProvider: the csi::BlockDeviceProvider (block_device_provider.h) that
 // makes a volume a kernel block device without copying it: the volume is served as a
 // file by one FuseBlockServer under <state_dir>/fuse, and a loop device (direct I/O) is
 // attached to that file. Reads are lazy and every write reaches the store as it
@@ -7,7 +7,7 @@
 //
 // Restart semantics (the contract's Recover(); docs/EXPOSURE.md, "Driver restarts"):
 // the FUSE connection lives as long as some process holds its /dev/fuse fd. With an
-// fd holder (options.fd_holder_socket, csi/exposure/fd_holder.h) the provider deposits
+// fd holder (options.fd_holder_socket, fd_holder.h) the provider deposits
 // the fd there and, when the driver stops with volumes attached, drains its FUSE
 // workers and leaves the mount in place; the next provider takes the fd back, resumes
 // the same connection, re-adopts every loop device backed by a file of the mount (no
@@ -28,10 +28,10 @@
 #include <string>
 
 #include "core/store.h"
-#include "csi/block_device.h"
-#include "csi/exposure/fd_holder.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
+#include "csi/node/block_device/block_device_provider.h"
+#include "csi/node/block_device/fd_holder.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
 
 namespace stellarium::exposure {
 

@@ -1,4 +1,4 @@
-#include "csi/node_state.h"
+#include "csi/node/node_state.h"
 
 #include <errno.h>
 #include <fcntl.h>

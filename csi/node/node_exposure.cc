@@ -1,11 +1,9 @@
 // NodeExposures and the combination of exposures: see node_exposure.h.
-#include "csi/node_exposure.h"
+#include "csi/node/node_exposure.h"
 
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-
-#include "csi/volume_spec.h"
 
 namespace stellarium::csi {
 namespace {
@@ -108,9 +106,9 @@ std::string CloudHypervisorDiskPath(const std::string& target) {
 }
 
 NodeExposures::NodeExposures(std::string block_name, std::unique_ptr<NodeExposure> block,
-                             std::unique_ptr<NodeExposure> vhost_user,
+                             std::string vhost_user_name, std::unique_ptr<NodeExposure> vhost_user,
                              std::unique_ptr<NodeExposure> descriptors)
-    : block_name_(std::move(block_name)) {
+    : block_name_(std::move(block_name)), vhost_user_name_(std::move(vhost_user_name)) {
   NodeExposure* b = block.get();
   NodeExposure* v = vhost_user.get();
   NodeExposure* d = descriptors.get();
@@ -118,8 +116,7 @@ NodeExposures::NodeExposures(std::string block_name, std::unique_ptr<NodeExposur
   owned_.push_back(std::move(vhost_user));
   owned_.push_back(std::move(descriptors));
   by_name_[block_name_] = std::make_unique<CombinedExposure>(std::vector<NodeExposure*>{b});
-  by_name_[kExposureVhostUserBlk] =
-      std::make_unique<CombinedExposure>(std::vector<NodeExposure*>{v, d});
+  by_name_[vhost_user_name_] = std::make_unique<CombinedExposure>(std::vector<NodeExposure*>{v, d});
   all_ = std::make_unique<CombinedExposure>(std::vector<NodeExposure*>{b, v, d});
 }
 
@@ -133,7 +130,7 @@ Result<NodeExposure*> NodeExposures::For(const std::string& exposure) {
   auto it = by_name_.find(Normalize(exposure));
   if (it == by_name_.end()) {
     return Status::FailedPrecondition("exposure '" + exposure + "' is not offered by this node (" +
-                                      block_name_ + ", " + kExposureVhostUserBlk + ")");
+                                      block_name_ + ", " + vhost_user_name_ + ")");
   }
   return it->second.get();
 }

@@ -1,5 +1,5 @@
 // Split virtqueues and virtio-blk requests: see virtio_blk.h.
-#include "csi/exposure/virtio_blk.h"
+#include "csi/node/vhost_user/virtio_blk.h"
 
 #include <algorithm>
 #include <atomic>

@@ -4,7 +4,7 @@
 // every mount and format call to the Mounter.
 #include <spdlog/spdlog.h>
 
-#include "csi/node_exposure.h"
+#include "csi/node/node_exposure.h"
 
 namespace stellarium::csi {
 namespace {

@@ -1,4 +1,4 @@
-#include "csi/paths.h"
+#include "csi/node/paths.h"
 
 #include <climits>
 #include <cstdlib>

@@ -1,5 +1,5 @@
 // ReadAheadBlockIo: see read_ahead.h.
-#include "csi/exposure/read_ahead.h"
+#include "csi/node/read_ahead.h"
 
 #include <algorithm>
 #include <cstring>

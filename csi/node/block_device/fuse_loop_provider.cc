@@ -1,5 +1,5 @@
 // FuseLoopBlockDeviceProvider: see fuse_loop_provider.h.
-#include "csi/exposure/fuse_loop_provider.h"
+#include "csi/node/block_device/fuse_loop_provider.h"
 
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>

@@ -35,7 +35,7 @@ struct StagedVolume {
   std::vector<std::string> mount_flags;
   int access_mode = 0;       // csi.v1 AccessMode.Mode value
   bool read_only = false;    // the device is attached read-only
-  // How the volume is exposed (csi/node_exposure.h): "" or the block device provider's
+  // How the volume is exposed (csi/node/node_exposure.h): "" or the block device provider's
   // name for a kernel block device, "vhost-user-blk" for a vhost-user-blk socket.
   std::string exposure;
   std::string socket;        // vhost-user-blk: the socket the back-end serves

@@ -1,7 +1,7 @@
 // Runtime descriptors: Kata mountInfo.json (path, modes, keys, removal), Firecracker
 // drive JSON and the Cloud Hypervisor --disk argument. The JSON is parsed back with
 // yaml-cpp (JSON is YAML) to check keys and values, not substrings.
-#include "csi/exposure/descriptors.h"
+#include "csi/node/runtime_descriptors.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>

@@ -24,7 +24,7 @@
 
 #include "core/block_io.h"
 #include "core/status.h"
-#include "csi/exposure/read_ahead.h"
+#include "csi/node/read_ahead.h"
 
 namespace stellarium::exposure {
 

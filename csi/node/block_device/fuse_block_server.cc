@@ -1,6 +1,6 @@
 // FuseBlockServer: see fuse_block_server.h. All libfuse calls live in this file.
 #define FUSE_USE_VERSION 312
-#include "csi/exposure/fuse_block_server.h"
+#include "csi/node/block_device/fuse_block_server.h"
 
 #include <dirent.h>
 #include <errno.h>

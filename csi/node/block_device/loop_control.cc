@@ -1,5 +1,5 @@
-// Loop device control: see loop_device.h.
-#include "csi/exposure/loop_device.h"
+// Loop device control: see loop_control.h.
+#include "csi/node/block_device/loop_control.h"
 
 #include <dirent.h>
 #include <errno.h>

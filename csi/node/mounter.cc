@@ -1,4 +1,4 @@
-#include "csi/mounter.h"
+#include "csi/node/mounter.h"
 
 #include "core/process.h"
 

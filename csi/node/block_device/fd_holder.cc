@@ -1,6 +1,6 @@
 // FdHolder: see fd_holder.h. Every SCM_RIGHTS call of the project lives in this file
 // (and vhost_user_blk.cc for the vhost-user socket).
-#include "csi/exposure/fd_holder.h"
+#include "csi/node/block_device/fd_holder.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -5,7 +5,8 @@
 //   <mountpoint>/            the root directory, lists the volumes
 //   <mountpoint>/<name>      a regular file of the volume's size; reads and writes go
 //                            to the volume's BlockIo (through a read-ahead layer,
-//                            read_ahead.h, unless turned off), fsync and close flush it
+//                            csi/node/read_ahead.h, unless turned off), fsync and
+//                            close flush it
 //
 // Why it is shaped this way (see docs/EXPOSURE.md for measurements):
 //   - Lazy: nothing is read up front; a read of a range reads only that range from the
@@ -43,7 +44,7 @@
 
 #include "core/block_io.h"
 #include "core/status.h"
-#include "csi/exposure/read_ahead.h"
+#include "csi/node/read_ahead.h"
 
 struct fuse_session;
 
@@ -53,13 +54,13 @@ struct FuseBlockServerOptions {
   std::string mountpoint{};  // created if missing; a dead FUSE mount there is removed
   unsigned max_threads = 8;  // FUSE worker threads
   bool allow_other = true;   // let other users (a VMM running unprivileged) open files
-  // Read-ahead per volume for sequential readers (read_ahead.h): at most this many bytes
+  // Read-ahead per volume for sequential readers (csi/node/read_ahead.h): at most this many bytes
   // held per volume, read by 3 helper threads of its own; 0 turns it off.
   uint64_t readahead_bytes = 8 << 20;
 };
 
 // What a new process needs to take over a live FUSE connection: the /dev/fuse fd
-// (kept open by another process, csi/exposure/fd_holder.h) and the FUSE_INIT request
+// (kept open by another process, fd_holder.h) and the FUSE_INIT request
 // the kernel sent when the connection was made (raw `struct fuse_init_in` bytes, see
 // <linux/fuse.h>), which is replayed to the new libfuse session.
 struct FuseResumeState {

@@ -1,5 +1,5 @@
 // vhost-user message parsing: see vhost_user_protocol.h.
-#include "csi/exposure/vhost_user_protocol.h"
+#include "csi/node/vhost_user/vhost_user_protocol.h"
 
 #include <algorithm>
 

@@ -40,9 +40,9 @@
 
 #include "core/status.h"
 #include "core/store.h"
-#include "csi/block_device.h"
-#include "csi/mounter.h"
-#include "csi/node_state.h"
+#include "csi/node/block_device/block_device_provider.h"
+#include "csi/node/mounter.h"
+#include "csi/node/node_state.h"
 
 namespace stellarium::csi {
 
@@ -97,9 +97,11 @@ std::string CloudHypervisorDiskPath(const std::string& target);
 // The exposures of this node by `exposure` value, each combination as one NodeExposure.
 class NodeExposures {
  public:
-  // `block_name` is the block device provider's name (the default exposure).
+  // `block_name` is the block device provider's name (the default exposure) and selects
+  // {block}; `vhost_user_name` (the CSI layer's value, "vhost-user-blk") selects
+  // {vhost_user, descriptors}.
   NodeExposures(std::string block_name, std::unique_ptr<NodeExposure> block,
-                std::unique_ptr<NodeExposure> vhost_user,
+                std::string vhost_user_name, std::unique_ptr<NodeExposure> vhost_user,
                 std::unique_ptr<NodeExposure> descriptors);
   ~NodeExposures();
 
@@ -113,6 +115,7 @@ class NodeExposures {
 
  private:
   std::string block_name_;
+  std::string vhost_user_name_;
   std::vector<std::unique_ptr<NodeExposure>> owned_;
   std::map<std::string, std::unique_ptr<NodeExposure>> by_name_;  // combinations
   std::unique_ptr<NodeExposure> all_;

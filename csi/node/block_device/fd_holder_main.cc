@@ -1,7 +1,7 @@
 // stellarium-fd-holder: keeps the driver's /dev/fuse fd (and anything else the driver
 // deposits) open while the driver restarts. Runs next to stellarium-csi on each node
 // (a second container of the node DaemonSet, sharing the state directory); see
-// csi/exposure/fd_holder.h and docs/EXPOSURE.md, "Driver restarts".
+// csi/node/block_device/fd_holder.h and docs/EXPOSURE.md, "Driver restarts".
 //
 //   stellarium-fd-holder --socket /var/lib/stellarium/state/fd-holder.sock
 //
@@ -16,7 +16,7 @@
 #include <cstring>
 #include <string>
 
-#include "csi/exposure/fd_holder.h"
+#include "csi/node/block_device/fd_holder.h"
 
 namespace {
 

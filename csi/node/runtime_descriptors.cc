@@ -1,5 +1,5 @@
-// Runtime descriptors: see descriptors.h.
-#include "csi/exposure/descriptors.h"
+// Runtime descriptors: see runtime_descriptors.h.
+#include "csi/node/runtime_descriptors.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 // vhost-user-blk back-end: see vhost_user_blk.h. All socket, mmap and eventfd calls of
 // the vhost-user exposure live in this file.
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 
 #include <errno.h>
 #include <fcntl.h>
