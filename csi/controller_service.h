@@ -33,7 +33,7 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   ControllerService(Driver* driver, NodeService* node);
 
   // The node's URL imports (for the metrics).
-  const ImageImporter& importer() const { return *importer_; }
+  const node::ImageImporter& importer() const { return *importer_; }
 
   grpc::Status CreateVolume(grpc::ServerContext* context,
                             const ::csi::v1::CreateVolumeRequest* request,
@@ -104,13 +104,13 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   // `url_image` is the URL's image, imported beforehand without the name lock held).
   Result<VolumeInfo> CreateFromSource(const ::csi::v1::CreateVolumeRequest& req,
                                       const struct VolumeParams& params,
-                                      const std::optional<ImportedImage>& url_image);
+                                      const std::optional<node::ImportedImage>& url_image);
   ::csi::v1::Volume ToCsi(const VolumeInfo& info) const;
   ::csi::v1::VolumeCondition Condition(const std::string& volume_id) const;
 
   Driver* const driver_;
   NodeService* const node_;
-  std::unique_ptr<ImageImporter> importer_;
+  std::unique_ptr<node::ImageImporter> importer_;
 };
 
 }  // namespace stellarium::csi

@@ -15,6 +15,9 @@
 namespace stellarium::csi {
 namespace {
 
+using node::ImageImporter;
+using node::ImporterStats;
+using node::ImportProgress;
 
 prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
   prometheus::MetricFamily family;

@@ -10,6 +10,17 @@
 namespace stellarium::csi {
 
 using namespace ::csi::v1;
+// From the node library (csi/node/).
+using node::ExposureUsage;
+using node::FsUsage;
+using node::NewBlockDeviceExposure;
+using node::NewRuntimeDescriptorExposure;
+using node::NewVhostUserBlkExposure;
+using node::NodeExposure;
+using node::NodeExposures;
+using node::PublishedTarget;
+using node::ResolveUnderRoot;
+using node::StagedVolume;
 
 namespace {
 

@@ -72,7 +72,7 @@ class NodeService final : public ::csi::v1::Node::Service {
                       ::csi::v1::NodeExpandVolumeResponse* resp);
 
   Driver* const driver_;
-  std::unique_ptr<NodeExposures> exposures_;
+  std::unique_ptr<node::NodeExposures> exposures_;
 };
 
 }  // namespace stellarium::csi

@@ -11,9 +11,9 @@
 #include <filesystem>
 
 #include "csi/controller_service.h"
-#include "csi/node/block_device/fuse_loop_provider.h"
 #include "csi/identity_service.h"
 #include "csi/metrics.h"
+#include "csi/node/block_device/fuse_loop_provider.h"
 #include "csi/node_service.h"
 #include "csi/run_rpc.h"
 #include "csi/volume_spec.h"
@@ -79,14 +79,14 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   }
   d.store = std::move(store).value();
 
-  d.node_state = std::make_unique<NodeState>(options.state_dir + "/staged");
+  d.node_state = std::make_unique<node::NodeState>(options.state_dir + "/staged");
   RETURN_IF_ERROR(d.node_state->Load().Annotate("load node state"));
-  exposure::FuseLoopProviderOptions fuse_options;
+  node::FuseLoopProviderOptions fuse_options;
   fuse_options.state_dir = options.state_dir;
   fuse_options.fd_holder_socket = FdHolderSocket(options);
   fuse_options.readahead_bytes = options.exposure_readahead_mib << 20;
   ASSIGN_OR_RETURN(d.devices,
-                   exposure::FuseLoopBlockDeviceProvider::Create(d.store.get(), fuse_options));
+                   node::FuseLoopBlockDeviceProvider::Create(d.store.get(), fuse_options));
   ASSIGN_OR_RETURN(auto attached, d.devices->Recover());
   for (const auto& staged : d.node_state->List()) {
     // A vhost-user-blk volume has no block device: NodeService serves its socket again.

@@ -16,7 +16,7 @@
 #include "fuzz/fuzz_mem_io.h"
 
 using namespace stellarium;
-using namespace stellarium::exposure;
+using namespace stellarium::node;
 
 namespace {
 

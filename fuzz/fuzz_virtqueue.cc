@@ -12,7 +12,7 @@
 #include "fuzz/fuzz_mem_io.h"
 
 using namespace stellarium;
-using namespace stellarium::exposure;
+using namespace stellarium::node;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 4) return 0;

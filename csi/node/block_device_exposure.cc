@@ -6,7 +6,7 @@
 
 #include "csi/node/node_exposure.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 namespace {
 
 class BlockDeviceExposure final : public NodeExposure {
@@ -156,4 +156,4 @@ std::unique_ptr<NodeExposure> NewBlockDeviceExposure(BlockDeviceProvider* device
   return std::make_unique<BlockDeviceExposure>(devices, mounter);
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

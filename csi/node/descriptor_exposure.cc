@@ -7,15 +7,11 @@
 // Unpublish removes all three; stage and unstage have nothing to do.
 #include <sys/stat.h>
 
-#include "csi/node/runtime_descriptors.h"
 #include "csi/node/node_exposure.h"
+#include "csi/node/runtime_descriptors.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 namespace {
-
-using exposure::CloudHypervisorDisk;
-using exposure::FirecrackerDrive;
-using exposure::KataMountInfo;
 
 // Kata's runtime-rs volume type for a vhost-user-blk socket ("spdkvol": the device is
 // the socket of a vhost-user-blk target, which is what this driver serves).
@@ -56,19 +52,19 @@ class RuntimeDescriptorExposure final : public NodeExposure {
     drive.drive_id = DriveId(v.volume_id);
     drive.socket = v.socket;
     drive.is_read_only = how.read_only;
-    ASSIGN_OR_RETURN(const std::string drive_json, exposure::FirecrackerDriveJson(drive));
+    ASSIGN_OR_RETURN(const std::string drive_json, FirecrackerDriveJson(drive));
 
     CloudHypervisorDisk disk;
     disk.socket = v.socket;
     disk.readonly = how.read_only;
     disk.num_queues = 1;
     disk.id = DriveId(v.volume_id);
-    ASSIGN_OR_RETURN(const std::string disk_arg, exposure::CloudHypervisorDiskArg(disk));
+    ASSIGN_OR_RETURN(const std::string disk_arg, CloudHypervisorDiskArg(disk));
 
-    Status st = exposure::WriteKataMountInfo(kata_root_, target, kata).status();
-    if (st.ok()) st = exposure::WriteDescriptorFile(FirecrackerDrivePath(target), drive_json, 0600);
+    Status st = WriteKataMountInfo(kata_root_, target, kata).status();
+    if (st.ok()) st = WriteDescriptorFile(FirecrackerDrivePath(target), drive_json, 0600);
     if (st.ok()) {
-      st = exposure::WriteDescriptorFile(CloudHypervisorDiskPath(target), disk_arg + "\n", 0600);
+      st = WriteDescriptorFile(CloudHypervisorDiskPath(target), disk_arg + "\n", 0600);
     }
     if (!st.ok()) (void)RemoveAll(target);
     return st.Annotate("volume " + v.volume_id);
@@ -86,7 +82,7 @@ class RuntimeDescriptorExposure final : public NodeExposure {
     ExposureUsage out;
     if (v.targets.count(path) == 0) return out;  // the staging path has no descriptors
     const std::string kata =
-        exposure::KataVolumeDir(kata_root_, path) + "/" + exposure::kKataMountInfoFile;
+        KataVolumeDir(kata_root_, path) + "/" + kKataMountInfoFile;
     for (const std::string& file :
          {kata, FirecrackerDrivePath(path), CloudHypervisorDiskPath(path)}) {
       struct stat st;
@@ -99,9 +95,9 @@ class RuntimeDescriptorExposure final : public NodeExposure {
 
  private:
   Status RemoveAll(const std::string& target) {
-    RETURN_IF_ERROR(exposure::RemoveKataMountInfo(kata_root_, target));
-    RETURN_IF_ERROR(exposure::RemoveDescriptorFile(FirecrackerDrivePath(target)));
-    return exposure::RemoveDescriptorFile(CloudHypervisorDiskPath(target));
+    RETURN_IF_ERROR(RemoveKataMountInfo(kata_root_, target));
+    RETURN_IF_ERROR(RemoveDescriptorFile(FirecrackerDrivePath(target)));
+    return RemoveDescriptorFile(CloudHypervisorDiskPath(target));
   }
 
   const std::string kata_root_;
@@ -113,4 +109,4 @@ std::unique_ptr<NodeExposure> NewRuntimeDescriptorExposure(std::string kata_root
   return std::make_unique<RuntimeDescriptorExposure>(std::move(kata_root));
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

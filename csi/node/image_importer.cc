@@ -19,7 +19,7 @@
 #include "core/sources/open.h"
 #include "core/thread_name.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -478,4 +478,4 @@ Status ImageImporter::SaveRecordsLocked() {
   return Status::Ok();
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -51,7 +51,7 @@
 #include "core/status.h"
 #include "core/store.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 
 // Names of anchor volumes start with this; CSI names with it are refused.
 inline constexpr char kAnchorPrefix[] = "stellarium.io/image-anchor/";
@@ -164,4 +164,4 @@ class ImageImporter {
   std::mutex images_mu_;  // CloneFrom vs ReleaseIfUnused
 };
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -1,6 +1,6 @@
 #include "csi/node/lock_table.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 
 LockTable::Guard& LockTable::Guard::operator=(Guard&& other) noexcept {
   if (this != &other) {
@@ -62,4 +62,4 @@ size_t LockTable::Size() const {
   return entries_.size();
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

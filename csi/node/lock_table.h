@@ -19,7 +19,7 @@
 #include <string>
 #include <unordered_map>
 
-namespace stellarium::csi {
+namespace stellarium::node {
 
 class LockTable {
  public:
@@ -62,4 +62,4 @@ class LockTable {
   std::unordered_map<std::string, std::unique_ptr<Entry>> entries_;  // GUARDED_BY(mu_)
 };
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -16,7 +16,7 @@
 #include <fstream>
 #include <sstream>
 
-namespace stellarium::csi {
+namespace stellarium::node {
 namespace {
 
 std::string Join(const std::vector<std::string>& parts, const char* sep) {
@@ -223,4 +223,4 @@ bool Mounter::Exists(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0;
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -17,7 +17,7 @@
 
 #include "core/status.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 
 struct FsUsage {
   uint64_t total_bytes = 0, available_bytes = 0, used_bytes = 0;
@@ -64,4 +64,4 @@ class Mounter {
   bool Exists(const std::string& path);
 };
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

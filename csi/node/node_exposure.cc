@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-namespace stellarium::csi {
+namespace stellarium::node {
 namespace {
 
 // Several exposures run as one: forward calls in order, undo in reverse order; a
@@ -135,4 +135,4 @@ Result<NodeExposure*> NodeExposures::For(const std::string& exposure) {
   return it->second.get();
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

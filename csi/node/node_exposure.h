@@ -44,7 +44,7 @@
 #include "csi/node/mounter.h"
 #include "csi/node/node_state.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 
 // What NodeGetVolumeStats reports for a staged volume at one of its paths.
 struct ExposureUsage {
@@ -121,4 +121,4 @@ class NodeExposures {
   std::unique_ptr<NodeExposure> all_;
 };
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -8,7 +8,7 @@
 
 #include <filesystem>
 
-namespace stellarium::csi {
+namespace stellarium::node {
 namespace {
 
 namespace fs = std::filesystem;
@@ -136,4 +136,4 @@ Status NodeState::Remove(const std::string& volume_id) {
   return Status::Ok();
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -18,7 +18,7 @@
 
 #include "core/status.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 
 struct PublishedTarget {
   bool read_only = false;
@@ -62,4 +62,4 @@ class NodeState {
   std::map<std::string, StagedVolume> volumes_;  // GUARDED_BY(mu_)
 };
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <sys/stat.h>
 
-namespace stellarium::csi {
+namespace stellarium::node {
 namespace {
 
 // Splits "/a/b/c" into {"a","b","c"}; empty components ("//") are dropped.
@@ -100,4 +100,4 @@ Result<std::string> ResolveUnderRoot(const std::string& what, const std::string&
   return ResolveUnderAnyRoot(what, path, std::vector<std::string>{root});
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -12,7 +12,7 @@
 
 #include "core/status.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 
 // Resolves `path` (which may not exist yet: its missing tail is kept as written) and
 // checks it is `root` or below it. INVALID_ARGUMENT for a relative path, a ".."
@@ -28,4 +28,4 @@ Result<std::string> ResolveUnderAnyRoot(const std::string& what, const std::stri
 // True when `path` is `root` or lies below it (both already resolved, no trailing '/').
 bool IsUnder(const std::string& path, const std::string& root);
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -6,7 +6,7 @@
 
 #include "core/thread_name.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 namespace {
 
@@ -294,4 +294,4 @@ Status ReadAheadBlockIo::Write(uint64_t offset, const char* data, size_t len) {
   return st;
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

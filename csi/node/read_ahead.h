@@ -16,7 +16,7 @@
 #include "core/block_io.h"
 #include "core/status.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 // Optionally implemented by a BlockIo that holds bytes in memory of its own (the
 // read-ahead layer): it hands a read over in pieces instead of copying it into one
@@ -155,4 +155,4 @@ class ReadAheadBlockIo : public BlockIo, public PieceReader {
   std::vector<std::thread> helpers_;           // GUARDED_BY(mu_); started lazily
 };
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 std::string Base64Url(const std::string& in) {
   static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -214,4 +214,4 @@ Result<std::string> CloudHypervisorDiskArg(const CloudHypervisorDisk& d) {
   return out;
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -22,7 +22,7 @@
 
 #include "core/status.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 inline constexpr char kKataDirectVolumesRoot[] = "/run/kata-containers/shared/direct-volumes";
 inline constexpr char kKataMountInfoFile[] = "mountInfo.json";
@@ -75,4 +75,4 @@ Status WriteDescriptorFile(const std::string& path, const std::string& content,
 // OK if absent.
 Status RemoveDescriptorFile(const std::string& path);
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -12,14 +12,11 @@
 #include <cerrno>
 #include <mutex>
 
-#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "csi/node/node_exposure.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 namespace {
-
-using exposure::VhostUserBlkOptions;
-using exposure::VhostUserBlkServer;
 
 // The most queues a front-end may use. One thread serves them all (vhost_user_blk.h),
 // so the descriptors ask for one; more are accepted for VMMs that insist.
@@ -241,4 +238,4 @@ std::unique_ptr<NodeExposure> NewVhostUserBlkExposure(Store* store, BlockDeviceP
                                                 readahead_bytes);
 }
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

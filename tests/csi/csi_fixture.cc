@@ -35,7 +35,7 @@ void CsiDriverTest::SetUp() {
   fs::create_directories(kubelet_);
   fs::create_directories(images_);
   fs::create_directories(root_ + "/state");
-  auto holder = exposure::FdHolderServer::Listen(root_ + "/state/fd-holder.sock");
+  auto holder = node::FdHolderServer::Listen(root_ + "/state/fd-holder.sock");
   ASSERT_TRUE(holder.ok()) << holder.status().ToString();
   holder_ = std::move(holder).value();
   holder_stop_ = ::eventfd(0, EFD_CLOEXEC);

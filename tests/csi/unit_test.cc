@@ -14,10 +14,10 @@
 
 #include "core/store.h"
 #include "csi/node/block_device/fuse_block_server.h"
-#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "csi/node/lock_table.h"
-#include "csi/options.h"
 #include "csi/node/paths.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
+#include "csi/options.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
 #include "tests/spawn_util.h"
@@ -27,6 +27,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::csi::v1::VolumeCapability;
+using node::LockTable;
+using node::ResolveUnderAnyRoot;
+using node::ResolveUnderRoot;
 
 class TempDir {
  public:
@@ -159,9 +162,9 @@ TEST(OptionsTest, DefaultsAreDocumented) {
   EXPECT_EQ(cl.options.store_disk_readahead_mib, 64u);
   EXPECT_EQ(cl.options.store_disk_readahead_mib << 20, StoreOptions{}.disk_readahead_bytes);
   EXPECT_EQ(cl.options.exposure_readahead_mib << 20,
-            exposure::FuseBlockServerOptions{}.readahead_bytes);
+            node::FuseBlockServerOptions{}.readahead_bytes);
   EXPECT_EQ(cl.options.exposure_readahead_mib << 20,
-            exposure::VhostUserBlkOptions{}.readahead_bytes);
+            node::VhostUserBlkOptions{}.readahead_bytes);
   EXPECT_EQ(FdHolderSocket(cl.options), "/var/lib/stellarium/state/fd-holder.sock");
 }
 

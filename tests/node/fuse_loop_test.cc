@@ -17,7 +17,7 @@
 #include "tests/node/test_util.h"
 #include "tests/thread_names.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::MemBlockIo;
@@ -380,4 +380,4 @@ TEST(LoopDeviceTest, BadArgumentsNameTheObject) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -36,7 +36,7 @@
 #include "csi/node/block_device/loop_control.h"
 #include "tests/node/test_util.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 namespace fs = std::filesystem;
@@ -609,4 +609,4 @@ TEST(FdHolderTest, HoldsHandsBackAndRefusesBadRequests) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

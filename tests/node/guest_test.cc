@@ -28,7 +28,7 @@
 #error "STELLARIUM_SOURCE_DIR must point at the source tree (scripts/build-guest.sh)"
 #endif
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::CommandResult;
@@ -235,4 +235,4 @@ TEST_F(GuestTest, SameGuestBootsFromTheFuseLoopDevice) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -114,9 +114,9 @@ std::string GuestHash(const std::string& console) {
 
 std::string ReadFileThroughLoop(std::shared_ptr<BlockIo> io, const std::string& work_dir,
                                 const std::string& name) {
-  using exposure::AttachLoop;
-  using exposure::DetachLoop;
-  using exposure::FuseBlockServer;
+  using node::AttachLoop;
+  using node::DetachLoop;
+  using node::FuseBlockServer;
   auto fuse = FuseBlockServer::Start({.mountpoint = work_dir + "/check-fuse"});
   EXPECT_TRUE(fuse.ok()) << fuse.status().ToString();
   if (!fuse.ok()) return "";

@@ -11,7 +11,7 @@
 
 #include "tests/node/test_util.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::TempDir;
@@ -145,4 +145,4 @@ TEST(DescriptorsTest, DescriptorFilesAreWrittenAtomicallyAndRemovedIdempotently)
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -21,7 +21,7 @@
 
 #include "tests/node/test_util.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::MemBlockIo;
@@ -1113,4 +1113,4 @@ TEST(VhostUserBlkServerTest, ProtocolViolationsCloseTheConnectionButNotTheServer
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -18,7 +18,7 @@
 #include "tests/node/node_fixture.h"
 #include "tests/node/test_util.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::ImportKnownExt4;
@@ -171,4 +171,4 @@ TEST(VolumeExposureTest, ODirectWritesThroughLoopMatchTheVolume) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

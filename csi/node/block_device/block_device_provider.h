@@ -31,7 +31,7 @@
 
 #include "core/status.h"
 
-namespace stellarium::csi {
+namespace stellarium::node {
 
 struct AttachedDevice {
   std::string volume_id;
@@ -61,4 +61,4 @@ class BlockDeviceProvider {
   virtual std::optional<AttachedDevice> Find(const std::string& volume_id) = 0;
 };
 
-}  // namespace stellarium::csi
+}  // namespace stellarium::node

@@ -15,7 +15,7 @@
 
 #include "core/thread_name.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 constexpr size_t kMaxName = 64;
@@ -383,4 +383,4 @@ void FdHolderLease::Loop(int sock) {
   }
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -33,7 +33,7 @@
 
 #include "core/status.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 inline constexpr size_t kFdHolderMaxPayload = 4096;
 
@@ -112,4 +112,4 @@ class FdHolderLease {
   std::thread thread_;
 };
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
     std::perror("stellarium-fd-holder: signalfd");
     return 1;
   }
-  auto server = stellarium::exposure::FdHolderServer::Listen(socket_path);
+  auto server = stellarium::node::FdHolderServer::Listen(socket_path);
   if (!server.ok()) {
     std::fprintf(stderr, "stellarium-fd-holder: %s\n", server.status().message().c_str());
     return 1;

@@ -23,7 +23,7 @@
 
 #include "core/thread_name.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 namespace {
 
@@ -741,4 +741,4 @@ std::vector<std::string> FuseBlockServer::ListVolumes() const {
   return out;
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -48,7 +48,7 @@
 
 struct fuse_session;
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 struct FuseBlockServerOptions {
   std::string mountpoint{};  // created if missing; a dead FUSE mount there is removed
@@ -138,4 +138,4 @@ class FuseBlockServer {
   bool resumed_ = false;  // made by Resume(): Serve() sends FUSE_NOTIFY_RESEND
 };
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

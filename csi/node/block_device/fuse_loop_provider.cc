@@ -5,7 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 constexpr char kHolderEntry[] = "fuse";
@@ -135,7 +135,7 @@ void FuseLoopBlockDeviceProvider::AdoptLoops() {
       (void)DetachLoop(d.path, /*lazy=*/true);
       continue;
     }
-    attached_[id] = Attachment{*vol, csi::AttachedDevice{id, d.path, d.read_only, d.size_bytes}};
+    attached_[id] = Attachment{*vol, AttachedDevice{id, d.path, d.read_only, d.size_bytes}};
     spdlog::info("volume {}: re-adopted {}", id, d.path);
   }
 }
@@ -172,7 +172,7 @@ FuseLoopBlockDeviceProvider::~FuseLoopBlockDeviceProvider() {
   }
 }
 
-Result<std::vector<csi::AttachedDevice>> FuseLoopBlockDeviceProvider::Recover() {
+Result<std::vector<AttachedDevice>> FuseLoopBlockDeviceProvider::Recover() {
   ASSIGN_OR_RETURN(std::vector<LoopDevice> loops, ListLoops());
   const std::string prefix = mountpoint_ + "/";
   std::lock_guard<std::mutex> lock(mu_);
@@ -185,12 +185,12 @@ Result<std::vector<csi::AttachedDevice>> FuseLoopBlockDeviceProvider::Recover() 
     // Detach it now, or when its last user (a stale mount) lets go.
     (void)DetachLoop(d.path, /*lazy=*/true);
   }
-  std::vector<csi::AttachedDevice> out;
+  std::vector<AttachedDevice> out;
   for (const auto& [id, a] : attached_) out.push_back(a.device);
   return out;
 }
 
-Result<csi::AttachedDevice> FuseLoopBlockDeviceProvider::Attach(const std::string& volume_id,
+Result<AttachedDevice> FuseLoopBlockDeviceProvider::Attach(const std::string& volume_id,
                                                                 bool read_only) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = attached_.find(volume_id);
@@ -210,7 +210,7 @@ Result<csi::AttachedDevice> FuseLoopBlockDeviceProvider::Attach(const std::strin
     (void)fuse_->RemoveVolume(volume_id);
     return loop.status().Annotate("volume " + volume_id);
   }
-  csi::AttachedDevice dev{volume_id, loop->path, read_only, loop->size_bytes};
+  AttachedDevice dev{volume_id, loop->path, read_only, loop->size_bytes};
   attached_[volume_id] = Attachment{vol, dev};
   return dev;
 }
@@ -251,11 +251,11 @@ Result<uint64_t> FuseLoopBlockDeviceProvider::Resize(const std::string& volume_i
   return size;
 }
 
-std::optional<csi::AttachedDevice> FuseLoopBlockDeviceProvider::Find(const std::string& volume_id) {
+std::optional<AttachedDevice> FuseLoopBlockDeviceProvider::Find(const std::string& volume_id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = attached_.find(volume_id);
   if (it == attached_.end()) return std::nullopt;
   return it->second.device;
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

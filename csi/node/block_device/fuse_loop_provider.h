@@ -1,4 +1,4 @@
-// FuseLoopBlockDeviceProvider: the csi::BlockDeviceProvider (block_device_provider.h) that
+// FuseLoopBlockDeviceProvider: the BlockDeviceProvider (block_device_provider.h) that
 // makes a volume a kernel block device without copying it: the volume is served as a
 // file by one FuseBlockServer under <state_dir>/fuse, and a loop device (direct I/O) is
 // attached to that file. Reads are lazy and every write reaches the store as it
@@ -18,7 +18,7 @@
 // closes them, and reports no device attached. Every write that completed is in the
 // store either way; writes are durable once flushed (fsync on the device).
 //
-// Thread-safety: as csi::BlockDeviceProvider (a mutex guards the attachment table).
+// Thread-safety: as BlockDeviceProvider (a mutex guards the attachment table).
 #pragma once
 
 #include <atomic>
@@ -33,7 +33,7 @@
 #include "csi/node/block_device/fuse_block_server.h"
 #include "csi/node/block_device/loop_control.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 struct FuseLoopProviderOptions {
   std::string state_dir{};  // the FUSE mount is <state_dir>/fuse
@@ -44,7 +44,7 @@ struct FuseLoopProviderOptions {
   uint64_t readahead_bytes = FuseBlockServerOptions{}.readahead_bytes;
 };
 
-class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {
+class FuseLoopBlockDeviceProvider : public BlockDeviceProvider {
  public:
   // Resumes the FUSE connection kept by the fd holder (re-adopting its loop devices)
   // or starts a new FUSE server. `store` must outlive the provider.
@@ -57,12 +57,12 @@ class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {
 
   // The consumer's view: a loop device ("exposure: loop"), whatever serves its file.
   std::string Name() const override { return "loop"; }
-  Result<std::vector<csi::AttachedDevice>> Recover() override;
-  Result<csi::AttachedDevice> Attach(const std::string& volume_id, bool read_only) override;
+  Result<std::vector<AttachedDevice>> Recover() override;
+  Result<AttachedDevice> Attach(const std::string& volume_id, bool read_only) override;
   Status Detach(const std::string& volume_id) override;
   Status Sync(const std::string& volume_id) override;
   Result<uint64_t> Resize(const std::string& volume_id) override;
-  std::optional<csi::AttachedDevice> Find(const std::string& volume_id) override;
+  std::optional<AttachedDevice> Find(const std::string& volume_id) override;
 
   const std::string& mountpoint() const { return mountpoint_; }
   // True when this provider took over a live FUSE connection from an earlier run.
@@ -73,7 +73,7 @@ class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {
  private:
   struct Attachment {
     std::shared_ptr<Volume> volume;
-    csi::AttachedDevice device;
+    AttachedDevice device;
   };
   FuseLoopBlockDeviceProvider(Store* store, FuseLoopProviderOptions options);
   // Takes the FUSE fd back from the holder and resumes it; false when there is none.
@@ -91,4 +91,4 @@ class FuseLoopBlockDeviceProvider : public csi::BlockDeviceProvider {
   std::map<std::string, Attachment> attached_;  // GUARDED_BY(mu_), by volume id
 };
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

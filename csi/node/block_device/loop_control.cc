@@ -14,7 +14,7 @@
 #include <cstring>
 #include <fstream>
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 namespace {
 
@@ -216,4 +216,4 @@ Result<uint64_t> RefreshLoopSize(const std::string& device) {
   return bytes;
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

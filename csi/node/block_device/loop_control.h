@@ -18,7 +18,7 @@
 
 #include "core/status.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 struct LoopAttachOptions {
   bool read_only = false;
@@ -54,4 +54,4 @@ Result<LoopDevice> DescribeLoop(const std::string& device);
 // file is stat()ed first so a FUSE file's new size is fetched. Returns the new size.
 Result<uint64_t> RefreshLoopSize(const std::string& device);
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

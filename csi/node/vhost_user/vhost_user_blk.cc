@@ -17,7 +17,7 @@
 
 #include "core/thread_name.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 void UniqueFd::Reset() {
   if (fd_ >= 0) close(fd_);
@@ -637,4 +637,4 @@ Status VhostUserBlkServer::Serve(int conn) {
   }
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -47,7 +47,7 @@
 #include "csi/node/vhost_user/vhost_user_protocol.h"
 #include "csi/node/vhost_user/virtio_blk.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 // An owned file descriptor.
 class UniqueFd {
@@ -217,4 +217,4 @@ class VhostUserBlkServer {
   std::string last_error_;  // GUARDED_BY(error_mu_)
 };
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

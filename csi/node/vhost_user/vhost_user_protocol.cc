@@ -3,7 +3,7 @@
 
 #include <algorithm>
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 namespace {
 
@@ -162,4 +162,4 @@ std::vector<uint8_t> EncodeReply(uint32_t request, const void* payload, size_t s
   return out;
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

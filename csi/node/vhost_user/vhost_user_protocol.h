@@ -13,7 +13,7 @@
 
 #include "core/status.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 // Message ids (front-end requests). Part of the protocol; never renumber.
 enum VhostUserRequest : uint32_t {
@@ -129,4 +129,4 @@ Result<uint32_t> ParseVringFdIndex(const std::vector<uint8_t>& payload, uint32_t
 // Serializes a reply to `request` with the given payload.
 std::vector<uint8_t> EncodeReply(uint32_t request, const void* payload, size_t size);
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <string>
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 namespace {
 
@@ -379,4 +379,4 @@ Result<uint32_t> SplitQueue::Process(const GuestMemory& mem, BlockIo& io,
   return done;
 }
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

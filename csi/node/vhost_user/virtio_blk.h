@@ -26,7 +26,7 @@
 #include "core/status.h"
 #include "csi/node/read_ahead.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 
 // virtio-blk constants (virtio 1.2, 5.2). Part of the virtio ABI; never renumber.
 inline constexpr uint32_t kVirtioBlkTIn = 0;
@@ -189,4 +189,4 @@ class SplitQueue {
   std::vector<Segment> chain_;  // scratch, reused
 };
 
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node
