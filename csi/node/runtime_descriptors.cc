@@ -1,67 +1,34 @@
 // Runtime descriptors: see runtime_descriptors.h.
 #include "csi/node/runtime_descriptors.h"
 
+#include <absl/strings/escaping.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <nlohmann/json.hpp>
 #include <sys/stat.h>
 #include <unistd.h>
 
 namespace stellarium::node {
 
 std::string Base64Url(const std::string& in) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-  std::string out;
-  size_t i = 0;
-  auto byte = [&in](size_t k) { return static_cast<uint32_t>(static_cast<uint8_t>(in[k])); };
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (byte(i) << 16) | (byte(i + 1) << 8) | byte(i + 2);
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], t[v & 63]};
-  }
-  if (i + 1 == in.size()) {
-    uint32_t v = byte(i) << 16;
-    out += {t[v >> 18], t[(v >> 12) & 63], '=', '='};
-  } else if (i + 2 == in.size()) {
-    uint32_t v = (byte(i) << 16) | (byte(i + 1) << 8);
-    out += {t[v >> 18], t[(v >> 12) & 63], t[(v >> 6) & 63], '='};
-  }
+  // absl's web-safe alphabet is RFC 4648 §5's, without padding; Go's
+  // base64.URLEncoding (what Kata decodes with) pads to a multiple of 4 with '='.
+  std::string out = absl::WebSafeBase64Escape(in);
+  out.append((4 - out.size() % 4) % 4, '=');
   return out;
-}
-
-std::string JsonQuote(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
 }
 
 namespace {
 
-const char* Bool(bool b) { return b ? "true" : "false"; }
+// Compact JSON text of `j` and a newline. nlohmann-json refuses strings that are not
+// valid UTF-8 (type_error 316); `what` names the descriptor in the error.
+Result<std::string> DumpJson(const nlohmann::ordered_json& j, const std::string& what) {
+  try {
+    return j.dump() + "\n";
+  } catch (const nlohmann::json::exception& e) {
+    return Status::InvalidArgument(what + ": a value is not valid UTF-8 (" + e.what() + ")");
+  }
+}
 
 Status CheckTarget(const std::string& target_path) {
   if (target_path.empty() || target_path[0] != '/') {
@@ -73,22 +40,15 @@ Status CheckTarget(const std::string& target_path) {
 
 }  // namespace
 
-std::string KataMountInfoJson(const KataMountInfo& info) {
-  std::string out = "{";
-  out += "\"volume-type\":" + JsonQuote(info.volume_type);
-  out += ",\"device\":" + JsonQuote(info.device);
-  out += ",\"fstype\":" + JsonQuote(info.fstype);
-  out += ",\"metadata\":{";
-  bool first = true;
-  for (const auto& [k, v] : info.metadata) {
-    out += (first ? "" : ",") + JsonQuote(k) + ":" + JsonQuote(v);
-    first = false;
-  }
-  out += "},\"options\":[";
-  for (size_t i = 0; i < info.options.size(); ++i) {
-    out += (i ? "," : "") + JsonQuote(info.options[i]);
-  }
-  return out + "]}\n";
+Result<std::string> KataMountInfoJson(const KataMountInfo& info) {
+  nlohmann::ordered_json j;
+  j["volume-type"] = info.volume_type;
+  j["device"] = info.device;
+  j["fstype"] = info.fstype;
+  j["metadata"] = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : info.metadata) j["metadata"][k] = v;
+  j["options"] = info.options;
+  return DumpJson(j, "kata direct volume " + info.device);
 }
 
 std::string KataVolumeDir(const std::string& root, const std::string& target_path) {
@@ -151,9 +111,10 @@ Result<std::string> WriteKataMountInfo(const std::string& root, const std::strin
     return Status::InvalidArgument("kata direct volume for " + target_path +
                                    ": volume-type and device must be set");
   }
+  ASSIGN_OR_RETURN(const std::string json, KataMountInfoJson(info));
   std::string dir = KataVolumeDir(root, target_path);
   std::string file = dir + "/" + kKataMountInfoFile;
-  RETURN_IF_ERROR(WriteDescriptorFile(file, KataMountInfoJson(info), 0600));
+  RETURN_IF_ERROR(WriteDescriptorFile(file, json, 0600));
   if (chmod(dir.c_str(), 0700) != 0)
     return Status::FromErrno(errno, "kata direct volume: chmod " + dir);
   return file;
@@ -181,15 +142,16 @@ Result<std::string> FirecrackerDriveJson(const FirecrackerDrive& d) {
     return Status::InvalidArgument("firecracker drive " + d.drive_id +
                                    ": set exactly one of path_on_host and socket");
   }
-  std::string out = "{\"drive_id\":" + JsonQuote(d.drive_id);
+  nlohmann::ordered_json j;
+  j["drive_id"] = d.drive_id;
   if (!d.path_on_host.empty()) {
-    out += ",\"path_on_host\":" + JsonQuote(d.path_on_host);
+    j["path_on_host"] = d.path_on_host;
   } else {
-    out += ",\"socket\":" + JsonQuote(d.socket);
+    j["socket"] = d.socket;
   }
-  out += std::string(",\"is_read_only\":") + Bool(d.is_read_only);
-  out += std::string(",\"is_root_device\":") + Bool(d.is_root_device);
-  return out + "}\n";
+  j["is_read_only"] = d.is_read_only;
+  j["is_root_device"] = d.is_root_device;
+  return DumpJson(j, "firecracker drive " + d.drive_id);
 }
 
 Result<std::string> CloudHypervisorDiskArg(const CloudHypervisorDisk& d) {

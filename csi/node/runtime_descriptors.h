@@ -10,6 +10,9 @@
 //   - a Cloud Hypervisor --disk argument: "path=...,readonly=on" or
 //     "vhost_user=on,socket=...,num_queues=N,readonly=on".
 // Files are written atomically (temporary file + rename) and removal is idempotent.
+// The JSON is written with nlohmann-json (keys in the order above, no spaces) and
+// base64url comes from absl; text that is not valid UTF-8 cannot be JSON and is
+// refused with INVALID_ARGUMENT.
 //
 // Thread-safety: free functions; concurrent writes for the same target are the
 // caller's to serialize (the CSI node service holds a per-volume lock).
@@ -29,8 +32,6 @@ inline constexpr char kKataMountInfoFile[] = "mountInfo.json";
 
 // RFC 4648 §5 alphabet with '=' padding.
 std::string Base64Url(const std::string& data);
-// A JSON string literal (quotes included) for UTF-8 text.
-std::string JsonQuote(const std::string& s);
 
 struct KataMountInfo {
   std::string volume_type{};  // "block" for a block device; a runtime-specific type otherwise
@@ -40,11 +41,13 @@ struct KataMountInfo {
   std::vector<std::string> options{};  // mount options
 };
 
-std::string KataMountInfoJson(const KataMountInfo& info);
+// The mountInfo.json text. INVALID_ARGUMENT when a value is not valid UTF-8.
+Result<std::string> KataMountInfoJson(const KataMountInfo& info);
 // <root>/<base64url(target_path)>
 std::string KataVolumeDir(const std::string& root, const std::string& target_path);
 // Writes the file; returns its path. INVALID_ARGUMENT for a relative or empty target
-// path or an empty volume type or device (nothing is written then).
+// path, an empty volume type or device, or a value that is not valid UTF-8 (nothing
+// is written then).
 Result<std::string> WriteKataMountInfo(const std::string& root, const std::string& target_path,
                                        const KataMountInfo& info);
 // Removes the file and its directory. OK if absent.

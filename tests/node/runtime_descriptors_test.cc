@@ -93,6 +93,24 @@ TEST(DescriptorsTest, KataBadInputWritesNothing) {
   EXPECT_NE(stat(root.c_str(), &st), 0);  // nothing created
 }
 
+// JSON text is UTF-8: a value that is not (a path with a stray byte) is refused with a
+// message naming the descriptor, and no file is written.
+TEST(DescriptorsTest, ValueThatIsNotUtf8IsRefusedAndWritesNothing) {
+  TempDir tmp;
+  std::string root = tmp.path() + "/dv";
+  KataMountInfo info{"spdkvol", "/run/v\xff.sock", "ext4", {}, {}};
+  auto r = WriteKataMountInfo(root, kTarget, info);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("kata direct volume"), std::string::npos)
+      << r.status().message();
+  struct stat st;
+  EXPECT_NE(stat(root.c_str(), &st), 0);  // nothing created
+  auto drive = FirecrackerDriveJson({.drive_id = "pvc_1", .socket = "/run/v\xff.sock"});
+  EXPECT_EQ(drive.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(drive.status().message().find("firecracker drive pvc_1"), std::string::npos)
+      << drive.status().message();
+}
+
 TEST(DescriptorsTest, FirecrackerDriveForBlockDeviceAndVhostUser) {
   auto block = FirecrackerDriveJson(
       {.drive_id = "pvc_1", .path_on_host = "/dev/loop3", .is_read_only = true});
