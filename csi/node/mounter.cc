@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libmount.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -11,9 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cstdlib>
-#include <fstream>
+#include <memory>
 #include <sstream>
 
 namespace stellarium::node {
@@ -25,43 +25,31 @@ std::string Join(const std::vector<std::string>& parts, const char* sep) {
   return out;
 }
 
-// Decodes mountinfo's octal escapes ("\040" for a space).
-std::string Unescape(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() &&
-        std::isdigit(static_cast<unsigned char>(s[i + 1]))) {
-      out += static_cast<char>(std::stoi(s.substr(i + 1, 3), nullptr, 8));
-      i += 3;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
+// One mount of this mount namespace, as /proc/self/mountinfo lists it.
 struct MountEntry {
   std::string mount_point;
-  std::string root;    // the path inside the source filesystem (bind mounts)
-  std::string source;  // device or "none"
+  std::string source;  // device or bind origin, "none", "" when the kernel shows none
 };
 
+std::string OrEmpty(const char* s) { return s ? s : ""; }
+
+// The mount table, read by libmount from /proc/self/mountinfo (it decodes the kernel's
+// octal escapes). The file is only read: no mount point is stat()ed, so a dead FUSE
+// mount in the table cannot make this wait.
 Result<std::vector<MountEntry>> ReadMountInfo() {
-  std::ifstream in("/proc/self/mountinfo");
-  if (!in) return Status::FromErrno(errno, "open /proc/self/mountinfo");
+  static constexpr char kMountInfo[] = "/proc/self/mountinfo";
+  std::unique_ptr<libmnt_table, void (*)(libmnt_table*)> table(mnt_new_table(), mnt_unref_table);
+  if (!table) return Status::Internal("libmount: cannot allocate a mount table");
+  if (int rc = mnt_table_parse_file(table.get(), kMountInfo); rc < 0) {
+    return Status::FromErrno(-rc, std::string("read ") + kMountInfo);
+  }
+  std::unique_ptr<libmnt_iter, void (*)(libmnt_iter*)> it(mnt_new_iter(MNT_ITER_FORWARD),
+                                                          mnt_free_iter);
+  if (!it) return Status::Internal("libmount: cannot allocate an iterator");
   std::vector<MountEntry> entries;
-  std::string line;
-  while (std::getline(in, line)) {
-    // id parent major:minor root mount_point options [optional...] - fstype source super
-    std::istringstream fields(line);
-    std::string id, parent, devno, root, mount_point;
-    fields >> id >> parent >> devno >> root >> mount_point;
-    std::string word;
-    while (fields >> word && word != "-") {
-    }
-    std::string fstype, source;
-    fields >> fstype >> source;
-    entries.push_back({Unescape(mount_point), Unescape(root), Unescape(source)});
+  libmnt_fs* fs = nullptr;
+  while (mnt_table_next_fs(table.get(), it.get(), &fs) == 0) {
+    entries.push_back({OrEmpty(mnt_fs_get_target(fs)), OrEmpty(mnt_fs_get_source(fs))});
   }
   return entries;
 }

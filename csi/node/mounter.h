@@ -2,7 +2,7 @@
 // driver makes, in one place. External programs (mount, umount, mkfs.ext4, resize2fs,
 // blkid) are run through core's RunProgram (core/process.h) with an argument vector,
 // never through a shell, so nothing in a request can be interpreted as shell syntax.
-// Mount state is read from /proc/self/mountinfo.
+// Mount state is read from /proc/self/mountinfo through libmount (util-linux).
 //
 // The services call only this class and BlockDeviceProvider; neither they nor the
 // tests make mount syscalls of their own.

@@ -19,9 +19,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
-#include <fstream>
 
 #include "core/thread_name.h"
+#include "csi/node/mounter.h"
 
 namespace stellarium::node {
 
@@ -390,32 +390,10 @@ Status ValidateName(const std::string& name) {
   return Status::Ok();
 }
 
-// True when /proc/self/mountinfo lists a mount at `dir` (escaped as the kernel does).
+// True when something is mounted at `dir` (the mount table only: never a stat of it).
 bool IsMounted(const std::string& dir) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    // id parent major:minor root mountpoint ...
-    size_t pos = 0;
-    for (int field = 0; field < 4 && pos != std::string::npos; ++field) {
-      pos = line.find(' ', pos);
-      if (pos != std::string::npos) ++pos;
-    }
-    if (pos == std::string::npos) continue;
-    size_t end = line.find(' ', pos);
-    std::string mp = line.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
-    std::string unescaped;
-    for (size_t i = 0; i < mp.size(); ++i) {
-      if (mp[i] == '\\' && i + 3 < mp.size()) {
-        unescaped += static_cast<char>(std::stoi(mp.substr(i + 1, 3), nullptr, 8));
-        i += 3;
-      } else {
-        unescaped += mp[i];
-      }
-    }
-    if (unescaped == dir) return true;
-  }
-  return false;
+  Result<bool> mounted = Mounter().IsMountPoint(dir);
+  return mounted.ok() && *mounted;
 }
 
 // Removes a FUSE mount left behind by an earlier process that nobody will serve. Never
