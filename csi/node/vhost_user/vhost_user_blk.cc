@@ -31,6 +31,13 @@ constexpr uint32_t kMaxIoThreads = 16;
 
 bool Has(uint64_t features, int bit) { return (features >> bit) & 1; }
 
+// The payload of a reply: the bytes of `value` as the front-end reads them.
+template <typename T>
+std::vector<uint8_t> PayloadOf(const T& value) {
+  const auto* p = reinterpret_cast<const uint8_t*>(&value);
+  return std::vector<uint8_t>(p, p + sizeof(value));
+}
+
 std::string RequestName(uint32_t r) { return "vhost-user request " + std::to_string(r); }
 
 }  // namespace
@@ -276,14 +283,7 @@ Result<uint32_t> VhostUserBlkSession::ProcessQueue(uint32_t index) {
 Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vector<UniqueFd> fds,
                                           std::vector<uint8_t>* reply) {
   const uint32_t req = msg.header.request;
-  const uint32_t nq = static_cast<uint32_t>(queues_.size());
-  bool replied = false;
   Drain();  // requests in flight use the memory and rings a message may change
-  auto reply_u64 = [&](uint64_t v) {
-    std::vector<uint8_t> r = EncodeReply(req, &v, sizeof(v));
-    reply->insert(reply->end(), r.begin(), r.end());
-    replied = true;
-  };
   if (msg.header.size != msg.payload.size()) {
     return Status::InvalidArgument(RequestName(req) + ": header size disagrees with payload");
   }
@@ -293,11 +293,57 @@ Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vect
   if (!takes_fds && !fds.empty()) {
     return Status::InvalidArgument(RequestName(req) + ": unexpected file descriptors");
   }
-  Status ack = Status::Ok();  // reported through REPLY_ACK without closing
+  MessageReply out;
   switch (req) {
     case kVhostUserGetFeatures:
-      reply_u64(offered_features());
+    case kVhostUserSetFeatures:
+    case kVhostUserSetOwner:
+    case kVhostUserResetOwner:
+    case kVhostUserGetProtocolFeatures:
+    case kVhostUserSetProtocolFeatures:
+    case kVhostUserGetQueueNum:
+      RETURN_IF_ERROR(HandleOwnerMessage(msg, &out));
       break;
+    case kVhostUserSetMemTable:
+      RETURN_IF_ERROR(SetMemTable(msg, fds));
+      break;
+    case kVhostUserSetVringNum:
+    case kVhostUserSetVringAddr:
+    case kVhostUserSetVringBase:
+    case kVhostUserGetVringBase:
+    case kVhostUserSetVringEnable:
+      RETURN_IF_ERROR(HandleVringMessage(msg, &out));
+      break;
+    case kVhostUserSetVringKick:
+    case kVhostUserSetVringCall:
+    case kVhostUserSetVringErr:
+      RETURN_IF_ERROR(SetVringFd(msg, fds));
+      break;
+    case kVhostUserGetConfig:
+    case kVhostUserSetConfig:
+      RETURN_IF_ERROR(HandleConfigMessage(msg, &out));
+      break;
+    default:
+      return Status::Unimplemented(RequestName(req) + ": not supported by this back-end");
+  }
+  if (out.payload) {
+    std::vector<uint8_t> r = EncodeReply(req, out.payload->data(), out.payload->size());
+    reply->insert(reply->end(), r.begin(), r.end());
+  } else if ((msg.header.flags & kVhostUserNeedReplyFlag) &&
+             Has(acked_protocol_features_, kVhostUserProtocolFReplyAck)) {
+    const uint64_t ack = out.ack.ok() ? 0 : 1;
+    std::vector<uint8_t> r = EncodeReply(req, &ack, sizeof(ack));
+    reply->insert(reply->end(), r.begin(), r.end());
+  }
+  return Status::Ok();
+}
+
+Status VhostUserBlkSession::HandleOwnerMessage(const VhostUserMessage& msg, MessageReply* out) {
+  const uint32_t nq = static_cast<uint32_t>(queues_.size());
+  switch (msg.header.request) {
+    case kVhostUserGetFeatures:
+      out->payload = PayloadOf(offered_features());
+      return Status::Ok();
     case kVhostUserSetFeatures: {
       ASSIGN_OR_RETURN(uint64_t f, ParseU64Payload(msg.payload));
       if (f & ~offered_features()) {
@@ -309,18 +355,18 @@ Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vect
       if (!Has(f, kVhostUserFProtocolFeatures)) {
         for (auto& q : queues_) q.enabled = true;  // rings start enabled without it
       }
-      break;
+      return Status::Ok();
     }
     case kVhostUserSetOwner:
       owner_set_ = true;
-      break;
+      return Status::Ok();
     case kVhostUserResetOwner:
       for (uint32_t i = 0; i < nq; ++i) StopQueue(i);
       owner_set_ = false;
-      break;
+      return Status::Ok();
     case kVhostUserGetProtocolFeatures:
-      reply_u64(offered_protocol_features());
-      break;
+      out->payload = PayloadOf(offered_protocol_features());
+      return Status::Ok();
     case kVhostUserSetProtocolFeatures: {
       ASSIGN_OR_RETURN(uint64_t f, ParseU64Payload(msg.payload));
       if (f & ~offered_protocol_features()) {
@@ -328,105 +374,93 @@ Status VhostUserBlkSession::HandleMessage(const VhostUserMessage& msg, std::vect
                                        std::to_string(f & ~offered_protocol_features()));
       }
       acked_protocol_features_ = f;
-      break;
+      return Status::Ok();
     }
-    case kVhostUserGetQueueNum:
-      reply_u64(nq);
-      break;
-    case kVhostUserSetMemTable:
-      RETURN_IF_ERROR(SetMemTable(msg, fds));
-      break;
-    case kVhostUserSetVringNum: {
-      ASSIGN_OR_RETURN(VringState s, ParseVringState(msg.payload, nq));
+    default:  // kVhostUserGetQueueNum
+      out->payload = PayloadOf(static_cast<uint64_t>(nq));
+      return Status::Ok();
+  }
+}
+
+Status VhostUserBlkSession::HandleVringMessage(const VhostUserMessage& msg, MessageReply* out) {
+  const uint32_t nq = static_cast<uint32_t>(queues_.size());
+  if (msg.header.request == kVhostUserSetVringAddr) {
+    ASSIGN_OR_RETURN(VringAddr a, ParseVringAddr(msg.payload, nq));
+    queues_[a.index].addrs = VringAddresses{a.desc_user_addr, a.avail_user_addr, a.used_user_addr};
+    return StartQueueIfReady(a.index);
+  }
+  ASSIGN_OR_RETURN(VringState s, ParseVringState(msg.payload, nq));
+  Queue& q = queues_[s.index];
+  switch (msg.header.request) {
+    case kVhostUserSetVringNum:
       if (s.num == 0 || s.num > kMaxQueueSize || (s.num & (s.num - 1)) != 0) {
         return Status::InvalidArgument("vhost-user SET_VRING_NUM: size " + std::to_string(s.num) +
                                        " is not a power of two in [1, 32768]");
       }
-      queues_[s.index].size = s.num;
-      break;
-    }
-    case kVhostUserSetVringAddr: {
-      ASSIGN_OR_RETURN(VringAddr a, ParseVringAddr(msg.payload, nq));
-      queues_[a.index].addrs =
-          VringAddresses{a.desc_user_addr, a.avail_user_addr, a.used_user_addr};
-      RETURN_IF_ERROR(StartQueueIfReady(a.index));
-      break;
-    }
-    case kVhostUserSetVringBase: {
-      ASSIGN_OR_RETURN(VringState s, ParseVringState(msg.payload, nq));
+      q.size = s.num;
+      return Status::Ok();
+    case kVhostUserSetVringBase:
       if (s.num > 0xffff) {
         return Status::InvalidArgument("vhost-user SET_VRING_BASE: index " + std::to_string(s.num) +
                                        " does not fit 16 bits");
       }
-      queues_[s.index].ring.set_last_avail_idx(static_cast<uint16_t>(s.num));
-      break;
-    }
+      q.ring.set_last_avail_idx(static_cast<uint16_t>(s.num));
+      return Status::Ok();
     case kVhostUserGetVringBase: {
-      ASSIGN_OR_RETURN(VringState s, ParseVringState(msg.payload, nq));
       StopQueue(s.index);
-      uint32_t state[2] = {s.index, queues_[s.index].ring.last_avail_idx()};
-      std::vector<uint8_t> r = EncodeReply(req, state, sizeof(state));
-      reply->insert(reply->end(), r.begin(), r.end());
-      replied = true;
-      break;
+      const uint32_t state[2] = {s.index, q.ring.last_avail_idx()};
+      out->payload = PayloadOf(state);
+      return Status::Ok();
     }
-    case kVhostUserSetVringKick:
-    case kVhostUserSetVringCall:
-    case kVhostUserSetVringErr: {
-      bool no_fd = false;
-      ASSIGN_OR_RETURN(uint32_t index, ParseVringFdIndex(msg.payload, nq, fds.size(), &no_fd));
-      Queue& q = queues_[index];
-      UniqueFd fd = no_fd ? UniqueFd() : std::move(fds[0]);
-      if (req == kVhostUserSetVringKick) {
-        if (no_fd) {
-          return Status::InvalidArgument("vhost-user vring " + std::to_string(index) +
-                                         ": polling without a kick fd is not supported");
-        }
-        q.kick = std::move(fd);
-        RETURN_IF_ERROR(StartQueueIfReady(index));
-      } else if (req == kVhostUserSetVringCall) {
-        q.call = std::move(fd);
-      } else {
-        q.err = std::move(fd);
-      }
-      break;
-    }
-    case kVhostUserSetVringEnable: {
-      ASSIGN_OR_RETURN(VringState s, ParseVringState(msg.payload, nq));
+    default:  // kVhostUserSetVringEnable
       if (s.num > 1) {
         return Status::InvalidArgument("vhost-user SET_VRING_ENABLE: value " +
                                        std::to_string(s.num) + " is not 0 or 1");
       }
-      queues_[s.index].enabled = s.num == 1;
+      q.enabled = s.num == 1;
       if (s.num == 1) {
         auto done = ProcessQueue(s.index);  // requests that arrived while disabled
         (void)done;
       }
-      break;
-    }
-    case kVhostUserGetConfig: {
-      ASSIGN_OR_RETURN(ConfigAccess c, ParseConfigAccess(msg.payload));
-      std::vector<uint8_t> space = ConfigSpace();
-      std::vector<uint8_t> payload(12 + c.size);
-      memcpy(payload.data(), msg.payload.data(), 12);
-      memcpy(payload.data() + 12, space.data() + c.offset, c.size);
-      std::vector<uint8_t> r = EncodeReply(req, payload.data(), payload.size());
-      reply->insert(reply->end(), r.begin(), r.end());
-      replied = true;
-      break;
-    }
-    case kVhostUserSetConfig:
-      // No writable config field is offered (no VIRTIO_BLK_F_CONFIG_WCE).
-      RETURN_IF_ERROR(ParseConfigAccess(msg.payload).status());
-      ack = Status::FailedPrecondition("vhost-user SET_CONFIG: no writable config fields");
-      break;
-    default:
-      return Status::Unimplemented(RequestName(req) + ": not supported by this back-end");
+      return Status::Ok();
   }
-  if (!replied && (msg.header.flags & kVhostUserNeedReplyFlag) &&
-      Has(acked_protocol_features_, kVhostUserProtocolFReplyAck)) {
-    reply_u64(ack.ok() ? 0 : 1);
+}
+
+Status VhostUserBlkSession::SetVringFd(const VhostUserMessage& msg, std::vector<UniqueFd>& fds) {
+  const uint32_t req = msg.header.request;
+  const uint32_t nq = static_cast<uint32_t>(queues_.size());
+  bool no_fd = false;
+  ASSIGN_OR_RETURN(uint32_t index, ParseVringFdIndex(msg.payload, nq, fds.size(), &no_fd));
+  Queue& q = queues_[index];
+  UniqueFd fd = no_fd ? UniqueFd() : std::move(fds[0]);
+  if (req == kVhostUserSetVringKick) {
+    if (no_fd) {
+      return Status::InvalidArgument("vhost-user vring " + std::to_string(index) +
+                                     ": polling without a kick fd is not supported");
+    }
+    q.kick = std::move(fd);
+    return StartQueueIfReady(index);
   }
+  if (req == kVhostUserSetVringCall) {
+    q.call = std::move(fd);
+  } else {
+    q.err = std::move(fd);
+  }
+  return Status::Ok();
+}
+
+Status VhostUserBlkSession::HandleConfigMessage(const VhostUserMessage& msg, MessageReply* out) {
+  ASSIGN_OR_RETURN(ConfigAccess c, ParseConfigAccess(msg.payload));
+  if (msg.header.request == kVhostUserSetConfig) {
+    // No writable config field is offered (no VIRTIO_BLK_F_CONFIG_WCE).
+    out->ack = Status::FailedPrecondition("vhost-user SET_CONFIG: no writable config fields");
+    return Status::Ok();
+  }
+  std::vector<uint8_t> space = ConfigSpace();
+  std::vector<uint8_t> payload(12 + c.size);
+  memcpy(payload.data(), msg.payload.data(), 12);
+  memcpy(payload.data() + 12, space.data() + c.offset, c.size);
+  out->payload = std::move(payload);
   return Status::Ok();
 }
 

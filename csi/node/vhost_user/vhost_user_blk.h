@@ -146,6 +146,21 @@ class VhostUserBlkSession {
     PoppedRequest request;
   };
 
+  // What handling a message gives back: a reply payload of its own, else the status
+  // REPLY_ACK reports when the front-end asked for one.
+  struct MessageReply {
+    std::optional<std::vector<uint8_t>> payload;
+    Status ack = Status::Ok();
+  };
+  // HandleMessage's parts, one per group of messages; a non-OK status closes the
+  // connection. Features and ownership; GET_QUEUE_NUM.
+  Status HandleOwnerMessage(const VhostUserMessage& msg, MessageReply* out);
+  // SET_VRING_NUM/ADDR/BASE/ENABLE, GET_VRING_BASE.
+  Status HandleVringMessage(const VhostUserMessage& msg, MessageReply* out);
+  // SET_VRING_KICK/CALL/ERR: the eventfd that came with the message (or none).
+  Status SetVringFd(const VhostUserMessage& msg, std::vector<UniqueFd>& fds);
+  // GET_CONFIG, SET_CONFIG.
+  Status HandleConfigMessage(const VhostUserMessage& msg, MessageReply* out);
   Status SetMemTable(const VhostUserMessage& msg, std::vector<UniqueFd>& fds);
   void UnmapAll();
   Status StartQueueIfReady(uint32_t index);
