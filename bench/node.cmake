@@ -10,10 +10,10 @@ endif()
 # The data path: node_reader runs every pass (host and QEMU guest, hence -static).
 add_executable(node_reader ${CMAKE_CURRENT_LIST_DIR}/node_reader.cc)
 target_link_options(node_reader PRIVATE -static)
-if(TARGET stellarium_exposure AND TARGET stellarium_node_guest_util)
+if(TARGET stellarium_node AND TARGET stellarium_node_guest_util)
   add_executable(node_data_path ${CMAKE_CURRENT_LIST_DIR}/node_data_path.cc)
   target_compile_definitions(node_data_path PRIVATE STELLARIUM_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
-  target_link_libraries(node_data_path PRIVATE stellarium_exposure stellarium_node_guest_util
+  target_link_libraries(node_data_path PRIVATE stellarium_node stellarium_node_guest_util
                         stellarium_core)
   add_dependencies(node_data_path node_reader)
 endif()

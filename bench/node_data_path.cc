@@ -36,9 +36,9 @@
 #include "core/image_source.h"
 #include "core/sha256.h"
 #include "core/store.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "tests/node/guest_util.h"
 #include "tests/node/test_util.h"
 
@@ -178,14 +178,14 @@ int main(int argc, char** argv) {
   // disk_readahead_bytes = 0: the kernel's own read-ahead only).
   auto fuse_pass = [&](uint64_t disk_readahead, const std::string& what) {
     reopen(disk_readahead);
-    auto fuse = exposure::FuseBlockServer::Start({.mountpoint = work + "/fuse"});
+    auto fuse = node::FuseBlockServer::Start({.mountpoint = work + "/fuse"});
     Must(fuse.ok(), fuse.ok() ? "" : fuse.status().ToString());
     Must((*fuse)->AddVolume("bench", *volume).ok(), "fuse add");
     auto loop =
-        exposure::AttachLoop((*fuse)->PathOf("bench"), {.read_only = true, .direct_io = true});
+        node::AttachLoop((*fuse)->PathOf("bench"), {.read_only = true, .direct_io = true});
     Must(loop.ok(), loop.ok() ? "" : loop.status().ToString());
     Figures f = host_pass(loop->path, what);
-    Must(exposure::DetachLoop(loop->path).ok(), "detach loop");
+    Must(node::DetachLoop(loop->path).ok(), "detach loop");
     Must((*fuse)->RemoveVolume("bench").ok(), "fuse remove");
     return f;
   };
@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
     reopen();
     const std::string socket = work + "/vhost.sock";
     auto server =
-        exposure::VhostUserBlkServer::Start(socket, *volume, {.num_queues = 1, .read_only = true});
+        node::VhostUserBlkServer::Start(socket, *volume, {.num_queues = 1, .read_only = true});
     Must(server.ok(), server.ok() ? "" : server.status().ToString());
     c_vhost = guest_pass(testing::VhostUserDiskArgs(socket), "(c) guest, vhost-user-blk");
   }

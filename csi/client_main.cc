@@ -14,9 +14,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdint>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -97,6 +99,287 @@ VolumeCapability Capability(bool block, bool read_only, const std::string& fs_ty
   return cap;
 }
 
+// Every option of every subcommand; each subcommand reads the ones it declared.
+struct Args {
+  std::string name, id, snapshot, volume, size, limit, staging, target, fs_type = "ext4";
+  std::vector<std::string> params, flags, context;
+  bool block = false, read_only = false;
+  int max_entries = 0;
+  std::string token;
+};
+
+// The driver's three services on one channel; each call gets the --timeout deadline.
+struct Client {
+  Client(const std::string& endpoint, int timeout_s)
+      : channel(grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials())),
+        identity(Identity::NewStub(channel)),
+        controller(Controller::NewStub(channel)),
+        node(Node::NewStub(channel)),
+        timeout(timeout_s) {}
+  std::unique_ptr<grpc::ClientContext> Context() const {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout));
+    return c;
+  }
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<Identity::Stub> identity;
+  std::unique_ptr<Controller::Stub> controller;
+  std::unique_ptr<Node::Stub> node;
+  int timeout;
+};
+
+// One subcommand: what it does with the parsed arguments; returns the exit status.
+using Command = int (*)(const Client&, const Args&);
+struct Subcommand {
+  CLI::App* app;
+  Command run;
+};
+
+// ---- controller subcommands ----
+
+int CreateVolume(const Client& c, const Args& a) {
+  CreateVolumeRequest req;
+  req.set_name(a.name);
+  if (!a.size.empty()) req.mutable_capacity_range()->set_required_bytes(ParseBytes(a.size));
+  if (!a.limit.empty()) req.mutable_capacity_range()->set_limit_bytes(ParseBytes(a.limit));
+  if (!a.snapshot.empty()) {
+    req.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(a.snapshot);
+  }
+  if (!a.volume.empty()) {
+    req.mutable_volume_content_source()->mutable_volume()->set_volume_id(a.volume);
+  }
+  for (const auto& [k, v] : ParsePairs(a.params)) (*req.mutable_parameters())[k] = v;
+  *req.add_volume_capabilities() = Capability(a.block, false, "", {});
+  CreateVolumeResponse resp;
+  grpc::Status st = c.controller->CreateVolume(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  PrintVolume(resp.volume());
+  return 0;
+}
+
+int DeleteVolume(const Client& c, const Args& a) {
+  DeleteVolumeRequest req;
+  req.set_volume_id(a.id);
+  DeleteVolumeResponse resp;
+  grpc::Status st = c.controller->DeleteVolume(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::cout << "deleted=" << a.id << "\n";
+  return 0;
+}
+
+int CreateSnapshot(const Client& c, const Args& a) {
+  CreateSnapshotRequest req;
+  req.set_name(a.name);
+  req.set_source_volume_id(a.volume);
+  CreateSnapshotResponse resp;
+  grpc::Status st = c.controller->CreateSnapshot(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  PrintSnapshot(resp.snapshot());
+  return 0;
+}
+
+int DeleteSnapshot(const Client& c, const Args& a) {
+  DeleteSnapshotRequest req;
+  req.set_snapshot_id(a.id);
+  DeleteSnapshotResponse resp;
+  grpc::Status st = c.controller->DeleteSnapshot(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::cout << "deleted=" << a.id << "\n";
+  return 0;
+}
+
+int ListVolumes(const Client& c, const Args& a) {
+  ListVolumesRequest req;
+  req.set_max_entries(a.max_entries);
+  req.set_starting_token(a.token);
+  ListVolumesResponse resp;
+  grpc::Status st = c.controller->ListVolumes(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  for (const auto& e : resp.entries()) {
+    std::cout << e.volume().volume_id() << " " << e.volume().capacity_bytes() << "\n";
+  }
+  if (!resp.next_token().empty()) std::cout << "next_token=" << resp.next_token() << "\n";
+  return 0;
+}
+
+int ListSnapshots(const Client& c, const Args& a) {
+  ListSnapshotsRequest req;
+  req.set_source_volume_id(a.volume);
+  ListSnapshotsResponse resp;
+  grpc::Status st = c.controller->ListSnapshots(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  for (const auto& e : resp.entries()) {
+    std::cout << e.snapshot().snapshot_id() << " " << e.snapshot().source_volume_id() << " "
+              << e.snapshot().size_bytes() << "\n";
+  }
+  return 0;
+}
+
+// ---- node subcommands ----
+
+int Stage(const Client& c, const Args& a) {
+  NodeStageVolumeRequest req;
+  req.set_volume_id(a.id);
+  req.set_staging_target_path(a.staging);
+  *req.mutable_volume_capability() = Capability(a.block, a.read_only, a.fs_type, a.flags);
+  for (const auto& [k, v] : ParsePairs(a.context)) (*req.mutable_volume_context())[k] = v;
+  NodeStageVolumeResponse resp;
+  grpc::Status st = c.node->NodeStageVolume(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::cout << "staged=" << a.staging << "\n";
+  return 0;
+}
+
+int Unstage(const Client& c, const Args& a) {
+  NodeUnstageVolumeRequest req;
+  req.set_volume_id(a.id);
+  req.set_staging_target_path(a.staging);
+  NodeUnstageVolumeResponse resp;
+  grpc::Status st = c.node->NodeUnstageVolume(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::cout << "unstaged=" << a.staging << "\n";
+  return 0;
+}
+
+int Publish(const Client& c, const Args& a) {
+  NodePublishVolumeRequest req;
+  req.set_volume_id(a.id);
+  req.set_staging_target_path(a.staging);
+  req.set_target_path(a.target);
+  req.set_readonly(a.read_only);
+  *req.mutable_volume_capability() = Capability(a.block, false, a.fs_type, a.flags);
+  NodePublishVolumeResponse resp;
+  grpc::Status st = c.node->NodePublishVolume(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::cout << "published=" << a.target << "\n";
+  return 0;
+}
+
+int Unpublish(const Client& c, const Args& a) {
+  NodeUnpublishVolumeRequest req;
+  req.set_volume_id(a.id);
+  req.set_target_path(a.target);
+  NodeUnpublishVolumeResponse resp;
+  grpc::Status st = c.node->NodeUnpublishVolume(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::cout << "unpublished=" << a.target << "\n";
+  return 0;
+}
+
+int Stats(const Client& c, const Args& a) {
+  NodeGetVolumeStatsRequest req;
+  req.set_volume_id(a.id);
+  req.set_volume_path(a.target);
+  NodeGetVolumeStatsResponse resp;
+  grpc::Status st = c.node->NodeGetVolumeStats(c.Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  for (const auto& u : resp.usage()) {
+    std::string unit = u.unit() == VolumeUsage::INODES ? "inodes" : "bytes";
+    std::cout << unit << ".total=" << u.total() << "\n"
+              << unit << ".used=" << u.used() << "\n"
+              << unit << ".available=" << u.available() << "\n";
+  }
+  std::cout << "abnormal=" << (resp.volume_condition().abnormal() ? "true" : "false") << "\n";
+  return 0;
+}
+
+int Probe(const Client& c, const Args&) {
+  ProbeResponse pr;
+  grpc::Status st = c.identity->Probe(c.Context().get(), ProbeRequest(), &pr);
+  if (!st.ok()) return Fail(st);
+  GetPluginInfoResponse info;
+  st = c.identity->GetPluginInfo(c.Context().get(), GetPluginInfoRequest(), &info);
+  if (!st.ok()) return Fail(st);
+  NodeGetInfoResponse ni;
+  st = c.node->NodeGetInfo(c.Context().get(), NodeGetInfoRequest(), &ni);
+  if (!st.ok()) return Fail(st);
+  std::cout << "ready=" << (!pr.has_ready() || pr.ready().value() ? "true" : "false") << "\n"
+            << "name=" << info.name() << "\n"
+            << "vendor_version=" << info.vendor_version() << "\n"
+            << "node_id=" << ni.node_id() << "\n";
+  return 0;
+}
+
+// ---- the command line ----
+
+// create-volume, delete-volume, create-snapshot, delete-snapshot.
+void AddCreateDeleteCommands(CLI::App& app, Args& a, std::vector<Subcommand>* out) {
+  auto* create_volume = app.add_subcommand("create-volume", "CreateVolume");
+  create_volume->add_option("--name", a.name, "volume name (idempotency key)")->required();
+  create_volume->add_option("--size", a.size, "required capacity, e.g. 1G");
+  create_volume->add_option("--limit", a.limit, "capacity limit, e.g. 2G");
+  create_volume->add_option("--snapshot", a.snapshot, "create from this snapshot id");
+  create_volume->add_option("--volume", a.volume, "clone this volume id");
+  create_volume->add_option("--param", a.params, "StorageClass parameter key=value (repeatable)");
+  create_volume->add_flag("--block", a.block, "ask for block access (default: mount)");
+  out->push_back({create_volume, CreateVolume});
+
+  auto* delete_volume = app.add_subcommand("delete-volume", "DeleteVolume");
+  delete_volume->add_option("--id", a.id, "volume id")->required();
+  out->push_back({delete_volume, DeleteVolume});
+
+  auto* create_snapshot = app.add_subcommand("create-snapshot", "CreateSnapshot");
+  create_snapshot->add_option("--name", a.name, "snapshot name")->required();
+  create_snapshot->add_option("--volume", a.volume, "source volume id")->required();
+  out->push_back({create_snapshot, CreateSnapshot});
+
+  auto* delete_snapshot = app.add_subcommand("delete-snapshot", "DeleteSnapshot");
+  delete_snapshot->add_option("--id", a.id, "snapshot id")->required();
+  out->push_back({delete_snapshot, DeleteSnapshot});
+}
+
+// stage, unstage, publish, unpublish.
+void AddNodeCommands(CLI::App& app, Args& a, std::vector<Subcommand>* out) {
+  auto* stage = app.add_subcommand("stage", "NodeStageVolume");
+  stage->add_option("--id", a.id, "volume id")->required();
+  stage->add_option("--staging-path", a.staging, "staging target path")->required();
+  stage->add_option("--fs-type", a.fs_type, "filesystem")->capture_default_str();
+  stage->add_option("--mount-flag", a.flags, "mount flag (repeatable)");
+  stage->add_option("--context", a.context, "volume_context key=value (repeatable)");
+  stage->add_flag("--block", a.block, "block access");
+  stage->add_flag("--read-only", a.read_only, "SINGLE_NODE_READER_ONLY access");
+  out->push_back({stage, Stage});
+
+  auto* unstage = app.add_subcommand("unstage", "NodeUnstageVolume");
+  unstage->add_option("--id", a.id, "volume id")->required();
+  unstage->add_option("--staging-path", a.staging, "staging target path")->required();
+  out->push_back({unstage, Unstage});
+
+  auto* publish = app.add_subcommand("publish", "NodePublishVolume");
+  publish->add_option("--id", a.id, "volume id")->required();
+  publish->add_option("--staging-path", a.staging, "staging target path")->required();
+  publish->add_option("--target", a.target, "target path")->required();
+  publish->add_option("--fs-type", a.fs_type, "filesystem")->capture_default_str();
+  publish->add_option("--mount-flag", a.flags, "mount flag (repeatable)");
+  publish->add_flag("--block", a.block, "block access");
+  publish->add_flag("--read-only", a.read_only, "publish read-only");
+  out->push_back({publish, Publish});
+
+  auto* unpublish = app.add_subcommand("unpublish", "NodeUnpublishVolume");
+  unpublish->add_option("--id", a.id, "volume id")->required();
+  unpublish->add_option("--target", a.target, "target path")->required();
+  out->push_back({unpublish, Unpublish});
+}
+
+// list-volumes, list-snapshots, stats, probe.
+void AddQueryCommands(CLI::App& app, Args& a, std::vector<Subcommand>* out) {
+  auto* list_volumes = app.add_subcommand("list-volumes", "ListVolumes");
+  list_volumes->add_option("--max-entries", a.max_entries, "page size (0 = all)");
+  list_volumes->add_option("--starting-token", a.token, "next_token of the previous page");
+  out->push_back({list_volumes, ListVolumes});
+
+  auto* list_snapshots = app.add_subcommand("list-snapshots", "ListSnapshots");
+  list_snapshots->add_option("--volume", a.volume, "only snapshots of this volume");
+  out->push_back({list_snapshots, ListSnapshots});
+
+  auto* stats = app.add_subcommand("stats", "NodeGetVolumeStats");
+  stats->add_option("--id", a.id, "volume id")->required();
+  stats->add_option("--path", a.target, "a path the volume is published or staged at")->required();
+  out->push_back({stats, Stats});
+
+  out->push_back({app.add_subcommand("probe", "Probe, GetPluginInfo and NodeGetInfo"), Probe});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,206 +389,18 @@ int main(int argc, char** argv) {
   int timeout_s = 600;
   app.add_option("--endpoint", endpoint, "the driver's socket, unix:///path")->capture_default_str();
   app.add_option("--timeout", timeout_s, "seconds to wait for each call")->capture_default_str();
-
-  // Shared option holders.
-  std::string name, id, snapshot, volume, size, limit, staging, target, fs_type = "ext4";
-  std::vector<std::string> params, flags, context;
-  bool block = false, read_only = false;
-  int max_entries = 0;
-  std::string token;
-
-  auto* create_volume = app.add_subcommand("create-volume", "CreateVolume");
-  create_volume->add_option("--name", name, "volume name (idempotency key)")->required();
-  create_volume->add_option("--size", size, "required capacity, e.g. 1G");
-  create_volume->add_option("--limit", limit, "capacity limit, e.g. 2G");
-  create_volume->add_option("--snapshot", snapshot, "create from this snapshot id");
-  create_volume->add_option("--volume", volume, "clone this volume id");
-  create_volume->add_option("--param", params, "StorageClass parameter key=value (repeatable)");
-  create_volume->add_flag("--block", block, "ask for block access (default: mount)");
-
-  auto* delete_volume = app.add_subcommand("delete-volume", "DeleteVolume");
-  delete_volume->add_option("--id", id, "volume id")->required();
-
-  auto* create_snapshot = app.add_subcommand("create-snapshot", "CreateSnapshot");
-  create_snapshot->add_option("--name", name, "snapshot name")->required();
-  create_snapshot->add_option("--volume", volume, "source volume id")->required();
-
-  auto* delete_snapshot = app.add_subcommand("delete-snapshot", "DeleteSnapshot");
-  delete_snapshot->add_option("--id", id, "snapshot id")->required();
-
-  auto* stage = app.add_subcommand("stage", "NodeStageVolume");
-  stage->add_option("--id", id, "volume id")->required();
-  stage->add_option("--staging-path", staging, "staging target path")->required();
-  stage->add_option("--fs-type", fs_type, "filesystem")->capture_default_str();
-  stage->add_option("--mount-flag", flags, "mount flag (repeatable)");
-  stage->add_option("--context", context, "volume_context key=value (repeatable)");
-  stage->add_flag("--block", block, "block access");
-  stage->add_flag("--read-only", read_only, "SINGLE_NODE_READER_ONLY access");
-
-  auto* unstage = app.add_subcommand("unstage", "NodeUnstageVolume");
-  unstage->add_option("--id", id, "volume id")->required();
-  unstage->add_option("--staging-path", staging, "staging target path")->required();
-
-  auto* publish = app.add_subcommand("publish", "NodePublishVolume");
-  publish->add_option("--id", id, "volume id")->required();
-  publish->add_option("--staging-path", staging, "staging target path")->required();
-  publish->add_option("--target", target, "target path")->required();
-  publish->add_option("--fs-type", fs_type, "filesystem")->capture_default_str();
-  publish->add_option("--mount-flag", flags, "mount flag (repeatable)");
-  publish->add_flag("--block", block, "block access");
-  publish->add_flag("--read-only", read_only, "publish read-only");
-
-  auto* unpublish = app.add_subcommand("unpublish", "NodeUnpublishVolume");
-  unpublish->add_option("--id", id, "volume id")->required();
-  unpublish->add_option("--target", target, "target path")->required();
-
-  auto* list_volumes = app.add_subcommand("list-volumes", "ListVolumes");
-  list_volumes->add_option("--max-entries", max_entries, "page size (0 = all)");
-  list_volumes->add_option("--starting-token", token, "next_token of the previous page");
-
-  auto* list_snapshots = app.add_subcommand("list-snapshots", "ListSnapshots");
-  list_snapshots->add_option("--volume", volume, "only snapshots of this volume");
-
-  auto* stats = app.add_subcommand("stats", "NodeGetVolumeStats");
-  stats->add_option("--id", id, "volume id")->required();
-  stats->add_option("--path", target, "a path the volume is published or staged at")->required();
-
-  auto* probe = app.add_subcommand("probe", "Probe, GetPluginInfo and NodeGetInfo");
+  Args args;
+  std::vector<Subcommand> subcommands;
+  AddCreateDeleteCommands(app, args, &subcommands);
+  AddNodeCommands(app, args, &subcommands);
+  AddQueryCommands(app, args, &subcommands);
 
   CLI11_PARSE(app, argc, argv);
 
-  auto channel = grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials());
-  auto identity = Identity::NewStub(channel);
-  auto controller = Controller::NewStub(channel);
-  auto node = Node::NewStub(channel);
-  auto ctx = [&] {
-    auto c = std::make_unique<grpc::ClientContext>();
-    c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
-    return c;
-  };
-
+  const Client client(endpoint, timeout_s);
   try {
-    if (*create_volume) {
-      CreateVolumeRequest req;
-      req.set_name(name);
-      if (!size.empty()) req.mutable_capacity_range()->set_required_bytes(ParseBytes(size));
-      if (!limit.empty()) req.mutable_capacity_range()->set_limit_bytes(ParseBytes(limit));
-      if (!snapshot.empty()) req.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(snapshot);
-      if (!volume.empty()) req.mutable_volume_content_source()->mutable_volume()->set_volume_id(volume);
-      for (const auto& [k, v] : ParsePairs(params)) (*req.mutable_parameters())[k] = v;
-      *req.add_volume_capabilities() = Capability(block, false, "", {});
-      CreateVolumeResponse resp;
-      grpc::Status st = controller->CreateVolume(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      PrintVolume(resp.volume());
-    } else if (*delete_volume) {
-      DeleteVolumeRequest req;
-      req.set_volume_id(id);
-      DeleteVolumeResponse resp;
-      grpc::Status st = controller->DeleteVolume(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      std::cout << "deleted=" << id << "\n";
-    } else if (*create_snapshot) {
-      CreateSnapshotRequest req;
-      req.set_name(name);
-      req.set_source_volume_id(volume);
-      CreateSnapshotResponse resp;
-      grpc::Status st = controller->CreateSnapshot(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      PrintSnapshot(resp.snapshot());
-    } else if (*delete_snapshot) {
-      DeleteSnapshotRequest req;
-      req.set_snapshot_id(id);
-      DeleteSnapshotResponse resp;
-      grpc::Status st = controller->DeleteSnapshot(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      std::cout << "deleted=" << id << "\n";
-    } else if (*stage) {
-      NodeStageVolumeRequest req;
-      req.set_volume_id(id);
-      req.set_staging_target_path(staging);
-      *req.mutable_volume_capability() = Capability(block, read_only, fs_type, flags);
-      for (const auto& [k, v] : ParsePairs(context)) (*req.mutable_volume_context())[k] = v;
-      NodeStageVolumeResponse resp;
-      grpc::Status st = node->NodeStageVolume(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      std::cout << "staged=" << staging << "\n";
-    } else if (*unstage) {
-      NodeUnstageVolumeRequest req;
-      req.set_volume_id(id);
-      req.set_staging_target_path(staging);
-      NodeUnstageVolumeResponse resp;
-      grpc::Status st = node->NodeUnstageVolume(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      std::cout << "unstaged=" << staging << "\n";
-    } else if (*publish) {
-      NodePublishVolumeRequest req;
-      req.set_volume_id(id);
-      req.set_staging_target_path(staging);
-      req.set_target_path(target);
-      req.set_readonly(read_only);
-      *req.mutable_volume_capability() = Capability(block, false, fs_type, flags);
-      NodePublishVolumeResponse resp;
-      grpc::Status st = node->NodePublishVolume(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      std::cout << "published=" << target << "\n";
-    } else if (*unpublish) {
-      NodeUnpublishVolumeRequest req;
-      req.set_volume_id(id);
-      req.set_target_path(target);
-      NodeUnpublishVolumeResponse resp;
-      grpc::Status st = node->NodeUnpublishVolume(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      std::cout << "unpublished=" << target << "\n";
-    } else if (*list_volumes) {
-      ListVolumesRequest req;
-      req.set_max_entries(max_entries);
-      req.set_starting_token(token);
-      ListVolumesResponse resp;
-      grpc::Status st = controller->ListVolumes(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      for (const auto& e : resp.entries()) {
-        std::cout << e.volume().volume_id() << " " << e.volume().capacity_bytes() << "\n";
-      }
-      if (!resp.next_token().empty()) std::cout << "next_token=" << resp.next_token() << "\n";
-    } else if (*list_snapshots) {
-      ListSnapshotsRequest req;
-      req.set_source_volume_id(volume);
-      ListSnapshotsResponse resp;
-      grpc::Status st = controller->ListSnapshots(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      for (const auto& e : resp.entries()) {
-        std::cout << e.snapshot().snapshot_id() << " " << e.snapshot().source_volume_id() << " "
-                  << e.snapshot().size_bytes() << "\n";
-      }
-    } else if (*stats) {
-      NodeGetVolumeStatsRequest req;
-      req.set_volume_id(id);
-      req.set_volume_path(target);
-      NodeGetVolumeStatsResponse resp;
-      grpc::Status st = node->NodeGetVolumeStats(ctx().get(), req, &resp);
-      if (!st.ok()) return Fail(st);
-      for (const auto& u : resp.usage()) {
-        std::string unit = u.unit() == VolumeUsage::INODES ? "inodes" : "bytes";
-        std::cout << unit << ".total=" << u.total() << "\n"
-                  << unit << ".used=" << u.used() << "\n"
-                  << unit << ".available=" << u.available() << "\n";
-      }
-      std::cout << "abnormal=" << (resp.volume_condition().abnormal() ? "true" : "false") << "\n";
-    } else if (*probe) {
-      ProbeResponse pr;
-      grpc::Status st = identity->Probe(ctx().get(), ProbeRequest(), &pr);
-      if (!st.ok()) return Fail(st);
-      GetPluginInfoResponse info;
-      st = identity->GetPluginInfo(ctx().get(), GetPluginInfoRequest(), &info);
-      if (!st.ok()) return Fail(st);
-      NodeGetInfoResponse ni;
-      st = node->NodeGetInfo(ctx().get(), NodeGetInfoRequest(), &ni);
-      if (!st.ok()) return Fail(st);
-      std::cout << "ready=" << (!pr.has_ready() || pr.ready().value() ? "true" : "false") << "\n"
-                << "name=" << info.name() << "\n"
-                << "vendor_version=" << info.vendor_version() << "\n"
-                << "node_id=" << ni.node_id() << "\n";
+    for (const Subcommand& s : subcommands) {
+      if (*s.app) return s.run(client, args);
     }
   } catch (const std::exception& e) {
     std::cerr << "stellarium-csi-client: " << e.what() << "\n";

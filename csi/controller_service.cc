@@ -8,9 +8,9 @@
 
 #include "core/provision.h"
 #include "core/sources/http_source.h"
+#include "csi/node/paths.h"
 #include "csi/node_service.h"
-#include "csi/paths.h"
-#include "csi/server.h"
+#include "csi/run_rpc.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
 
@@ -20,6 +20,14 @@ using namespace ::csi::v1;
 // Both core and csi.v1 have these names; in this file they mean the CSI messages.
 using ::csi::v1::CreateVolumeRequest;
 using ::csi::v1::Volume;
+// From the node library (csi/node/).
+using node::FsUsage;
+using node::ImageImporter;
+using node::ImportedImage;
+using node::ImporterOptions;
+using node::kAnchorPrefix;
+using node::ResolveUnderAnyRoot;
+using node::UrlSource;
 
 namespace {
 

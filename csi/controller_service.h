@@ -7,7 +7,7 @@
 // (core/provision.h), which owns sizing, the sources and the name-idempotency rule; the
 // driver adds only its hooks (see Hooks()).
 //
-// Volumes from a URL go through the ImageImporter (csi/image_importer.h): the image is
+// Volumes from a URL go through the ImageImporter (csi/node/image_importer.h): the image is
 // imported once per node on a background thread and every volume is a clone of it; a
 // call whose deadline comes first answers ABORTED with the progress and its retry joins
 // the same import. CA bundle and extra headers come from the CreateVolume secrets.
@@ -26,7 +26,7 @@
 #include "core/provision.h"
 #include "csi.grpc.pb.h"
 #include "csi/driver.h"
-#include "csi/image_importer.h"
+#include "csi/node/image_importer.h"
 #include "csi/volume_spec.h"
 
 namespace stellarium::csi {
@@ -39,7 +39,7 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   ControllerService(Driver* driver, NodeService* node);
 
   // The node's URL imports (for the metrics).
-  const ImageImporter& importer() const { return *importer_; }
+  const node::ImageImporter& importer() const { return *importer_; }
 
   grpc::Status CreateVolume(grpc::ServerContext* context,
                             const ::csi::v1::CreateVolumeRequest* request,
@@ -114,14 +114,14 @@ class ControllerService final : public ::csi::v1::Controller::Service {
   // a source volume staged on this node, confining image paths to the import roots, the
   // URL's image from the ImageImporter (`url_image`, fetched before the name lock).
   ProvisionHooks Hooks(const ::csi::v1::CreateVolumeRequest& req, const VolumeParams& params,
-                       const std::optional<ImportedImage>& url_image,
-                       LockTable::Guard* source_lock);
+                       const std::optional<node::ImportedImage>& url_image,
+                       node::LockTable::Guard* source_lock);
   ::csi::v1::Volume ToCsi(const VolumeInfo& info) const;
   ::csi::v1::VolumeCondition Condition(const std::string& volume_id) const;
 
   Driver* const driver_;
   NodeService* const node_;
-  std::unique_ptr<ImageImporter> importer_;
+  std::unique_ptr<node::ImageImporter> importer_;
 };
 
 }  // namespace stellarium::csi

@@ -11,10 +11,10 @@
 #include <memory>
 
 #include "core/store.h"
-#include "csi/block_device.h"
-#include "csi/lock_table.h"
-#include "csi/mounter.h"
-#include "csi/node_state.h"
+#include "csi/node/block_device/block_device_provider.h"
+#include "csi/node/lock_table.h"
+#include "csi/node/mounter.h"
+#include "csi/node/node_state.h"
 #include "csi/options.h"
 
 namespace stellarium::csi {
@@ -22,10 +22,10 @@ namespace stellarium::csi {
 struct Driver {
   Options options;
   std::unique_ptr<Store> store;
-  std::unique_ptr<BlockDeviceProvider> devices;
-  std::unique_ptr<NodeState> node_state;
-  Mounter mounter;
-  LockTable locks;
+  std::unique_ptr<node::BlockDeviceProvider> devices;
+  std::unique_ptr<node::NodeState> node_state;
+  node::Mounter mounter;
+  node::LockTable locks;
   std::atomic<bool> ready{false};  // Probe: true once recovery finished
 
   // Lock keys. A caller needing two takes the name key first, then the volume key.

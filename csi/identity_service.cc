@@ -1,6 +1,6 @@
 #include "csi/identity_service.h"
 
-#include "csi/server.h"
+#include "csi/run_rpc.h"
 
 namespace stellarium::csi {
 

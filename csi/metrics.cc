@@ -9,12 +9,15 @@
 
 #include <exception>
 
-#include "csi/image_importer.h"
+#include "csi/node/image_importer.h"
 #include "csi/status_map.h"
 
 namespace stellarium::csi {
 namespace {
 
+using node::ImageImporter;
+using node::ImporterStats;
+using node::ImportProgress;
 
 prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
   prometheus::MetricFamily family;

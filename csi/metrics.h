@@ -22,11 +22,13 @@
 
 #include "core/status.h"
 #include "csi/driver.h"
-#include "csi/server.h"
+#include "csi/run_rpc.h"
+
+namespace stellarium::node {
+class ImageImporter;
+}  // namespace stellarium::node
 
 namespace stellarium::csi {
-
-class ImageImporter;
 
 class Metrics : public RpcObserver {
  public:
@@ -38,7 +40,7 @@ class Metrics : public RpcObserver {
   void OnRpc(const char* method, grpc::StatusCode code, double seconds) override;
   // Exports the importer's progress from now on. `importer` must outlive the Metrics
   // or be unset (nullptr) first.
-  void WatchImports(const ImageImporter* importer);
+  void WatchImports(const node::ImageImporter* importer);
   // The port the endpoint listens on.
   int port() const;
 

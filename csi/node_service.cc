@@ -2,14 +2,25 @@
 
 #include <spdlog/spdlog.h>
 
-#include "csi/paths.h"
-#include "csi/server.h"
+#include "csi/node/paths.h"
+#include "csi/run_rpc.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
 
 namespace stellarium::csi {
 
 using namespace ::csi::v1;
+// From the node library (csi/node/).
+using node::ExposureUsage;
+using node::FsUsage;
+using node::NewBlockDeviceExposure;
+using node::NewRuntimeDescriptorExposure;
+using node::NewVhostUserBlkExposure;
+using node::NodeExposure;
+using node::NodeExposures;
+using node::PublishedTarget;
+using node::ResolveUnderRoot;
+using node::StagedVolume;
 
 namespace {
 
@@ -41,6 +52,7 @@ NodeService::NodeService(Driver* driver) : driver_(driver) {
   Driver& d = *driver_;
   exposures_ = std::make_unique<NodeExposures>(
       d.devices->Name(), NewBlockDeviceExposure(d.devices.get(), &d.mounter),
+      kExposureVhostUserBlk,
       NewVhostUserBlkExposure(d.store.get(), d.devices.get(), &d.mounter,
                               d.options.state_dir + "/vhost",
                               d.options.exposure_readahead_mib << 20),

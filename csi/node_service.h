@@ -4,7 +4,7 @@
 //
 // How a volume is made usable (a kernel block device mounted for pods, a vhost-user-blk
 // socket and runtime descriptors for microVMs) is NodeExposure's business
-// (csi/node_exposure.h), picked by the volume's `exposure`; this class keeps the CSI
+// (csi/node/node_exposure.h), picked by the volume's `exposure`; this class keeps the CSI
 // rules: request checks, idempotency, error codes. What is staged and published is
 // recorded in NodeState so every call is idempotent, also across driver restarts.
 // Calls for one volume hold its lock (Driver::VolumeKey).
@@ -16,7 +16,7 @@
 
 #include "csi.grpc.pb.h"
 #include "csi/driver.h"
-#include "csi/node_exposure.h"
+#include "csi/node/node_exposure.h"
 
 namespace stellarium::csi {
 
@@ -72,7 +72,7 @@ class NodeService final : public ::csi::v1::Node::Service {
                       ::csi::v1::NodeExpandVolumeResponse* resp);
 
   Driver* const driver_;
-  std::unique_ptr<NodeExposures> exposures_;
+  std::unique_ptr<node::NodeExposures> exposures_;
 };
 
 }  // namespace stellarium::csi

@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 
 const std::set<std::string> kLogLevels = {"trace", "debug", "info", "warn", "error"};
 const std::set<std::string> kLogFormats = {"text", "json"};
-const std::set<std::string> kBlockDevices = {"fuse", "loop"};
+
 
 // Every YAML key, in the order --dump-config prints them.
 const std::vector<std::string> kKeys = {"endpoint",
@@ -69,6 +69,125 @@ std::string Hostname() {
   char buf[256] = {};
   if (::gethostname(buf, sizeof(buf) - 1) != 0) return "";
   return buf;
+}
+
+// Declares every flag. Values land in *flags (and the two that are not Options
+// fields in *max_image_size and *dump_config); ApplyFlags copies the given ones.
+void AddFlags(CLI::App& app, Options* flags, std::string* max_image_size, bool* dump_config) {
+  app.set_version_flag("--version", std::string("stellarium-csi ") + STELLARIUM_VERSION);
+  app.add_option("--config", flags->config, "YAML file with any of the options below");
+  app.add_option("--endpoint", flags->endpoint, "gRPC endpoint, unix:///path/csi.sock")
+      ->default_str(kDefaultEndpoint);
+  app.add_option("--node-id", flags->node_id, "this node's id and topology value")
+      ->default_str("hostname");
+  app.add_option("--store", flags->store, "store directory")->default_str(kDefaultStore);
+  app.add_option("--state-dir", flags->state_dir,
+                 "node-side files (FUSE mount, sockets, staging bookkeeping)")
+      ->default_str(kDefaultStateDir);
+  app.add_option("--driver-name", flags->driver_name, "CSI driver name")
+      ->default_str(kDefaultDriverName);
+  app.add_option("--kubelet-dir", flags->kubelet_dir,
+                 "staging and target paths must be under this directory")
+      ->default_str(kDefaultKubeletDir);
+  app.add_option("--import-root", flags->import_root,
+                 "directory that image paths in StorageClass parameters must be under "
+                 "(repeatable)");
+  app.add_option("--max-volumes-per-node", flags->max_volumes_per_node,
+                 "NodeGetInfo max_volumes_per_node; 0 = no limit")
+      ->default_str("0");
+  app.add_option("--log-level", flags->log_level, "trace|debug|info|warn|error")
+      ->default_str("info");
+  app.add_option("--log-format", flags->log_format, "text|json")->default_str("text");
+  app.add_option("--metrics-address", flags->metrics_address,
+                 "serve Prometheus metrics on host:port (e.g. :9810); empty = off")
+      ->default_str("");
+  app.add_option("--controller-expansion", flags->controller_expansion,
+                 "advertise ControllerExpandVolume (false in distributed deployments: "
+                 "NodeExpandVolume then grows the volume)")
+      ->default_str("true");
+  app.add_option("--store-mmap-reads", flags->store_mmap_reads,
+                 "read the store's table files through mmap (faster; a disk read error "
+                 "then ends the process with SIGBUS instead of failing one read)")
+      ->default_str("true");
+  app.add_option("--store-disk-readahead-mib", flags->store_disk_readahead_mib,
+                 "MiB of chunk bytes the store asks the kernel to read from disk ahead of a "
+                 "sequential reader (0 = the kernel's own read-ahead only)")
+      ->default_str("64");
+  app.add_option("--exposure-readahead-mib", flags->exposure_readahead_mib,
+                 "MiB read ahead of a sequential reader per FUSE-served volume and per "
+                 "vhost-user-blk connection, by 3 helper threads each (0 = off)")
+      ->default_str("8");
+  app.add_option("--kata-direct-volume-dir", flags->kata_direct_volume_dir,
+                 "where Kata direct-volume descriptors (mountInfo.json) are written for "
+                 "vhost-user-blk volumes")
+      ->default_str(kDefaultKataDirectVolumeDir);
+  app.add_option("--max-image-size", *max_image_size,
+                 "largest image a URL may bring, bytes or 10G/512M; 0 = no limit")
+      ->default_str("0");
+  app.add_option("--max-concurrent-imports", flags->max_concurrent_imports,
+                 "image imports from URLs running at once on this node")
+      ->default_str("2");
+  app.add_option("--block-device", flags->block_device,
+                 "fuse: a file in the driver's FUSE mount behind a loop device, lazy; survives "
+                 "driver restarts with stellarium-fd-holder (the only value; loop was removed)")
+      ->default_str("fuse");
+  app.add_flag("--dump-config", *dump_config,
+               "print the effective configuration as YAML (every key) and exit");
+
+}
+
+// Reads the YAML file at `path` into *o.
+Status LoadConfigFile(const std::string& path, Options* o) {
+  std::ifstream in(path);
+  if (!in) return Status::InvalidArgument("cannot read config file " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  RETURN_IF_ERROR(LoadYaml(text.str(), path, o));
+  o->config = path;
+  return Status::Ok();
+}
+
+// Copies the flags given on the command line over *o (the defaults and the YAML file).
+Status ApplyFlags(const CLI::App& app, const Options& flags, const std::string& max_image_size,
+                  Options* o) {
+  auto given = [&](const char* name) { return app.count(name) > 0; };
+  if (given("--endpoint")) o->endpoint = flags.endpoint;
+  if (given("--node-id")) o->node_id = flags.node_id;
+  if (given("--store")) o->store = flags.store;
+  if (given("--state-dir")) o->state_dir = flags.state_dir;
+  if (given("--driver-name")) o->driver_name = flags.driver_name;
+  if (given("--kubelet-dir")) o->kubelet_dir = flags.kubelet_dir;
+  if (given("--import-root")) o->import_root = flags.import_root;
+  if (given("--max-volumes-per-node")) o->max_volumes_per_node = flags.max_volumes_per_node;
+  if (given("--log-level")) o->log_level = flags.log_level;
+  if (given("--log-format")) o->log_format = flags.log_format;
+  if (given("--metrics-address")) o->metrics_address = flags.metrics_address;
+  if (given("--controller-expansion")) o->controller_expansion = flags.controller_expansion;
+  if (given("--block-device")) o->block_device = flags.block_device;
+  if (given("--store-mmap-reads")) o->store_mmap_reads = flags.store_mmap_reads;
+  if (given("--store-disk-readahead-mib"))
+    o->store_disk_readahead_mib = flags.store_disk_readahead_mib;
+  if (given("--exposure-readahead-mib")) o->exposure_readahead_mib = flags.exposure_readahead_mib;
+  if (given("--max-concurrent-imports")) o->max_concurrent_imports = flags.max_concurrent_imports;
+  if (given("--max-image-size")) {
+    Result<uint64_t> size = ParseSize(max_image_size);
+    if (!size.ok()) {
+      return Status::InvalidArgument("--max-image-size '" + max_image_size +
+                                     "': not a size (e.g. 0, 10G)");
+    }
+    o->max_image_size = *size;
+  }
+  if (given("--kata-direct-volume-dir")) o->kata_direct_volume_dir = flags.kata_direct_volume_dir;
+  return Status::Ok();
+}
+
+// What ParseCommandLine returns for a command line that must not start the driver.
+CommandLine Refuse(const std::string& message) {
+  CommandLine result;
+  result.exit = true;
+  result.exit_code = 2;
+  result.output = "stellarium-csi: " + message + "\n";
+  return result;
 }
 
 }  // namespace
@@ -231,10 +350,16 @@ Status Validate(Options* o) {
   if (!kLogFormats.count(o->log_format)) {
     return Status::InvalidArgument("log_format '" + o->log_format + "': must be text or json");
   }
-  if (!kBlockDevices.count(o->block_device)) {
-    return Status::InvalidArgument("block_device '" + o->block_device + "': must be fuse or loop");
+  if (o->block_device == "loop") {
+    return Status::InvalidArgument(
+        "block_device 'loop' was removed (it exported each staged volume to a raw file): use "
+        "fuse, the default, or drop the setting; unstage the node's volumes with the old "
+        "driver first");
   }
-  if (o->block_device == "fuse" && FdHolderSocket(*o).size() >= 108) {
+  if (o->block_device != "fuse") {
+    return Status::InvalidArgument("block_device '" + o->block_device + "': must be fuse");
+  }
+  if (FdHolderSocket(*o).size() >= 108) {
     return Status::InvalidArgument("state_dir '" + o->state_dir +
                                    "': too long for the fd holder's socket path "
                                    "(<state_dir>/fd-holder.sock must be under 108 bytes)");
@@ -254,72 +379,13 @@ Status Validate(Options* o) {
 CommandLine ParseCommandLine(int argc, const char* const* argv) {
   CommandLine result;
   Options flags;  // values given on the command line
+  std::string max_image_size;
   bool dump_config = false;
 
   CLI::App app{"stellarium-csi: the Stellarium CSI driver (Identity, Controller and Node "
                "services on one unix socket). Flags override the YAML file given with "
                "--config; its keys are the flag names with '-' replaced by '_'."};
-  app.set_version_flag("--version", std::string("stellarium-csi ") + STELLARIUM_VERSION);
-  app.add_option("--config", flags.config, "YAML file with any of the options below");
-  app.add_option("--endpoint", flags.endpoint, "gRPC endpoint, unix:///path/csi.sock")
-      ->default_str(kDefaultEndpoint);
-  app.add_option("--node-id", flags.node_id, "this node's id and topology value")
-      ->default_str("hostname");
-  app.add_option("--store", flags.store, "store directory")->default_str(kDefaultStore);
-  app.add_option("--state-dir", flags.state_dir,
-                 "node-side files (exported devices, staging bookkeeping)")
-      ->default_str(kDefaultStateDir);
-  app.add_option("--driver-name", flags.driver_name, "CSI driver name")
-      ->default_str(kDefaultDriverName);
-  app.add_option("--kubelet-dir", flags.kubelet_dir,
-                 "staging and target paths must be under this directory")
-      ->default_str(kDefaultKubeletDir);
-  app.add_option("--import-root", flags.import_root,
-                 "directory that image paths in StorageClass parameters must be under "
-                 "(repeatable)");
-  app.add_option("--max-volumes-per-node", flags.max_volumes_per_node,
-                 "NodeGetInfo max_volumes_per_node; 0 = no limit")
-      ->default_str("0");
-  app.add_option("--log-level", flags.log_level, "trace|debug|info|warn|error")
-      ->default_str("info");
-  app.add_option("--log-format", flags.log_format, "text|json")->default_str("text");
-  app.add_option("--metrics-address", flags.metrics_address,
-                 "serve Prometheus metrics on host:port (e.g. :9810); empty = off")
-      ->default_str("");
-  app.add_option("--controller-expansion", flags.controller_expansion,
-                 "advertise ControllerExpandVolume (false in distributed deployments: "
-                 "NodeExpandVolume then grows the volume)")
-      ->default_str("true");
-  app.add_option("--store-mmap-reads", flags.store_mmap_reads,
-                 "read the store's table files through mmap (faster; a disk read error "
-                 "then ends the process with SIGBUS instead of failing one read)")
-      ->default_str("true");
-  app.add_option("--store-disk-readahead-mib", flags.store_disk_readahead_mib,
-                 "MiB of chunk bytes the store asks the kernel to read from disk ahead of a "
-                 "sequential reader (0 = the kernel's own read-ahead only)")
-      ->default_str("64");
-  app.add_option("--exposure-readahead-mib", flags.exposure_readahead_mib,
-                 "MiB read ahead of a sequential reader per FUSE-served volume and per "
-                 "vhost-user-blk connection, by 3 helper threads each (0 = off)")
-      ->default_str("8");
-  app.add_option("--kata-direct-volume-dir", flags.kata_direct_volume_dir,
-                 "where Kata direct-volume descriptors (mountInfo.json) are written for "
-                 "vhost-user-blk volumes")
-      ->default_str(kDefaultKataDirectVolumeDir);
-  std::string max_image_size;
-  app.add_option("--max-image-size", max_image_size,
-                 "largest image a URL may bring, bytes or 10G/512M; 0 = no limit")
-      ->default_str("0");
-  app.add_option("--max-concurrent-imports", flags.max_concurrent_imports,
-                 "image imports from URLs running at once on this node")
-      ->default_str("2");
-  app.add_option("--block-device", flags.block_device,
-                 "fuse (a file in the driver's FUSE mount, lazy; survives driver restarts with "
-                 "stellarium-fd-holder) or loop (an exported raw file)")
-      ->default_str("fuse");
-  app.add_flag("--dump-config", dump_config,
-               "print the effective configuration as YAML (every key) and exit");
-
+  AddFlags(app, &flags, &max_image_size, &dump_config);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -333,63 +399,13 @@ CommandLine ParseCommandLine(int argc, const char* const* argv) {
 
   Options o;
   if (!flags.config.empty()) {
-    std::ifstream in(flags.config);
-    if (!in) {
-      result.exit = true;
-      result.exit_code = 2;
-      result.output = "stellarium-csi: cannot read config file " + flags.config + "\n";
-      return result;
-    }
-    std::stringstream text;
-    text << in.rdbuf();
-    Status st = LoadYaml(text.str(), flags.config, &o);
-    if (!st.ok()) {
-      result.exit = true;
-      result.exit_code = 2;
-      result.output = "stellarium-csi: " + st.message() + "\n";
-      return result;
-    }
-    o.config = flags.config;
+    Status st = LoadConfigFile(flags.config, &o);
+    if (!st.ok()) return Refuse(st.message());
   }
-  auto given = [&](const char* name) { return app.count(name) > 0; };
-  if (given("--endpoint")) o.endpoint = flags.endpoint;
-  if (given("--node-id")) o.node_id = flags.node_id;
-  if (given("--store")) o.store = flags.store;
-  if (given("--state-dir")) o.state_dir = flags.state_dir;
-  if (given("--driver-name")) o.driver_name = flags.driver_name;
-  if (given("--kubelet-dir")) o.kubelet_dir = flags.kubelet_dir;
-  if (given("--import-root")) o.import_root = flags.import_root;
-  if (given("--max-volumes-per-node")) o.max_volumes_per_node = flags.max_volumes_per_node;
-  if (given("--log-level")) o.log_level = flags.log_level;
-  if (given("--log-format")) o.log_format = flags.log_format;
-  if (given("--metrics-address")) o.metrics_address = flags.metrics_address;
-  if (given("--controller-expansion")) o.controller_expansion = flags.controller_expansion;
-  if (given("--block-device")) o.block_device = flags.block_device;
-  if (given("--store-mmap-reads")) o.store_mmap_reads = flags.store_mmap_reads;
-  if (given("--store-disk-readahead-mib"))
-    o.store_disk_readahead_mib = flags.store_disk_readahead_mib;
-  if (given("--exposure-readahead-mib")) o.exposure_readahead_mib = flags.exposure_readahead_mib;
-  if (given("--max-concurrent-imports")) o.max_concurrent_imports = flags.max_concurrent_imports;
-  if (given("--max-image-size")) {
-    Result<uint64_t> size = ParseSize(max_image_size);
-    if (!size.ok()) {
-      result.exit = true;
-      result.exit_code = 2;
-      result.output = "stellarium-csi: --max-image-size '" + max_image_size +
-                      "': not a size (e.g. 0, 10G)\n";
-      return result;
-    }
-    o.max_image_size = *size;
-  }
-  if (given("--kata-direct-volume-dir")) o.kata_direct_volume_dir = flags.kata_direct_volume_dir;
-
-  Status st = Validate(&o);
-  if (!st.ok()) {
-    result.exit = true;
-    result.exit_code = 2;
-    result.output = "stellarium-csi: invalid configuration: " + st.message() + "\n";
-    return result;
-  }
+  Status st = ApplyFlags(app, flags, max_image_size, &o);
+  if (!st.ok()) return Refuse(st.message());
+  st = Validate(&o);
+  if (!st.ok()) return Refuse("invalid configuration: " + st.message());
   result.options = o;
   if (dump_config) {
     result.exit = true;

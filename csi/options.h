@@ -34,7 +34,7 @@ struct Options {
   std::string node_id;
   // The store directory (core's Store); opened by one process at a time.
   std::string store = kDefaultStore;
-  // Node-side files: exported device images and staging bookkeeping.
+  // Node-side files: the FUSE mount, sockets and staging bookkeeping.
   std::string state_dir = kDefaultStateDir;
   // The CSI driver name (GetPluginInfo), domain notation, at most 63 characters.
   std::string driver_name = kDefaultDriverName;
@@ -66,7 +66,7 @@ struct Options {
   // most held per FUSE-served volume and per vhost-user-blk connection, each read by 3
   // helper threads of its own (started at the first read-ahead); 0 = off.
   uint64_t exposure_readahead_mib = 8;
-  // Images from URLs (csi/image_importer.h): the largest image a download may bring,
+  // Images from URLs (csi/node/image_importer.h): the largest image a download may bring,
   // in bytes (the YAML key and the flag also take "10G", "512M"); 0 = no limit. And how
   // many imports may run at once on this node; a CreateVolume that would start one more
   // gets ABORTED and is retried by the sidecar.
@@ -76,14 +76,13 @@ struct Options {
   // vhost-user-blk exposure (<dir>/<base64url(target path)>/mountInfo.json). Kata reads
   // the default; tests point it elsewhere.
   std::string kata_direct_volume_dir = kDefaultKataDirectVolumeDir;
-  // How a staged volume becomes a kernel block device (docs/EXPOSURE.md):
+  // How a staged volume becomes a kernel block device (docs/EXPOSURE.md). One value:
   //   fuse  the volume is a file in the driver's FUSE mount (<state_dir>/fuse) with a
   //         loop device on it: lazy, staging costs the same for any size, every write
   //         reaches the store; with stellarium-fd-holder on <state_dir>/fd-holder.sock
   //         staged volumes survive a restart of the driver.
-  //   loop  the volume is exported to a raw file under <state_dir>/devices with a loop
-  //         device on it, written back on sync and unstage (the first mechanism; the
-  //         first stage reads the whole volume).
+  // "loop" (the volume exported to a raw file under <state_dir>/devices) was removed;
+  // Validate() refuses it with a message saying what to use instead.
   std::string block_device = "fuse";
 };
 

@@ -7,22 +7,19 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstring>
 #include <filesystem>
 
 #include "csi/controller_service.h"
-#include "csi/exposure/fuse_loop_provider.h"
 #include "csi/identity_service.h"
-#include "csi/loop_block_device.h"
 #include "csi/metrics.h"
+#include "csi/node/block_device/fuse_loop_provider.h"
 #include "csi/node_service.h"
+#include "csi/run_rpc.h"
 #include "csi/volume_spec.h"
 
 namespace stellarium::csi {
 namespace {
-
-std::atomic<RpcObserver*> g_observer{nullptr};
 
 // True when something accepts connections on the unix socket at `path`.
 bool SocketIsServed(const std::string& path) {
@@ -60,9 +57,6 @@ Status PrepareSocketPath(const std::string& path) {
 
 }  // namespace
 
-void SetRpcObserver(RpcObserver* observer) { g_observer.store(observer); }
-RpcObserver* GetRpcObserver() { return g_observer.load(); }
-
 Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   std::unique_ptr<Server> server(new Server());
   server->driver_ = std::make_unique<Driver>();
@@ -85,18 +79,14 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   }
   d.store = std::move(store).value();
 
-  d.node_state = std::make_unique<NodeState>(options.state_dir + "/staged");
+  d.node_state = std::make_unique<node::NodeState>(options.state_dir + "/staged");
   RETURN_IF_ERROR(d.node_state->Load().Annotate("load node state"));
-  if (options.block_device == "fuse") {
-    exposure::FuseLoopProviderOptions fuse_options;
-    fuse_options.state_dir = options.state_dir;
-    fuse_options.fd_holder_socket = FdHolderSocket(options);
-    fuse_options.readahead_bytes = options.exposure_readahead_mib << 20;
-    ASSIGN_OR_RETURN(d.devices,
-                     exposure::FuseLoopBlockDeviceProvider::Create(d.store.get(), fuse_options));
-  } else {
-    d.devices = NewLoopBlockDeviceProvider(d.store.get(), options.state_dir + "/devices");
-  }
+  node::FuseLoopProviderOptions fuse_options;
+  fuse_options.state_dir = options.state_dir;
+  fuse_options.fd_holder_socket = FdHolderSocket(options);
+  fuse_options.readahead_bytes = options.exposure_readahead_mib << 20;
+  ASSIGN_OR_RETURN(d.devices,
+                   node::FuseLoopBlockDeviceProvider::Create(d.store.get(), fuse_options));
   ASSIGN_OR_RETURN(auto attached, d.devices->Recover());
   for (const auto& staged : d.node_state->List()) {
     // A vhost-user-blk volume has no block device: NodeService serves its socket again.

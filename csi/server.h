@@ -2,10 +2,8 @@
 // node's devices and staging records, binds the unix socket (mode 0600) and serves the
 // Identity, Controller and Node services on it. Shutdown() stops accepting calls, lets
 // running ones finish (up to a deadline), removes the socket and closes the store.
-//
-// RunRpc() is the interceptor-like wrapper every service method goes through: it times
-// the call, turns an escaping exception into INTERNAL (no exception crosses the RPC
-// boundary), reports it to the RpcObserver (metrics) and logs one line (csi/logging.h).
+// Every service method runs through RunRpc (csi/run_rpc.h); the server installs the
+// metrics as its RpcObserver.
 //
 // Thread-safety: Start/Shutdown/Wait from the owning thread; RPCs run on gRPC's
 // threads.
@@ -14,14 +12,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
-#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
 
 #include "core/status.h"
 #include "csi/driver.h"
-#include "csi/logging.h"
 #include "csi/options.h"
 
 namespace stellarium::csi {
@@ -30,35 +26,6 @@ class IdentityService;
 class ControllerService;
 class NodeService;
 class Metrics;
-
-// Sees every RPC when it ends (the metrics module implements it).
-class RpcObserver {
- public:
-  virtual ~RpcObserver() = default;
-  virtual void OnRpc(const char* method, grpc::StatusCode code, double seconds) = 0;
-};
-// Installs the process-wide observer (nullptr: none). Not owned.
-void SetRpcObserver(RpcObserver* observer);
-RpcObserver* GetRpcObserver();
-
-template <typename Request, typename Body>
-grpc::Status RunRpc(const char* method, const Request& request, Body&& body) {
-  const auto start = std::chrono::steady_clock::now();
-  grpc::Status status;
-  try {
-    status = body();
-  } catch (const std::exception& e) {
-    status = grpc::Status(grpc::StatusCode::INTERNAL, std::string("unexpected error: ") + e.what());
-  } catch (...) {
-    status = grpc::Status(grpc::StatusCode::INTERNAL, "unexpected error");
-  }
-  const auto latency = std::chrono::steady_clock::now() - start;
-  if (RpcObserver* observer = GetRpcObserver()) {
-    observer->OnRpc(method, status.error_code(), std::chrono::duration<double>(latency).count());
-  }
-  LogRpc(method, request, status, latency);
-  return status;
-}
 
 class Server {
  public:

@@ -12,11 +12,11 @@
 #include <thread>
 #include <vector>
 
-#include "csi/exposure/read_ahead.h"
+#include "csi/node/read_ahead.h"
 #include "fuzz/fuzz_mem_io.h"
 
 using namespace stellarium;
-using namespace stellarium::exposure;
+using namespace stellarium::node;
 
 namespace {
 

@@ -13,11 +13,11 @@
 #include <cstring>
 #include <vector>
 
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "fuzz/fuzz_mem_io.h"
 
 using namespace stellarium;
-using namespace stellarium::exposure;
+using namespace stellarium::node;
 
 namespace {
 

@@ -7,12 +7,12 @@
 #include <memory>
 #include <vector>
 
-#include "csi/exposure/vhost_user_blk.h"
-#include "csi/exposure/virtio_blk.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
+#include "csi/node/vhost_user/virtio_blk.h"
 #include "fuzz/fuzz_mem_io.h"
 
 using namespace stellarium;
-using namespace stellarium::exposure;
+using namespace stellarium::node;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 4) return 0;

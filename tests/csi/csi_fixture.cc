@@ -11,7 +11,7 @@
 
 #include "core/tree_image.h"
 #include "csi/logging.h"
-#include "csi/node_state.h"
+#include "csi/node/node_state.h"
 
 namespace stellarium::csi::testing {
 
@@ -35,7 +35,7 @@ void CsiDriverTest::SetUp() {
   fs::create_directories(kubelet_);
   fs::create_directories(images_);
   fs::create_directories(root_ + "/state");
-  auto holder = exposure::FdHolderServer::Listen(root_ + "/state/fd-holder.sock");
+  auto holder = node::FdHolderServer::Listen(root_ + "/state/fd-holder.sock");
   ASSERT_TRUE(holder.ok()) << holder.status().ToString();
   holder_ = std::move(holder).value();
   holder_stop_ = ::eventfd(0, EFD_CLOEXEC);
@@ -78,8 +78,6 @@ Options CsiDriverTest::MakeOptions() const {
   o.metrics_address = metrics_address_;
   o.controller_expansion = controller_expansion_;
   o.kata_direct_volume_dir = root_ + "/kata";  // never the host's /run/kata-containers
-  // The node's default block devices; where FUSE is missing, the export provider.
-  o.block_device = ::access("/dev/fuse", R_OK | W_OK) == 0 ? "fuse" : "loop";
   Status st = Validate(&o);
   EXPECT_TRUE(st.ok()) << st.ToString();
   return o;

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "csi.grpc.pb.h"
-#include "csi/exposure/fd_holder.h"
+#include "csi/node/block_device/fd_holder.h"
 #include "csi/options.h"
 #include "csi/server.h"
 
@@ -85,7 +85,7 @@ class CsiDriverTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
   // The fd holder the node DaemonSet runs next to the driver, here on a thread, so
   // staged volumes survive StopServer/StartServer (docs/EXPOSURE.md, "Driver restarts").
-  std::unique_ptr<exposure::FdHolderServer> holder_;
+  std::unique_ptr<node::FdHolderServer> holder_;
   std::thread holder_thread_;
   int holder_stop_ = -1;
   std::unique_ptr<v1::Identity::Stub> identity_;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,11 +13,11 @@
 #include <thread>
 
 #include "core/store.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/vhost_user_blk.h"
-#include "csi/lock_table.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/lock_table.h"
+#include "csi/node/paths.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "csi/options.h"
-#include "csi/paths.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
 #include "tests/spawn_util.h"
@@ -26,6 +27,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::csi::v1::VolumeCapability;
+using node::LockTable;
+using node::ResolveUnderAnyRoot;
+using node::ResolveUnderRoot;
 
 class TempDir {
  public:
@@ -158,9 +162,9 @@ TEST(OptionsTest, DefaultsAreDocumented) {
   EXPECT_EQ(cl.options.store_disk_readahead_mib, 64u);
   EXPECT_EQ(cl.options.store_disk_readahead_mib << 20, StoreOptions{}.disk_readahead_bytes);
   EXPECT_EQ(cl.options.exposure_readahead_mib << 20,
-            exposure::FuseBlockServerOptions{}.readahead_bytes);
+            node::FuseBlockServerOptions{}.readahead_bytes);
   EXPECT_EQ(cl.options.exposure_readahead_mib << 20,
-            exposure::VhostUserBlkOptions{}.readahead_bytes);
+            node::VhostUserBlkOptions{}.readahead_bytes);
   EXPECT_EQ(FdHolderSocket(cl.options), "/var/lib/stellarium/state/fd-holder.sock");
 }
 
@@ -173,7 +177,7 @@ TEST(DriverProcessTest, SigbusIsExplainedBeforeTheDriverDies) {
   const std::string sock = dir.path() + "/csi.sock";
   const pid_t pid = stellarium::testing::SpawnLogged(
       {STELLARIUM_CSI_PATH, "--endpoint", "unix://" + sock, "--node-id", "n1", "--store",
-       dir.path() + "/store", "--state-dir", dir.path() + "/state", "--block-device", "loop"},
+       dir.path() + "/store", "--state-dir", dir.path() + "/state"},
       log);
   ASSERT_GT(pid, 0);
   for (int i = 0; i < 500 && !fs::exists(sock); ++i) ::usleep(20000);
@@ -181,6 +185,9 @@ TEST(DriverProcessTest, SigbusIsExplainedBeforeTheDriverDies) {
   ASSERT_EQ(::kill(pid, SIGBUS), 0);
   std::string out;
   const int status = stellarium::testing::WaitLogged(pid, log, &out);
+  // The driver's FUSE mount outlives it (no fd holder here, so its connection is dead):
+  // detach it so that the directory can be removed.
+  ::umount2((dir.path() + "/state/fuse").c_str(), MNT_DETACH);
   ASSERT_TRUE(WIFSIGNALED(status)) << "status " << status << "; log:\n" << out;
   EXPECT_EQ(WTERMSIG(status), SIGBUS);
   EXPECT_NE(out.find("SIGBUS"), std::string::npos) << out;
@@ -224,13 +231,30 @@ TEST(OptionsTest, ReadaheadSizesFromYamlAndFlag) {
   }
 }
 
-TEST(OptionsTest, BlockDeviceFromYamlAndFlag) {
+TEST(OptionsTest, BlockDeviceFuseFromYamlAndFlag) {
   Options o;
-  ASSERT_TRUE(LoadYaml("block_device: loop\n", "c.yaml", &o).ok());
-  EXPECT_EQ(o.block_device, "loop");
-  CommandLine cl = Parse({"--node-id", "n1", "--block-device", "loop"});
+  ASSERT_TRUE(LoadYaml("block_device: fuse\n", "c.yaml", &o).ok());
+  EXPECT_EQ(o.block_device, "fuse");
+  CommandLine cl = Parse({"--node-id", "n1", "--block-device", "fuse"});
   ASSERT_FALSE(cl.exit) << cl.output;
-  EXPECT_EQ(cl.options.block_device, "loop");
+  EXPECT_EQ(cl.options.block_device, "fuse");
+}
+
+// The export-to-file device (block_device: loop) was removed: a configuration that still
+// names it, in the YAML file or as a flag, stops the start with a message that says so
+// and what to use instead.
+TEST(OptionsTest, RemovedLoopBlockDeviceFailsNamingTheReplacement) {
+  TempDir dir;
+  const std::string config = dir.path() + "/c.yaml";
+  std::ofstream(config) << "node_id: n1\nblock_device: loop\n";
+  for (const auto& args : {std::vector<std::string>{"--config", config},
+                           std::vector<std::string>{"--node-id", "n1", "--block-device", "loop"}}) {
+    CommandLine cl = Parse(args);
+    EXPECT_TRUE(cl.exit);
+    EXPECT_EQ(cl.exit_code, 2);
+    EXPECT_NE(cl.output.find("block_device 'loop' was removed"), std::string::npos) << cl.output;
+    EXPECT_NE(cl.output.find("use fuse"), std::string::npos) << cl.output;
+  }
 }
 
 TEST(OptionsTest, YamlThenFlagsOverride) {

@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "core/sha256.h"
-#include "csi/image_importer.h"
+#include "csi/node/image_importer.h"
 #include "tests/csi/csi_fixture.h"
 #include "tests/sources/local_http_server.h"
 

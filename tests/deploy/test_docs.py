@@ -126,7 +126,7 @@ class DocsTest(unittest.TestCase):
     def test_microvm_descriptors_match_what_the_driver_writes(self):
         # usage.md and the README name the files and values the driver's code writes.
         code = "".join((REPO / "csi" / f).read_text()
-                       for f in ("descriptor_exposure.cc", "node_exposure.cc", "options.cc"))
+                       for f in ("node/descriptor_exposure.cc", "node/node_exposure.cc", "options.cc"))
         facts = ("spdkvol", ".firecracker-drive.json", ".cloud-hypervisor-disk",
                  "--kata-direct-volume-dir", "mountInfo.json")
         for fact in facts:

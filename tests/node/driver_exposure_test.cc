@@ -17,10 +17,10 @@
 #include <set>
 #include <sstream>
 
-#include "csi/exposure/descriptors.h"
-#include "csi/exposure/vhost_user_protocol.h"
-#include "csi/node_exposure.h"
-#include "csi/node_state.h"
+#include "csi/node/node_exposure.h"
+#include "csi/node/node_state.h"
+#include "csi/node/runtime_descriptors.h"
+#include "csi/node/vhost_user/vhost_user_protocol.h"
 #include "tests/csi/csi_fixture.h"
 #include "tests/node/guest_util.h"
 #include "tests/node/node_fixture.h"
@@ -32,6 +32,8 @@
 namespace stellarium::csi::testing {
 namespace {
 
+using node::CloudHypervisorDiskPath;
+using node::FirecrackerDrivePath;
 using stellarium::testing::CommandResult;
 
 std::string ReadAll(const std::string& path) {
@@ -70,7 +72,7 @@ Result<uint64_t> AskFeatures(const std::string& socket_path) {
     ::close(fd);
     return Status::FromErrno(err, "connect " + socket_path);
   }
-  uint32_t header[3] = {exposure::kVhostUserGetFeatures, exposure::kVhostUserVersion, 0};
+  uint32_t header[3] = {node::kVhostUserGetFeatures, node::kVhostUserVersion, 0};
   if (::write(fd, header, sizeof(header)) != static_cast<ssize_t>(sizeof(header))) {
     ::close(fd);
     return Status::Internal("write GET_FEATURES to " + socket_path);
@@ -90,7 +92,7 @@ Result<uint64_t> AskFeatures(const std::string& socket_path) {
   std::memcpy(&flags, reply + 4, 4);
   std::memcpy(&size, reply + 8, 4);
   std::memcpy(&features, reply + 12, 8);
-  if (request != exposure::kVhostUserGetFeatures || !(flags & exposure::kVhostUserReplyFlag) ||
+  if (request != node::kVhostUserGetFeatures || !(flags & node::kVhostUserReplyFlag) ||
       size != 8) {
     return Status::Internal("unexpected GET_FEATURES reply header");
   }
@@ -126,7 +128,7 @@ class DriverExposureTest : public CsiDriverTest {
 
   std::string SocketOf(const std::string& id) { return root_ + "/state/vhost/" + id + ".sock"; }
   std::string KataDir(const std::string& target) {
-    return exposure::KataVolumeDir(root_ + "/kata", target);
+    return node::KataVolumeDir(root_ + "/kata", target);
   }
 };
 
@@ -143,8 +145,8 @@ TEST_F(DriverExposureTest, StagePublishWriteDescriptorsAndUnpublishUnstageRemove
   EXPECT_EQ(LoopsUnderRoot(), std::vector<std::string>{}) << "and keeps no loop device";
   Result<uint64_t> features = AskFeatures(socket);
   ASSERT_TRUE(features.ok()) << features.status().ToString();
-  EXPECT_FALSE(*features & (1ull << exposure::kVirtioBlkFRo)) << "a read-write volume";
-  EXPECT_TRUE(*features & (1ull << exposure::kVirtioFVersion1));
+  EXPECT_FALSE(*features & (1ull << node::kVirtioBlkFRo)) << "a read-write volume";
+  EXPECT_TRUE(*features & (1ull << node::kVirtioFVersion1));
   // The blank volume was formatted before it was served: the guest mounts it as ext4.
   auto volume = driver().store->OpenVolume(id, /*read_only=*/true);
   ASSERT_TRUE(volume.ok()) << volume.status().ToString();
@@ -161,7 +163,7 @@ TEST_F(DriverExposureTest, StagePublishWriteDescriptorsAndUnpublishUnstageRemove
 
   const std::string kata_dir = KataDir(target);
   const std::string kata_file = kata_dir + "/mountInfo.json";
-  EXPECT_EQ(kata_dir, root_ + "/kata/" + exposure::Base64Url(target));
+  EXPECT_EQ(kata_dir, root_ + "/kata/" + node::Base64Url(target));
   EXPECT_EQ(Mode(kata_dir), 0700u);
   EXPECT_EQ(Mode(kata_file), 0600u);
   YAML::Node kata = YAML::Load(ReadAll(kata_file));  // JSON is YAML
@@ -230,7 +232,7 @@ TEST_F(DriverExposureTest, ReadOnlyVolumeIsServedWithVirtioBlkRo) {
   ASSERT_TRUE(Stage(id, staging, MountCap(Mode::SINGLE_NODE_READER_ONLY)).ok());
   Result<uint64_t> features = AskFeatures(SocketOf(id));
   ASSERT_TRUE(features.ok()) << features.status().ToString();
-  EXPECT_TRUE(*features & (1ull << exposure::kVirtioBlkFRo));
+  EXPECT_TRUE(*features & (1ull << node::kVirtioBlkFRo));
 
   grpc::Status rw = Publish(id, staging, target, MountCap());
   EXPECT_EQ(rw.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << rw.error_message();

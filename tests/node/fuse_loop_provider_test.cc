@@ -1,6 +1,6 @@
-// FuseLoopBlockDeviceProvider against the csi::BlockDeviceProvider contract, over a
+// FuseLoopBlockDeviceProvider against the BlockDeviceProvider contract, over a
 // real Store, real FUSE, real loop devices and ext4.
-#include "csi/exposure/fuse_loop_provider.h"
+#include "csi/node/block_device/fuse_loop_provider.h"
 
 #include <gtest/gtest.h>
 #include <sys/mount.h>
@@ -11,7 +11,7 @@
 
 #include "tests/node/test_util.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::RunCommand;
@@ -148,4 +148,4 @@ TEST(FuseLoopProviderArgsTest, BadArgumentsAreRefused) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

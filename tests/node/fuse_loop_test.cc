@@ -12,12 +12,12 @@
 #include <fstream>
 #include <thread>
 
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
 #include "tests/node/test_util.h"
 #include "tests/thread_names.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::MemBlockIo;
@@ -380,4 +380,4 @@ TEST(LoopDeviceTest, BadArgumentsNameTheObject) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

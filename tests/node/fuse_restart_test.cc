@@ -32,11 +32,11 @@
 #include "core/store.h"
 #include "core/tree_image.h"
 #include "csi.grpc.pb.h"
-#include "csi/exposure/fd_holder.h"
-#include "csi/exposure/loop_device.h"
+#include "csi/node/block_device/fd_holder.h"
+#include "csi/node/block_device/loop_control.h"
 #include "tests/node/test_util.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 namespace fs = std::filesystem;
@@ -609,4 +609,4 @@ TEST(FdHolderTest, HoldsHandsBackAndRefusesBadRequests) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

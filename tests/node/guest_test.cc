@@ -17,9 +17,9 @@
 #include <regex>
 
 #include "core/store.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 #include "tests/node/guest_util.h"
 #include "tests/node/node_fixture.h"
 #include "tests/node/test_util.h"
@@ -28,7 +28,7 @@
 #error "STELLARIUM_SOURCE_DIR must point at the source tree (scripts/build-guest.sh)"
 #endif
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::CommandResult;
@@ -235,4 +235,4 @@ TEST_F(GuestTest, SameGuestBootsFromTheFuseLoopDevice) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

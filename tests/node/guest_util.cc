@@ -10,8 +10,8 @@
 #include <fstream>
 #include <regex>
 
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
 
 namespace stellarium::testing {
 
@@ -114,9 +114,9 @@ std::string GuestHash(const std::string& console) {
 
 std::string ReadFileThroughLoop(std::shared_ptr<BlockIo> io, const std::string& work_dir,
                                 const std::string& name) {
-  using exposure::AttachLoop;
-  using exposure::DetachLoop;
-  using exposure::FuseBlockServer;
+  using node::AttachLoop;
+  using node::DetachLoop;
+  using node::FuseBlockServer;
   auto fuse = FuseBlockServer::Start({.mountpoint = work_dir + "/check-fuse"});
   EXPECT_TRUE(fuse.ok()) << fuse.status().ToString();
   if (!fuse.ok()) return "";

@@ -2,7 +2,7 @@
 // hostile ones), the message parsers, and the server over a real unix socket with a
 // front-end written here (memfd guest memory, eventfds, SCM_RIGHTS). guest_test.cc
 // does the same with a real QEMU guest.
-#include "csi/exposure/vhost_user_blk.h"
+#include "csi/node/vhost_user/vhost_user_blk.h"
 
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -21,7 +21,7 @@
 
 #include "tests/node/test_util.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::MemBlockIo;
@@ -1113,4 +1113,4 @@ TEST(VhostUserBlkServerTest, ProtocolViolationsCloseTheConnectionButNotTheServer
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node

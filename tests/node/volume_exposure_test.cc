@@ -13,12 +13,12 @@
 
 #include "core/export.h"
 #include "core/store.h"
-#include "csi/exposure/fuse_block_server.h"
-#include "csi/exposure/loop_device.h"
+#include "csi/node/block_device/fuse_block_server.h"
+#include "csi/node/block_device/loop_control.h"
 #include "tests/node/node_fixture.h"
 #include "tests/node/test_util.h"
 
-namespace stellarium::exposure {
+namespace stellarium::node {
 namespace {
 
 using stellarium::testing::ImportKnownExt4;
@@ -171,4 +171,4 @@ TEST(VolumeExposureTest, ODirectWritesThroughLoopMatchTheVolume) {
 }
 
 }  // namespace
-}  // namespace stellarium::exposure
+}  // namespace stellarium::node
