@@ -7,7 +7,7 @@
 //              qcow2, gzip/xz/zstd of those, detected as for url (core/provision.h)
 //   imageDir   a directory under an --import-root, built into an ext4 image
 //   url        an http:// or https:// URL of an image (raw, ext4, gzip/xz/zstd, qcow2);
-//              imported once per node and cloned (csi/image_importer.h, docs/IMAGES.md)
+//              imported once per node and cloned (csi/node/image_importer.h, docs/IMAGES.md)
 //   sha256     the expected digest of the bytes at `url` ("sha256:<hex>" or "<hex>")
 //   blockSize  the volume's block size ("4096", "64K"; core/provision.h ParseBlockSize);
 //              blank and image volumes only
