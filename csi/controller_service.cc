@@ -26,6 +26,7 @@ using node::ImageImporter;
 using node::ImportedImage;
 using node::ImporterOptions;
 using node::kAnchorPrefix;
+using node::LockTable;
 using node::ResolveUnderAnyRoot;
 using node::UrlSource;
 
