@@ -64,6 +64,7 @@ Status StoreImpl::UnrefLayer(CatalogTxn* txn, uint64_t id) {
     }
     if (--l->refs > 0) return Status::Ok();
     l->state = LayerState::kDead;
+    layers_died = true;
     if (!l->image_digest.empty()) {
       // The image is forgotten with its last user; a later import stores it again.
       ASSIGN_OR_RETURN(auto img, Load<format::ImageRecord>(l->image_digest, txn));
@@ -78,6 +79,7 @@ Status StoreImpl::KillLayer(CatalogTxn* txn, uint64_t id) {
   ASSIGN_OR_RETURN(LayerRecord * l, TxnLayer(txn, id));
   if (l->state == LayerState::kDead) return Status::Ok();
   l->state = LayerState::kDead;
+  layers_died = true;
   return l->parent != 0 ? UnrefLayer(txn, l->parent) : Status::Ok();
 }
 

@@ -102,36 +102,115 @@ uint64_t ChunkStore::AddRef(Batch* batch, const ChunkId& id, std::string_view da
   return loc;
 }
 
-Status ChunkStore::CommitIfFull(Batch* batch, const std::string& what) {
-  if (batch->Count() < 8192) return Status::Ok();
-  return backend_->Commit(batch, Durability::kNoSync, what);
+void ChunkStore::DropRef(Batch* batch, const ChunkId& id) {
+  backend_->index().AddRefs(batch, id, -1, 0);
+  std::lock_guard lock(dropped_mu_);
+  if (dropped_.size() < kMaxDropped) {
+    dropped_.push_back(id);
+  } else {
+    dropped_overflow_ = true;
+  }
 }
 
-Result<SweepResult> ChunkStore::Sweep() {
-  std::unique_lock lock(sweep_lock_);
+std::vector<ChunkId> ChunkStore::TakeDropped(bool* overflowed) {
+  std::vector<ChunkId> ids;
+  {
+    std::lock_guard lock(dropped_mu_);
+    ids.swap(dropped_);
+    *overflowed = dropped_overflow_;
+    dropped_overflow_ = false;
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
+bool ChunkStore::HasDropped() const {
+  std::lock_guard lock(dropped_mu_);
+  return !dropped_.empty() || dropped_overflow_;
+}
+
+Status ChunkStore::CommitIfFull(Batch* batch, const std::string& what, const Pace& pace,
+                                std::chrono::steady_clock::time_point* started, bool* go) {
+  if (batch->Count() < kSweepBatch) return Status::Ok();
+  RETURN_IF_ERROR(backend_->Commit(batch, Durability::kNoSync, what));
+  if (pace && !pace(std::chrono::steady_clock::now() - *started)) *go = false;
+  *started = std::chrono::steady_clock::now();
+  return Status::Ok();
+}
+
+Result<SweepResult> ChunkStore::SweepChunks(const std::vector<ChunkId>& ids, const Pace& pace,
+                                            bool with_bytes) {
   SweepResult r;
-  // 1. Index entries whose count is zero or below go; the others' locators are live
-  //    (a bit per locator: locators are handed out densely).
-  std::vector<bool> live;
   std::unique_ptr<Batch> batch = backend_->NewBatch();
-  RETURN_IF_ERROR(backend_->index().ForEach([&](const ChunkId& id, const IndexEntry& e) {
-    if (e.refs > 0) {
-      if (e.locator >= live.size()) live.resize(std::max<uint64_t>(e.locator + 1, 2 * live.size()));
-      live[e.locator] = true;
-      return Status::Ok();
+  for (size_t from = 0; from < ids.size(); from += kSweepBatch) {
+    const auto started = std::chrono::steady_clock::now();
+    const std::vector<ChunkId> group(ids.begin() + from,
+                                     ids.begin() + std::min(ids.size(), from + kSweepBatch));
+    {
+      // No writer is between its "already stored?" and its commit now: a count read
+      // here as zero stays zero until the batch is committed.
+      std::unique_lock lock(sweep_lock_);
+      std::vector<std::optional<IndexEntry>> entries;
+      RETURN_IF_ERROR(backend_->index().GetMany(group, &entries).Annotate("gc"));
+      for (size_t k = 0; k < group.size(); ++k) {
+        if (!entries[k] || entries[k]->refs > 0) continue;
+        backend_->index().Erase(batch.get(), group[k]);
+        if (with_bytes && entries[k]->locator != 0) {
+          backend_->bytes().Delete(batch.get(), entries[k]->locator);
+        }
+        ++r.chunks_deleted;
+      }
+      RETURN_IF_ERROR(backend_->Commit(batch.get(), Durability::kSync, "gc: delete chunks"));
     }
-    backend_->index().Erase(batch.get(), id);
-    ++r.chunks_deleted;
-    return CommitIfFull(batch.get(), "gc: delete chunks");
+    if (pace && !pace(std::chrono::steady_clock::now() - started)) break;
+  }
+  return r;
+}
+
+Result<SweepResult> ChunkStore::Sweep(const Pace& pace) {
+  uint64_t fence;
+  {
+    // With the lock held no import or write is under way: every locator below the
+    // fence is either named by the index or garbage for good.
+    std::unique_lock lock(sweep_lock_);
+    fence = backend_->bytes().Reserve(0).next;
+  }
+  // 1. Index entries whose count is zero or below.
+  std::vector<ChunkId> dead;
+  RETURN_IF_ERROR(backend_->index().ForEach([&](const ChunkId& id, const IndexEntry& e) {
+    if (e.refs <= 0) dead.push_back(id);
+    return Status::Ok();
   }).Annotate("gc"));
-  RETURN_IF_ERROR(backend_->Commit(batch.get(), Durability::kSync, "gc: delete chunks"));
-  // 2. Bytes no index entry names: the deleted chunks' and racing writers' copies.
-  RETURN_IF_ERROR(backend_->bytes().ForEach([&](uint64_t loc, size_t size) {
-    if (loc < live.size() && live[loc]) return Status::Ok();
+  ASSIGN_OR_RETURN(SweepResult r, SweepChunks(dead, pace, /*with_bytes=*/false));
+  // 2. Bytes no index entry names: step 1's chunks' (counted here), and the others.
+  ASSIGN_OR_RETURN(SweepResult unnamed, SweepUnnamedBytes(fence, pace));
+  r.bytes_freed += unnamed.bytes_freed;
+  return r;
+}
+
+// No lock is needed: a locator below the fence can only be named by an entry that
+// already names it (writers index new bytes only at locators reserved after the fence),
+// and only gc erases entries.
+Result<SweepResult> ChunkStore::SweepUnnamedBytes(uint64_t fence, const Pace& pace) {
+  std::vector<bool> named;  // a bit per locator: locators are handed out densely
+  RETURN_IF_ERROR(backend_->index().ForEach([&](const ChunkId&, const IndexEntry& e) {
+    if (e.locator == 0 || e.locator >= fence) return Status::Ok();
+    if (e.locator >= named.size()) named.resize(std::max<uint64_t>(e.locator + 1, 2 * named.size()));
+    named[e.locator] = true;
+    return Status::Ok();
+  }).Annotate("gc"));
+  SweepResult r;
+  std::unique_ptr<Batch> batch = backend_->NewBatch();
+  auto started = std::chrono::steady_clock::now();
+  bool go = true;
+  Status st = backend_->bytes().ForEach([&](uint64_t loc, size_t size) -> Status {
+    if (!go || loc >= fence || (loc < named.size() && named[loc])) return Status::Ok();
     r.bytes_freed += size;
     backend_->bytes().Delete(batch.get(), loc);
-    return CommitIfFull(batch.get(), "gc: delete chunk bytes");
-  }).Annotate("gc"));
+    return CommitIfFull(batch.get(), "gc: delete chunk bytes", pace, &started, &go);
+  });
+  RETURN_IF_ERROR(st.Annotate("gc"));
   RETURN_IF_ERROR(backend_->Commit(batch.get(), Durability::kSync, "gc: delete chunk bytes"));
   return r;
 }

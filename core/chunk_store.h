@@ -14,7 +14,9 @@
 // delete a chunk between the "already stored" check and the commit.
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -71,10 +73,31 @@ class ChunkStore {
   // the map entry, right unless another writer stored the same chunk first.
   uint64_t AddRef(Batch* batch, const ChunkId& id, std::string_view data,
                   Placement* placement = nullptr);
-  void DropRef(Batch* batch, const ChunkId& id) { backend_->index().AddRefs(batch, id, -1, 0); }
-  // Deletes every chunk whose count is zero or below, and stored bytes no chunk refers
-  // to. Excludes writers while it runs.
-  Result<SweepResult> Sweep();
+  // Stages one reference less, and remembers the id as one that may have become garbage
+  // (TakeDropped).
+  void DropRef(Batch* batch, const ChunkId& id);
+
+  // ---- gc ----
+  // Between two batches of a sweep: told how long the batch took, it may sleep, and
+  // returns false to end the sweep early.
+  using Pace = std::function<bool(std::chrono::steady_clock::duration)>;
+  // The ids DropRef saw since the last call (sorted, each once). *overflowed is set
+  // when there were more than kMaxDropped: some were forgotten, only a full sweep
+  // finds them.
+  std::vector<ChunkId> TakeDropped(bool* overflowed);
+  bool HasDropped() const;
+  static constexpr size_t kMaxDropped = 1u << 20;
+  // Deletes the chunks among `ids` whose count is zero or below (with their bytes
+  // unless with_bytes is false: then a later scan finds the bytes no chunk names). In
+  // batches, each holding the sweep lock exclusively for its few milliseconds (writers
+  // wait; a running import holds a batch back until it ends). bytes_freed stays 0: the
+  // sizes are not read.
+  Result<SweepResult> SweepChunks(const std::vector<ChunkId>& ids, const Pace& pace = nullptr,
+                                  bool with_bytes = true);
+  // The full sweep: every chunk whose count is zero or below, then every stored byte no
+  // chunk names (a failed import's, a racing writer's second copy), below the locators
+  // handed out when the sweep began.
+  Result<SweepResult> Sweep(const Pace& pace = nullptr);
   // Calls fn(id, bytes, count, read) for every index entry, in id order, with the hash
   // check left to the caller: bytes are empty for an entry without data, or when they
   // could not be read (read then says why, and the walk goes on). Stops at the first
@@ -94,11 +117,19 @@ class ChunkStore {
   Status Fetch(std::vector<std::pair<uint64_t, size_t>>* order, const std::string& context,
                const std::vector<ChunkRef>& refs,
                const std::function<Status(size_t, std::string_view, bool)>& fn);
-  // Stages and commits in batches of a bounded size.
-  Status CommitIfFull(Batch* batch, const std::string& what);
+  // Commits a batch that has grown to kSweepBatch changes and paces; false in *go when
+  // the pace says stop.
+  Status CommitIfFull(Batch* batch, const std::string& what, const Pace& pace,
+                      std::chrono::steady_clock::time_point* started, bool* go);
+  // Locators below the fence that no index entry names.
+  Result<SweepResult> SweepUnnamedBytes(uint64_t fence, const Pace& pace);
+  static constexpr size_t kSweepBatch = 4096;
 
   Backend* backend_;
   std::shared_mutex sweep_lock_;
+  mutable std::mutex dropped_mu_;
+  std::vector<ChunkId> dropped_;  // GUARDED_BY(dropped_mu_)
+  bool dropped_overflow_ = false;  // GUARDED_BY(dropped_mu_)
 };
 
 }  // namespace stellarium

@@ -1,8 +1,11 @@
 // Gc (reclaim dead layers, then sweep unreferenced chunks), Fsck (check everything,
 // change nothing) and store statistics.
 #include <algorithm>
+#include <chrono>
+#include <functional>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "core/store_impl.h"
 
@@ -33,11 +36,36 @@ Result<std::map<uint64_t, LayerRecord>> LoadLayers(StoreImpl& s,
   return layers;
 }
 
+// Paces a gc pass: after a batch that took `took`, sleeps so that the pass works only
+// `duty` of its time; false once the pass should stop.
+class GcPacer {
+ public:
+  explicit GcPacer(const GcOptions& o) : o_(o) {}
+  bool operator()(std::chrono::steady_clock::duration took) {
+    if (o_.duty > 0 && o_.duty < 1) {
+      auto rest = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+          took * ((1 - o_.duty) / o_.duty));
+      while (rest.count() > 0 && !Stopped()) {
+        const auto slice =
+            std::min<std::chrono::steady_clock::duration>(rest, std::chrono::milliseconds(20));
+        std::this_thread::sleep_for(slice);
+        rest -= slice;
+      }
+    }
+    return !Stopped();
+  }
+  bool Stopped() const { return o_.stop != nullptr && o_.stop->load(); }
+
+ private:
+  const GcOptions& o_;
+};
+
 // Drops a dead layer's map entries (each batch dropping the entries and their chunk
-// references together), then the layer record.
-Status ReclaimLayer(StoreImpl& s, uint64_t id, GcReport* report) {
+// references together), then the layer record. False when the pacer said stop.
+Result<bool> ReclaimLayer(StoreImpl& s, uint64_t id, GcPacer& pace, GcReport* report) {
   const std::string what = "gc: layer " + std::to_string(id);
   for (;;) {
+    const auto started = std::chrono::steady_clock::now();
     auto cursor = s.catalog().NewMapCursor(id, 0, UINT64_MAX, /*fill_cache=*/false);
     std::unique_ptr<Batch> batch = s.backend->NewBatch();
     size_t n = 0;
@@ -50,34 +78,93 @@ Status ReclaimLayer(StoreImpl& s, uint64_t id, GcReport* report) {
     if (n == 0) break;
     report->map_entries_dropped += n;
     RETURN_IF_ERROR(s.backend->Commit(batch.get(), Durability::kNoSync, what));
+    if (!pace(std::chrono::steady_clock::now() - started)) return false;
   }
   std::unique_ptr<Batch> batch = s.backend->NewBatch();
   // A dead layer stays dead: nothing to guard.
   s.catalog().Delete(batch.get(), Table::kLayers, format::LayerKey(id));
-  RETURN_IF_ERROR(s.backend->Commit(batch.get(), Durability::kSync, "gc: drop layer " + std::to_string(id)));
+  RETURN_IF_ERROR(
+      s.backend->Commit(batch.get(), Durability::kSync, "gc: drop layer " + std::to_string(id)));
   ++report->layers_reclaimed;
+  return true;
+}
+
+// Deletes the chunks whose references were dropped since the last call, if their
+// count is zero now.
+Status SweepDropped(StoreImpl& s, GcPacer& pace, GcReport* report) {
+  bool overflowed = false;
+  const std::vector<ChunkId> ids = s.chunks->TakeDropped(&overflowed);
+  if (overflowed) s.full_gc_needed = true;
+  ASSIGN_OR_RETURN(SweepResult sw, s.chunks->SweepChunks(ids, std::ref(pace)));
+  report->chunks_deleted += sw.chunks_deleted;
+  return Status::Ok();
+}
+
+// Dead layers: nothing refers to them, so their map entries can go. False when the
+// pacer said stop.
+Result<bool> ReclaimDeadLayers(StoreImpl& s, bool full, GcPacer& pace, GcReport* report) {
+  s.layers_died = false;  // deaths from now on are the next pass's
+  ASSIGN_OR_RETURN(auto layers, LoadLayers(s));
+  for (const auto& [id, rec] : layers) {
+    if (rec.state != LayerState::kDead) continue;
+    ASSIGN_OR_RETURN(bool go, ReclaimLayer(s, id, pace, report));
+    if (!full) RETURN_IF_ERROR(SweepDropped(s, pace, report));
+    if (!go) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+namespace {
+
+// One pass's work (Store::Gc), into *report.
+Status GcPass(StoreImpl& s, const GcOptions& options, GcReport* report) {
+  GcPacer pace(options);
+  ASSIGN_OR_RETURN(bool go, ReclaimDeadLayers(s, report->full, pace, report));
+  // Chunks whose count reached zero (and, in a full pass, bytes nothing names).
+  if (go && report->full) {
+    bool overflowed;
+    (void)s.chunks->TakeDropped(&overflowed);  // the full sweep sees them all
+    ASSIGN_OR_RETURN(SweepResult sw, s.chunks->Sweep(std::ref(pace)));
+    report->chunks_deleted += sw.chunks_deleted;
+    report->bytes_freed += sw.bytes_freed;
+  } else if (go) {
+    RETURN_IF_ERROR(SweepDropped(s, pace, report));
+  }
+  report->stopped = pace.Stopped();
+  if (report->map_entries_dropped > 0 || report->chunks_deleted > 0 || report->bytes_freed > 0) {
+    s.backend->ReclaimSpace(report->full);  // so the space really comes back
+  }
   return Status::Ok();
 }
 
 }  // namespace
 
-Result<GcReport> Store::Gc() {
+Result<GcReport> Store::Gc(const GcOptions& options) {
   StoreImpl& s = *impl_;
+  std::lock_guard one_pass(s.gc_mu);
+  const auto started = std::chrono::steady_clock::now();
   GcReport report;
-  // 1. Dead layers: nothing refers to them, so their map entries can go.
-  ASSIGN_OR_RETURN(auto layers, LoadLayers(s));
-  for (const auto& [id, rec] : layers) {
-    if (rec.state == LayerState::kDead) RETURN_IF_ERROR(ReclaimLayer(s, id, &report));
+  report.disk_bytes_before = s.backend->DiskBytes();
+  const bool full_needed = s.full_gc_needed.exchange(false);
+  report.full = options.full || full_needed;
+  Status st = GcPass(s, options, &report);
+  if (!st.ok() || report.stopped) {
+    s.layers_died = true;  // the next pass goes on where this one stopped
+    if (report.full) s.full_gc_needed = true;
   }
-  // 2. Chunks whose count reached zero.
-  ASSIGN_OR_RETURN(SweepResult sw, s.chunks->Sweep());
-  report.chunks_deleted = sw.chunks_deleted;
-  report.bytes_freed = sw.bytes_freed;
-  if (report.map_entries_dropped > 0 || report.chunks_deleted > 0 || report.bytes_freed > 0) {
-    s.backend->ReclaimSpace();  // so the space really comes back
-  }
+  RETURN_IF_ERROR(st);
+  report.disk_bytes_after = s.backend->DiskBytes();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return report;
 }
+
+bool Store::HasGarbage() const {
+  const StoreImpl& s = *impl_;
+  return s.layers_died.load() || s.full_gc_needed.load() || s.chunks->HasDropped();
+}
+
 
 namespace {
 

@@ -92,7 +92,25 @@ struct GcReport {
   uint64_t layers_reclaimed = 0;
   uint64_t map_entries_dropped = 0;
   uint64_t chunks_deleted = 0;
-  uint64_t bytes_freed = 0;     // uncompressed chunk bytes
+  uint64_t bytes_freed = 0;     // uncompressed chunk bytes (measured by full passes only)
+  uint64_t disk_bytes_before = 0, disk_bytes_after = 0;  // the store's size on disk
+  bool full = false;            // the pass scanned everything (GcOptions::full)
+  bool stopped = false;         // GcOptions::stop ended the pass early
+  double seconds = 0;
+};
+
+struct GcOptions {
+  // A full pass scans the whole chunk index and every chunk's bytes: it finds all the
+  // garbage there is (also bytes a failed import or a racing writer left). Otherwise
+  // the pass looks only at what changed since the last one (dead layers, chunks whose
+  // references were dropped), and scans in full only when the store cannot tell (the
+  // first pass after open, an abandoned import, more changes than it keeps track of).
+  bool full = true;
+  // The fraction of its time the pass works; it sleeps between batches for the rest,
+  // so that a store serving volumes keeps its speed. 1 = flat out.
+  double duty = 1.0;
+  // Set to end the pass early, between batches (the report then says stopped).
+  const std::atomic<bool>* stop = nullptr;
 };
 
 // What Fsck found. It checks everything it can reach in one pass: a chunk, a record or
@@ -252,8 +270,14 @@ class Store {
   Result<std::vector<ImageInfo>> ListImages();
 
   // ---- Maintenance ----
-  // Reclaims layers nothing refers to and chunks whose reference count reached zero.
-  Result<GcReport> Gc();
+  // Reclaims layers nothing refers to and chunks whose reference count reached zero,
+  // in bounded batches: volumes stay readable and writable throughout. Writers are held
+  // back only while a batch of chunks is deleted (milliseconds); a running import holds
+  // the deletion of chunks back until it ends.
+  Result<GcReport> Gc(const GcOptions& options = {});
+  // Whether something happened since the last pass that an incremental pass would
+  // reclaim (constant time): for a background collector deciding when to run.
+  bool HasGarbage() const;
   // Checks every chunk's hash, every reference count and every link of the catalog.
   // Read-only. Errors are listed in the report, not returned as a Status.
   Result<FsckReport> Fsck();

@@ -91,6 +91,11 @@ class StoreImpl {
   std::mutex catalog_mu;
   std::map<std::string, std::weak_ptr<VolumeState>> open_volumes;  // GUARDED_BY(catalog_mu)
 
+  // What the next gc pass has to look at (Store::HasGarbage).
+  std::mutex gc_mu;                          // one pass at a time
+  std::atomic<bool> layers_died{true};       // a layer may have become dead
+  std::atomic<bool> full_gc_needed{true};    // only a full pass can tell (first pass too)
+
   Catalog& catalog() { return backend->catalog(); }
 
   // ---- records ----

@@ -93,9 +93,10 @@ class Backend {
   // Waits until background work (flushes, compactions) is done: for benchmarks that
   // measure a settled store.
   virtual Status WaitIdle() = 0;
-  // Gives back the space of what gc deleted (compaction of deleted entries); may take a
-  // while. Best effort.
-  virtual void ReclaimSpace() = 0;
+  // Gives back the space of what gc deleted since the last call (compaction of deleted
+  // entries); may take a while. `everything`: of everything deleted ever (after a full
+  // pass), else only where deletes were seen since the last call. Best effort.
+  virtual void ReclaimSpace(bool everything) = 0;
   virtual Result<BackendEstimate> Estimate() = 0;
   // Bytes the backend occupies on disk (or in its cluster).
   virtual uint64_t DiskBytes() = 0;

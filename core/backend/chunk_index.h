@@ -40,6 +40,9 @@ class ChunkIndex {
 
   // The entry of `id`, or nullopt when there is none. DATA_LOSS for an undecodable one.
   virtual Result<std::optional<IndexEntry>> Get(const ChunkId& id) = 0;
+  // (*entries)[i] is ids[i]'s entry, or nullopt.
+  virtual Status GetMany(const std::vector<ChunkId>& ids,
+                         std::vector<std::optional<IndexEntry>>* entries) = 0;
   // (*locators)[i] is ids[i]'s locator, or 0 when it is not stored.
   virtual Status LocateMany(const std::vector<ChunkId>& ids, std::vector<uint64_t>* locators) = 0;
   // Stages `delta` references to `id`; a non-zero `locator` says its bytes are there

@@ -59,6 +59,7 @@ Status ImportCommit::Begin(std::optional<uint64_t> known_size) {
 }
 
 Status ImportCommit::Abandon(Status st) {
+  s_.full_gc_needed = true;  // bytes it ingested are named by no chunk: a full pass finds them
   std::lock_guard lock(s_.catalog_mu);
   CatalogTxn txn(*s_.backend);
   Status c = s_.KillLayer(&txn, layer_);
@@ -75,8 +76,10 @@ Result<VolumeInfo> ImportCommit::Finish(const ChunkId& digest, uint64_t blocks,
   uint64_t base = layer_;
   ASSIGN_OR_RETURN(LayerRecord * mine, s_.TxnLayer(&txn, layer_));
   if (existing_img) {
-    // Same bytes imported before: our copy goes (gc), the volume clones the first.
+    // Same bytes imported before: our copy goes (gc), the volume clones the first. Bytes
+    // this import stored while another stored the same are named by no chunk.
     RETURN_IF_ERROR(s_.KillLayer(&txn, layer_));
+    s_.full_gc_needed = true;
     base = existing_img->layer;
     *reused_image = true;
   } else {
@@ -96,6 +99,7 @@ Result<VolumeInfo> ImportCommit::Finish(const ChunkId& digest, uint64_t blocks,
                              &existing);
   if (st.ok() && existing) st = Status::Aborted("volume " + req_.name + " was created concurrently");
   if (!st.ok()) {
+    s_.full_gc_needed = true;
     CatalogTxn dead(*s_.backend);
     if (s_.KillLayer(&dead, layer_).ok()) (void)s_.Commit(&dead, what_ + ": abandon import");
     return st;

@@ -64,9 +64,24 @@ class LocalBackendImpl final : public LocalBackend {
   Status Sync() override { return db_->SyncWal(); }
   Status WaitIdle() override { return db_->WaitIdle(); }
 
-  void ReclaimSpace() override {
-    for (Cf cf : {Cf::kChunks, Cf::kData, Cf::kMaps}) {
-      db_->raw()->CompactRange(rocksdb::CompactRangeOptions(), db_->cf(cf), nullptr, nullptr);
+  // Deleted entries leave tombstones; their space comes back when compaction meets
+  // them. An incremental pass compacts only the key ranges it deleted in (an import's
+  // chunk bytes lie together, so a deleted volume's are one range), and leaves the index
+  // (random keys, a few bytes each) to RocksDB's own compactions.
+  void ReclaimSpace(bool everything) override {
+    rocksdb::CompactRangeOptions o;
+    uint64_t lo, hi;
+    const bool data = bytes_.deleted().Take(&lo, &hi);
+    if (everything) {
+      for (Cf cf : {Cf::kChunks, Cf::kData, Cf::kMaps}) {
+        db_->raw()->CompactRange(o, db_->cf(cf), nullptr, nullptr);
+      }
+      catalog_.deleted_layers().Take(&lo, &hi);
+      return;
+    }
+    if (data) Compact(Cf::kData, format::DataKey(lo), format::DataKey(hi + 1));
+    if (catalog_.deleted_layers().Take(&lo, &hi)) {
+      Compact(Cf::kMaps, format::MapKey(lo, 0), format::MapKey(hi + 1, 0));
     }
   }
 
@@ -81,6 +96,11 @@ class LocalBackendImpl final : public LocalBackend {
   uint64_t DiskBytes() override { return db_->DiskBytes(); }
 
  private:
+  void Compact(Cf cf, const std::string& from, const std::string& to) {
+    const rocksdb::Slice a(from), b(to);
+    db_->raw()->CompactRange(rocksdb::CompactRangeOptions(), db_->cf(cf), &a, &b);
+  }
+
   // REQUIRES: commit_mu_ held.
   Status CheckGuards(const LocalBatch& b, const std::string& what) {
     for (const LocalBatch::Guard& g : b.guards) {

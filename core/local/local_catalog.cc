@@ -115,6 +115,7 @@ void LocalCatalog::PutMap(Batch* batch, uint64_t layer, uint64_t block, std::str
 }
 
 void LocalCatalog::DeleteMap(Batch* batch, uint64_t layer, uint64_t block) {
+  deleted_layers_.Add(layer);
   AsLocal(batch)->writes.Delete(db_->cf(Cf::kMaps), Slice(format::MapKeyOf(layer, block).view()));
 }
 

@@ -37,6 +37,7 @@ Status LocalChunkBytes::Put(BulkBatch* batch, uint64_t locator, std::string_view
 }
 
 void LocalChunkBytes::Delete(Batch* batch, uint64_t locator) {
+  deleted_.Add(locator);
   AsLocal(batch)->writes.Delete(db_->cf(Cf::kData), format::DataKey(locator));
 }
 

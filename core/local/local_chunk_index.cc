@@ -45,28 +45,42 @@ Result<std::optional<IndexEntry>> LocalChunkIndex::Get(const ChunkId& id) {
   return std::optional<IndexEntry>(IndexEntry{r.count, r.locator});
 }
 
-Status LocalChunkIndex::LocateMany(const std::vector<ChunkId>& ids,
-                                   std::vector<uint64_t>* locators) {
-  locators->assign(ids.size(), 0);
-  std::vector<size_t> ask;  // the ids the filter cannot rule out
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (filter_.MayContain(ids[i])) ask.push_back(i);
-  }
-  const size_t n = ask.size();
+Status LocalChunkIndex::GetMany(const std::vector<ChunkId>& ids,
+                                std::vector<std::optional<IndexEntry>>* entries) {
+  const size_t n = ids.size();
+  entries->assign(n, std::nullopt);
   if (n == 0) return Status::Ok();
   std::vector<rocksdb::Slice> keys(n);
   std::vector<rocksdb::PinnableSlice> records(n);
   std::vector<rocksdb::Status> statuses(n);
-  for (size_t k = 0; k < n; ++k) keys[k] = Key(ids[ask[k]]);
+  for (size_t i = 0; i < n; ++i) keys[i] = Key(ids[i]);
   db_->raw()->MultiGet(rocksdb::ReadOptions(), db_->cf(Cf::kChunks), n, keys.data(),
                        records.data(), statuses.data());
-  for (size_t k = 0; k < n; ++k) {
-    const ChunkId& id = ids[ask[k]];
-    if (statuses[k].IsNotFound()) continue;
-    if (!statuses[k].ok()) return FromRocks(statuses[k], "chunk " + ToHex(id));
+  for (size_t i = 0; i < n; ++i) {
+    if (statuses[i].IsNotFound()) continue;
+    if (!statuses[i].ok()) return FromRocks(statuses[i], "chunk " + ToHex(ids[i]));
     format::ChunkRecord r;
-    if (!format::DecodeChunkRecord(records[k].ToStringView(), &r)) return Undecodable(id);
-    (*locators)[ask[k]] = r.locator;
+    if (!format::DecodeChunkRecord(records[i].ToStringView(), &r)) return Undecodable(ids[i]);
+    (*entries)[i] = IndexEntry{r.count, r.locator};
+  }
+  return Status::Ok();
+}
+
+Status LocalChunkIndex::LocateMany(const std::vector<ChunkId>& ids,
+                                   std::vector<uint64_t>* locators) {
+  locators->assign(ids.size(), 0);
+  std::vector<ChunkId> ask;   // the ids the filter cannot rule out
+  std::vector<size_t> where;  // and their positions in ids
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (filter_.MayContain(ids[i])) {
+      ask.push_back(ids[i]);
+      where.push_back(i);
+    }
+  }
+  std::vector<std::optional<IndexEntry>> entries;
+  RETURN_IF_ERROR(GetMany(ask, &entries));
+  for (size_t k = 0; k < ask.size(); ++k) {
+    if (entries[k]) (*locators)[where[k]] = entries[k]->locator;
   }
   return Status::Ok();
 }

@@ -4,6 +4,7 @@
 
 #include <rocksdb/write_batch.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <condition_variable>
@@ -49,6 +50,31 @@ inline IngestBatch* AsLocal(BulkBatch* b) { return static_cast<LocalBulkBatch*>(
 
 Cf CfOf(Table table);
 
+// The span of numbers (locators, layer ids) whose keys were deleted since it was last
+// taken: what ReclaimSpace compacts after an incremental gc pass.
+class DeletedSpan {
+ public:
+  void Add(uint64_t v) {
+    std::lock_guard l(mu_);
+    lo_ = std::min(lo_, v);
+    hi_ = std::max(hi_, v);
+  }
+  // False when nothing was deleted.
+  bool Take(uint64_t* lo, uint64_t* hi) {
+    std::lock_guard l(mu_);
+    if (lo_ > hi_) return false;
+    *lo = lo_;
+    *hi = hi_;
+    lo_ = UINT64_MAX;
+    hi_ = 0;
+    return true;
+  }
+
+ private:
+  std::mutex mu_;
+  uint64_t lo_ = UINT64_MAX, hi_ = 0;  // GUARDED_BY(mu_)
+};
+
 class LocalChunkBytes final : public ChunkBytes {
  public:
   // next_locator: above every stored locator. disk_readahead_bytes: 0 = off.
@@ -63,6 +89,7 @@ class LocalChunkBytes final : public ChunkBytes {
                  const std::function<Status(std::span<const std::string_view>)>& fn) override;
   Status ForEach(const std::function<Status(uint64_t, size_t)>& fn) override;
   uint64_t bytes_read_ahead() const override { return bytes_read_ahead_.load(); }
+  DeletedSpan& deleted() { return deleted_; }
 
  private:
   void ReadAheadOnDisk(uint64_t lo, uint64_t hi, size_t count, uint64_t bytes);
@@ -86,6 +113,7 @@ class LocalChunkBytes final : public ChunkBytes {
   bool stop_ahead_ = false;                                // GUARDED_BY(ahead_mu_)
   std::thread ahead_thread_;  // runs AheadLoop; started by the first read-ahead
   std::atomic<uint64_t> bytes_read_ahead_{0};
+  DeletedSpan deleted_;
 };
 
 class LocalChunkIndex final : public ChunkIndex {
@@ -96,6 +124,8 @@ class LocalChunkIndex final : public ChunkIndex {
   ~LocalChunkIndex() override;
 
   Result<std::optional<IndexEntry>> Get(const ChunkId& id) override;
+  Status GetMany(const std::vector<ChunkId>& ids,
+                 std::vector<std::optional<IndexEntry>>* entries) override;
   Status LocateMany(const std::vector<ChunkId>& ids, std::vector<uint64_t>* locators) override;
   void AddRefs(Batch* batch, const ChunkId& id, int64_t delta, uint64_t locator) override;
   Status AddRefs(BulkBatch* batch, const ChunkId& id, int64_t delta, uint64_t locator) override;
@@ -138,10 +168,12 @@ class LocalCatalog final : public Catalog {
   Status PutMap(BulkBatch* batch, uint64_t layer, uint64_t block, std::string_view value) override;
   Status ScanMaps(const std::function<Status(uint64_t, uint64_t, std::string_view)>& fn,
                   uint64_t* malformed) override;
+  DeletedSpan& deleted_layers() { return deleted_layers_; }
 
  private:
   Db* db_;
   std::atomic<uint64_t> next_layer_;
+  DeletedSpan deleted_layers_;
 };
 
 }  // namespace stellarium
