@@ -15,6 +15,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "core/admin.h"
 #include "core/export.h"
 #include "core/provision.h"
 #include "core/sha256.h"
@@ -142,12 +143,29 @@ struct Common {
   bool json = false;
 };
 
-Result<std::unique_ptr<Store>> OpenStore(const Common& c, bool create) {
+Result<std::unique_ptr<Store>> OpenStore(const Common& c, bool create, bool read_only = false) {
   StoreOptions o;
   o.path = c.store;
   o.create_if_missing = create;
   o.mmap_reads = c.mmap_reads;
+  o.read_only = read_only;
   return Store::Open(o);
+}
+
+// Whether opening failed because another process (the CSI driver) holds the store.
+bool HeldByAnother(const Status& s) {
+  return s.code() == StatusCode::kFailedPrecondition &&
+         s.message().find("already open by another process") != std::string::npos;
+}
+
+// For commands that only read (list, info, export, fsck): the store, or, when another
+// process holds it, a read-only view of it as it is now (said on stderr).
+Result<std::unique_ptr<Store>> OpenStoreToRead(const Common& c) {
+  auto store = OpenStore(c, /*create=*/false);
+  if (store.ok() || !HeldByAnother(store.status())) return store;
+  fprintf(stderr, "stellarium: %s; reading a read-only view of it as it is now\n",
+          store.status().message().c_str());
+  return OpenStore(c, /*create=*/false, /*read_only=*/true);
 }
 
 // A store the failed command itself created, still empty, is removed again: a failed
@@ -454,14 +472,27 @@ int RunDelete(Store& store, const Common& c, const std::string& volume_ref,
   return 0;
 }
 
-int RunGc(Store& store, const Common& c) {
-  auto r = store.Gc();
+// gc on the store, or, when another process holds it, by that process through the
+// store's admin socket (core/admin.h).
+int RunGc(const Common& c) {
+  Result<GcReport> r = Status::Internal("gc did not run");
+  auto store = OpenStore(c, /*create=*/false);
+  if (store.ok()) {
+    r = (*store)->Gc();
+  } else if (HeldByAnother(store.status())) {
+    fprintf(stderr, "stellarium: %s; asking it to collect\n", store.status().message().c_str());
+    r = RequestGc(c.store);
+  } else {
+    r = store.status();
+  }
   if (!r.ok()) return Fail(r.status());
   if (c.json) {
     std::cout << json{{"layers_reclaimed", r->layers_reclaimed},
                       {"map_entries_dropped", r->map_entries_dropped},
                       {"chunks_deleted", r->chunks_deleted},
-                      {"bytes_freed", r->bytes_freed}}
+                      {"bytes_freed", r->bytes_freed},
+                      {"disk_bytes_before", r->disk_bytes_before},
+                      {"disk_bytes_after", r->disk_bytes_after}}
                      .dump(2)
               << "\n";
   } else {
@@ -624,8 +655,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (common.mmap_reads) ExplainSigbus(kSigbusMessage);
   if (build->parsed()) return RunBuild(common, build_args);
-  // Every other command works on an existing store.
-  auto opened = OpenStore(common, /*create=*/false);
+  if (gc->parsed()) return RunGc(common);
+  // Every other command works on an existing store; those that only read also on a
+  // store the CSI driver holds.
+  const bool reads_only = list->parsed() || info->parsed() || exp->parsed() || fsck->parsed();
+  auto opened = reads_only ? OpenStoreToRead(common) : OpenStore(common, /*create=*/false);
   if (!opened.ok()) return Fail(opened.status());
   Store& store = **opened;
   if (clone->parsed()) return RunClone(store, common, clone_args);
@@ -634,7 +668,6 @@ int main(int argc, char** argv) {
   if (info->parsed()) return RunInfo(store, common, info_ref);
   if (exp->parsed()) return RunExport(store, common, volume_ref, output);
   if (del->parsed()) return RunDelete(store, common, del_volume, del_snapshot);
-  if (gc->parsed()) return RunGc(store, common);
   if (fsck->parsed()) return RunFsck(store, common);
   return 0;
 }

@@ -139,50 +139,69 @@ Status ChunkStore::CommitIfFull(Batch* batch, const std::string& what, const Pac
   return Status::Ok();
 }
 
+void ChunkStore::Redrop(std::vector<ChunkId>::const_iterator from,
+                        std::vector<ChunkId>::const_iterator to) {
+  std::lock_guard lock(dropped_mu_);
+  for (; from != to; ++from) {
+    if (dropped_.size() >= kMaxDropped) {
+      dropped_overflow_ = true;
+      return;
+    }
+    dropped_.push_back(*from);
+  }
+}
+
 Result<SweepResult> ChunkStore::SweepChunks(const std::vector<ChunkId>& ids, const Pace& pace,
-                                            bool with_bytes) {
+                                            bool with_bytes, bool wait_for_imports) {
   SweepResult r;
   std::unique_ptr<Batch> batch = backend_->NewBatch();
   for (size_t from = 0; from < ids.size(); from += kSweepBatch) {
     const auto started = std::chrono::steady_clock::now();
-    const std::vector<ChunkId> group(ids.begin() + from,
-                                     ids.begin() + std::min(ids.size(), from + kSweepBatch));
-    {
-      // No writer is between its "already stored?" and its commit now: a count read
-      // here as zero stays zero until the batch is committed.
-      std::unique_lock lock(sweep_lock_);
-      std::vector<std::optional<IndexEntry>> entries;
-      RETURN_IF_ERROR(backend_->index().GetMany(group, &entries).Annotate("gc"));
-      for (size_t k = 0; k < group.size(); ++k) {
-        if (!entries[k] || entries[k]->refs > 0) continue;
-        backend_->index().Erase(batch.get(), group[k]);
-        if (with_bytes && entries[k]->locator != 0) {
-          backend_->bytes().Delete(batch.get(), entries[k]->locator);
-        }
-        ++r.chunks_deleted;
-      }
-      RETURN_IF_ERROR(backend_->Commit(batch.get(), Durability::kSync, "gc: delete chunks"));
+    const size_t to = std::min(ids.size(), from + kSweepBatch);
+    const std::vector<ChunkId> group(ids.begin() + from, ids.begin() + to);
+    // No writer is between its "already stored?" and its commit now, and no import is
+    // running: a count read here as zero stays zero until the batch is committed.
+    if (!sweep_lock_.lock_without_imports(wait_for_imports)) {
+      Redrop(ids.begin() + from, ids.end());
+      r.postponed = true;
+      return r;
     }
+    std::unique_lock lock(sweep_lock_, std::adopt_lock);
+    std::vector<std::optional<IndexEntry>> entries;
+    RETURN_IF_ERROR(backend_->index().GetMany(group, &entries).Annotate("gc"));
+    for (size_t k = 0; k < group.size(); ++k) {
+      if (!entries[k] || entries[k]->refs > 0) continue;
+      backend_->index().Erase(batch.get(), group[k]);
+      if (with_bytes && entries[k]->locator != 0) {
+        backend_->bytes().Delete(batch.get(), entries[k]->locator);
+      }
+      ++r.chunks_deleted;
+    }
+    RETURN_IF_ERROR(backend_->Commit(batch.get(), Durability::kSync, "gc: delete chunks"));
+    lock.unlock();
     if (pace && !pace(std::chrono::steady_clock::now() - started)) break;
   }
   return r;
 }
 
-Result<SweepResult> ChunkStore::Sweep(const Pace& pace) {
-  uint64_t fence;
-  {
-    // With the lock held no import or write is under way: every locator below the
-    // fence is either named by the index or garbage for good.
-    std::unique_lock lock(sweep_lock_);
-    fence = backend_->bytes().Reserve(0).next;
+Result<SweepResult> ChunkStore::Sweep(const Pace& pace, bool wait_for_imports) {
+  // With the lock held no import or write is under way: every locator below the fence
+  // is either named by the index or garbage for good.
+  SweepResult r;
+  if (!sweep_lock_.lock_without_imports(wait_for_imports)) {
+    r.postponed = true;
+    return r;
   }
+  const uint64_t fence = backend_->bytes().Reserve(0).next;
+  sweep_lock_.unlock();
   // 1. Index entries whose count is zero or below.
   std::vector<ChunkId> dead;
   RETURN_IF_ERROR(backend_->index().ForEach([&](const ChunkId& id, const IndexEntry& e) {
     if (e.refs <= 0) dead.push_back(id);
     return Status::Ok();
   }).Annotate("gc"));
-  ASSIGN_OR_RETURN(SweepResult r, SweepChunks(dead, pace, /*with_bytes=*/false));
+  ASSIGN_OR_RETURN(r, SweepChunks(dead, pace, /*with_bytes=*/false, wait_for_imports));
+  if (r.postponed) return r;
   // 2. Bytes no index entry names: step 1's chunks' (counted here), and the others.
   ASSIGN_OR_RETURN(SweepResult unnamed, SweepUnnamedBytes(fence, pace));
   r.bytes_freed += unnamed.bytes_freed;

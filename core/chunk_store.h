@@ -10,8 +10,8 @@
 // second" read, and the rule that gc never deletes a chunk a writer is about to name.
 //
 // Thread-safety: all methods are safe to call concurrently. Writers that add references
-// hold a shared sweep_lock() while staging and committing so a concurrent Sweep() cannot
-// delete a chunk between the "already stored" check and the commit.
+// hold sweep_lock() shared while staging and committing, and imports pin it, so gc cannot
+// delete a chunk between a writer's "already stored" check and its commit.
 #pragma once
 
 #include <chrono>
@@ -25,12 +25,14 @@
 #include "core/backend/backend.h"
 #include "core/sha256.h"
 #include "core/status.h"
+#include "core/sweep_lock.h"
 
 namespace stellarium {
 
 struct SweepResult {
   uint64_t chunks_deleted = 0;
   uint64_t bytes_freed = 0;  // includes unreferenced bytes (a racing writer's copy)
+  bool postponed = false;    // an import was running: some chunks were left for later
 };
 
 // A chunk to read: its id and where its bytes probably are (0: unknown).
@@ -90,14 +92,16 @@ class ChunkStore {
   // Deletes the chunks among `ids` whose count is zero or below (with their bytes
   // unless with_bytes is false: then a later scan finds the bytes no chunk names). In
   // batches, each holding the sweep lock exclusively for its few milliseconds (writers
-  // wait; a running import holds a batch back until it ends). bytes_freed stays 0: the
-  // sizes are not read.
+  // wait). While an import runs no batch is deleted: with wait_for_imports the sweep
+  // waits for it, otherwise the ids not yet looked at go back to the dropped set (for
+  // the next pass) and the result says postponed. bytes_freed stays 0: the sizes are
+  // not read.
   Result<SweepResult> SweepChunks(const std::vector<ChunkId>& ids, const Pace& pace = nullptr,
-                                  bool with_bytes = true);
+                                  bool with_bytes = true, bool wait_for_imports = true);
   // The full sweep: every chunk whose count is zero or below, then every stored byte no
   // chunk names (a failed import's, a racing writer's second copy), below the locators
-  // handed out when the sweep began.
-  Result<SweepResult> Sweep(const Pace& pace = nullptr);
+  // handed out when the sweep began. Imports as in SweepChunks.
+  Result<SweepResult> Sweep(const Pace& pace = nullptr, bool wait_for_imports = true);
   // Calls fn(id, bytes, count, read) for every index entry, in id order, with the hash
   // check left to the caller: bytes are empty for an entry without data, or when they
   // could not be read (read then says why, and the walk goes on). Stops at the first
@@ -107,8 +111,9 @@ class ChunkStore {
   // How many chunks and stored bytes there are (one scan, no hash checks).
   Result<ChunkTotals> Totals();
 
-  // Held shared by writers that stage AddRef and commit; held exclusively by Sweep().
-  std::shared_mutex& sweep_lock() { return sweep_lock_; }
+  // Held shared by writers that stage AddRef and commit, pinned by imports, exclusively
+  // by gc while it deletes a batch (sweep_lock.h).
+  SweepLock& sweep_lock() { return sweep_lock_; }
 
  private:
   // Reads the bytes under each (locator, i) of *order (sorted here), checks every one's
@@ -117,6 +122,8 @@ class ChunkStore {
   Status Fetch(std::vector<std::pair<uint64_t, size_t>>* order, const std::string& context,
                const std::vector<ChunkRef>& refs,
                const std::function<Status(size_t, std::string_view, bool)>& fn);
+  // Puts ids back for the next pass (a postponed sweep).
+  void Redrop(std::vector<ChunkId>::const_iterator from, std::vector<ChunkId>::const_iterator to);
   // Commits a batch that has grown to kSweepBatch changes and paces; false in *go when
   // the pace says stop.
   Status CommitIfFull(Batch* batch, const std::string& what, const Pace& pace,
@@ -126,7 +133,7 @@ class ChunkStore {
   static constexpr size_t kSweepBatch = 4096;
 
   Backend* backend_;
-  std::shared_mutex sweep_lock_;
+  SweepLock sweep_lock_;
   mutable std::mutex dropped_mu_;
   std::vector<ChunkId> dropped_;  // GUARDED_BY(dropped_mu_)
   bool dropped_overflow_ = false;  // GUARDED_BY(dropped_mu_)

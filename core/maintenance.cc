@@ -55,6 +55,7 @@ class GcPacer {
     return !Stopped();
   }
   bool Stopped() const { return o_.stop != nullptr && o_.stop->load(); }
+  bool wait_for_imports() const { return o_.wait_for_imports; }
 
  private:
   const GcOptions& o_;
@@ -95,8 +96,10 @@ Status SweepDropped(StoreImpl& s, GcPacer& pace, GcReport* report) {
   bool overflowed = false;
   const std::vector<ChunkId> ids = s.chunks->TakeDropped(&overflowed);
   if (overflowed) s.full_gc_needed = true;
-  ASSIGN_OR_RETURN(SweepResult sw, s.chunks->SweepChunks(ids, std::ref(pace)));
+  ASSIGN_OR_RETURN(SweepResult sw, s.chunks->SweepChunks(ids, std::ref(pace), /*with_bytes=*/true,
+                                                          pace.wait_for_imports()));
   report->chunks_deleted += sw.chunks_deleted;
+  report->postponed |= sw.postponed;
   return Status::Ok();
 }
 
@@ -126,9 +129,10 @@ Status GcPass(StoreImpl& s, const GcOptions& options, GcReport* report) {
   if (go && report->full) {
     bool overflowed;
     (void)s.chunks->TakeDropped(&overflowed);  // the full sweep sees them all
-    ASSIGN_OR_RETURN(SweepResult sw, s.chunks->Sweep(std::ref(pace)));
+    ASSIGN_OR_RETURN(SweepResult sw, s.chunks->Sweep(std::ref(pace), options.wait_for_imports));
     report->chunks_deleted += sw.chunks_deleted;
     report->bytes_freed += sw.bytes_freed;
+    report->postponed |= sw.postponed;
   } else if (go) {
     RETURN_IF_ERROR(SweepDropped(s, pace, report));
   }
@@ -150,7 +154,7 @@ Result<GcReport> Store::Gc(const GcOptions& options) {
   const bool full_needed = s.full_gc_needed.exchange(false);
   report.full = options.full || full_needed;
   Status st = GcPass(s, options, &report);
-  if (!st.ok() || report.stopped) {
+  if (!st.ok() || report.stopped || report.postponed) {
     s.layers_died = true;  // the next pass goes on where this one stopped
     if (report.full) s.full_gc_needed = true;
   }
@@ -449,7 +453,10 @@ class FsckPass {
 
 }  // namespace
 
-Result<FsckReport> Store::Fsck() { return FsckPass(*impl_).Run(); }
+Result<FsckReport> Store::Fsck() {
+  std::lock_guard no_gc(impl_->gc_mu);  // a gc pass changes maps and counts between scans
+  return FsckPass(*impl_).Run();
+}
 
 Status Store::WaitIdle() { return impl_->backend->WaitIdle(); }
 

@@ -85,9 +85,11 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
   lo.create_if_missing = options.create_if_missing;
   lo.mmap_reads = options.mmap_reads;
   lo.disk_readahead_bytes = options.disk_readahead_bytes;
+  lo.read_only = options.read_only;
   ASSIGN_OR_RETURN(impl->backend, LocalBackend::Open(lo));
   impl->chunks = std::make_unique<ChunkStore>(impl->backend.get());
-  RETURN_IF_ERROR(DiscardInterruptedImports(impl.get()));
+  // A read-only view leaves the holder's imports alone: they are running, not dead.
+  if (!options.read_only) RETURN_IF_ERROR(DiscardInterruptedImports(impl.get()));
   return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 

@@ -64,6 +64,11 @@ struct StoreOptions {
   // when it asks for a long, dense run of chunks stored together (a volume read in
   // order after its import). See ChunkStore, "disk read-ahead".
   uint64_t disk_readahead_bytes = 64 << 20;
+  // A read-only view of a store another process holds (the driver's, for the CLI's
+  // info, list, export and fsck): as the store was at open, consistent, never written;
+  // takes no lock. Every change is FAILED_PRECONDITION. Opened this way, a store that
+  // no process holds is read as it is.
+  bool read_only = false;
 };
 
 struct VolumeStats {
@@ -96,6 +101,7 @@ struct GcReport {
   uint64_t disk_bytes_before = 0, disk_bytes_after = 0;  // the store's size on disk
   bool full = false;            // the pass scanned everything (GcOptions::full)
   bool stopped = false;         // GcOptions::stop ended the pass early
+  bool postponed = false;       // an import was running: its chunks' deletion waits
   double seconds = 0;
 };
 
@@ -111,6 +117,10 @@ struct GcOptions {
   double duty = 1.0;
   // Set to end the pass early, between batches (the report then says stopped).
   const std::atomic<bool>* stop = nullptr;
+  // No chunk is deleted while an import runs (it may be about to reference one). true:
+  // the pass waits for running imports to end; false: it leaves the chunks to a later
+  // pass (the report says postponed).
+  bool wait_for_imports = true;
 };
 
 // What Fsck found. It checks everything it can reach in one pass: a chunk, a record or
@@ -211,9 +221,9 @@ class Volume : public BlockIo {
 class Store {
  public:
   // Opens (or creates) the store at options.path. FAILED_PRECONDITION if another
-  // process holds it; INVALID_ARGUMENT for bad options; DATA_LOSS if the on-disk
-  // format is unreadable. Finishes recovery (imports interrupted by a crash are
-  // discarded) before returning.
+  // process holds it (see StoreOptions::read_only); INVALID_ARGUMENT for bad options;
+  // DATA_LOSS if the on-disk format is unreadable. Finishes recovery (imports
+  // interrupted by a crash are discarded) before returning, unless read-only.
   static Result<std::unique_ptr<Store>> Open(const StoreOptions& options);
   ~Store();
   Store(const Store&) = delete;
@@ -273,13 +283,16 @@ class Store {
   // Reclaims layers nothing refers to and chunks whose reference count reached zero,
   // in bounded batches: volumes stay readable and writable throughout. Writers are held
   // back only while a batch of chunks is deleted (milliseconds); a running import holds
-  // the deletion of chunks back until it ends.
+  // the deletion of chunks back until it ends (GcOptions::wait_for_imports).
   Result<GcReport> Gc(const GcOptions& options = {});
   // Whether something happened since the last pass that an incremental pass would
   // reclaim (constant time): for a background collector deciding when to run.
   bool HasGarbage() const;
   // Checks every chunk's hash, every reference count and every link of the catalog.
-  // Read-only. Errors are listed in the report, not returned as a Status.
+  // Read-only; waits for a running gc pass. Errors are listed in the report, not
+  // returned as a Status. Volume writes while it runs can show as count mismatches: run
+  // it on a quiet store, or on a read-only view (StoreOptions::read_only), which is one
+  // consistent picture.
   Result<FsckReport> Fsck();
   // kExact scans the block maps and every chunk (time grows with the data: for the
   // CLI and tests); kEstimate answers from RocksDB's table statistics in constant

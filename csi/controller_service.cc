@@ -122,6 +122,25 @@ std::string DescribeRange(const CapacityRange& r) {
          std::to_string(r.limit_bytes());
 }
 
+// Logs an import's progress from local image files and trees every kProgressLogSeconds
+// (URL imports log theirs in the ImageImporter).
+ProgressFn ImportProgressLog(const std::string& name) {
+  struct State {
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point last = start;
+  };
+  auto state = std::make_shared<State>();
+  return [name, state](const Progress& p) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - state->last < std::chrono::seconds(node::kProgressLogSeconds)) return;
+    state->last = now;
+    const double secs = std::chrono::duration<double>(now - state->start).count();
+    spdlog::info("volume {}: importing: {} of {} MiB read ({:.0f} MB/s)", name,
+                 p.done_bytes >> 20, p.total_bytes ? std::to_string(p.total_bytes >> 20) : "?",
+                 secs > 0 ? p.done_bytes / secs / 1e6 : 0.0);
+  };
+}
+
 }  // namespace
 
 VolumeCondition ControllerService::Condition(const std::string& volume_id) const {
@@ -174,6 +193,7 @@ grpc::Status ControllerService::Create(grpc::ServerContext* context, const Creat
   CSI_ASSIGN_OR_RETURN(VolumeParams params,
                        ParseVolumeParameters(req.parameters(), driver_->devices->Name()));
   CSI_ASSIGN_OR_RETURN(ProvisionRequest preq, ProvisionRequestOf(req, params));
+  preq.progress = ImportProgressLog(req.name());
   if (req.has_accessibility_requirements() &&
       req.accessibility_requirements().requisite_size() > 0) {
     bool reachable = false;
@@ -212,10 +232,13 @@ grpc::Status ControllerService::Create(grpc::ServerContext* context, const Creat
       ProvisionResult made,
       Provision(*driver_->store, preq, Hooks(req, params, url_image, &source_lock)));
   if (made.import) {
-    spdlog::info("volume {} ({}): imported {} ({} bytes, {} new chunks{})", made.volume.id,
-                 req.name(), params.image.empty() ? params.image_dir : params.image,
-                 made.import->raw_bytes, made.import->new_chunks,
-                 made.import->reused_image ? ", image already known: cloned" : "");
+    const ImportSummary& sum = *made.import;
+    spdlog::info("volume {} ({}): imported {} ({} bytes, {} new chunks, {} blocks: {} zero, {} "
+                 "duplicate; {} bytes added in {:.2f} s{})",
+                 made.volume.id, req.name(), params.image.empty() ? params.image_dir : params.image,
+                 sum.raw_bytes, sum.new_chunks, sum.blocks, sum.zero_blocks, sum.duplicate_blocks,
+                 sum.bytes_added, sum.seconds,
+                 sum.reused_image ? ", image already known: cloned" : "");
   } else if (!made.existed && url_image) {
     spdlog::info("volume {} ({}): clone of image {} from url {}{}", made.volume.id, req.name(),
                  url_image->digest, RedactUrl(params.url),

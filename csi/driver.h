@@ -10,6 +10,8 @@
 #include <atomic>
 #include <memory>
 
+#include "core/admin.h"
+#include "core/collector.h"
 #include "core/store.h"
 #include "csi/node/block_device/block_device_provider.h"
 #include "csi/node/lock_table.h"
@@ -22,6 +24,9 @@ namespace stellarium::csi {
 struct Driver {
   Options options;
   std::unique_ptr<Store> store;
+  // Both use the store and go before it (declared after it).
+  std::unique_ptr<Collector> collector;  // background gc; null when gc_interval_seconds is 0
+  std::unique_ptr<AdminServer> admin;    // <store>/admin.sock: `stellarium gc` on a live node
   std::unique_ptr<node::BlockDeviceProvider> devices;
   std::unique_ptr<node::NodeState> node_state;
   node::Mounter mounter;

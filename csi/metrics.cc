@@ -19,15 +19,45 @@ using node::ImageImporter;
 using node::ImporterStats;
 using node::ImportProgress;
 
-prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
+// One metric without labels.
+prometheus::MetricFamily Single(const std::string& name, const std::string& help,
+                                prometheus::MetricType type, double value) {
   prometheus::MetricFamily family;
   family.name = name;
   family.help = help;
-  family.type = prometheus::MetricType::Gauge;
+  family.type = type;
   prometheus::ClientMetric metric;
-  metric.gauge.value = value;
+  if (type == prometheus::MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
   family.metric.push_back(metric);
   return family;
+}
+
+prometheus::MetricFamily Gauge(const std::string& name, const std::string& help, double value) {
+  return Single(name, help, prometheus::MetricType::Gauge, value);
+}
+
+prometheus::MetricFamily Counter(const std::string& name, const std::string& help, double value) {
+  return Single(name, help, prometheus::MetricType::Counter, value);
+}
+
+// The background collector's totals (core/collector.h).
+void CollectGc(const CollectorTotals& t, std::vector<prometheus::MetricFamily>* out) {
+  out->push_back(Counter("stellarium_gc_passes_total", "Background gc passes run", t.passes));
+  out->push_back(Counter("stellarium_gc_failed_passes_total", "Background gc passes that failed",
+                         t.failed_passes));
+  out->push_back(Counter("stellarium_gc_reclaimed_bytes_total",
+                         "Bytes on disk the background gc gave back",
+                         static_cast<double>(t.disk_bytes_reclaimed)));
+  out->push_back(Counter("stellarium_gc_chunks_deleted_total", "Chunks the background gc deleted",
+                         static_cast<double>(t.chunks_deleted)));
+  out->push_back(Counter("stellarium_gc_layers_reclaimed_total",
+                         "Layers the background gc reclaimed", static_cast<double>(t.layers_reclaimed)));
+  out->push_back(Gauge("stellarium_gc_last_pass_seconds", "How long the last gc pass took",
+                       t.last_pass_seconds));
 }
 
 // Values read when Prometheus scrapes: node state and the store's statistics.
@@ -67,6 +97,7 @@ class StateCollector : public prometheus::Collectable {
         spdlog::warn("metrics: store stats: {}", stats.status().ToString());
       }
     }
+    if (driver_->collector) CollectGc(driver_->collector->totals(), &out);
     if (const ImageImporter* imp = importer.load()) CollectImports(*imp, &out);
     return out;
   }

@@ -7,6 +7,8 @@
 //   stellarium_csi_published_targets                      their publish targets
 //   stellarium_store_{volumes,snapshots,images,layers,chunks}
 //   stellarium_store_{chunk,referenced,disk}_bytes        Store::GetStats() at scrape time
+//   stellarium_gc_{passes,failed_passes,reclaimed_bytes,chunks_deleted,
+//     layers_reclaimed}_total, stellarium_gc_last_pass_seconds   background gc
 //   stellarium_image_import_bytes_total                   bytes downloaded by URL imports
 //   stellarium_image_imports_in_progress                  URL imports running now
 //   stellarium_image_imports_total{result}                finished: ok, failed, reused

@@ -38,7 +38,9 @@ const std::vector<std::string> kKeys = {"endpoint",
                                         "block_device",
                                         "store_mmap_reads",
                                         "store_disk_readahead_mib",
-                                        "exposure_readahead_mib"};
+                                        "exposure_readahead_mib",
+                                        "gc_interval_seconds",
+                                        "gc_duty"};
 
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
@@ -117,6 +119,14 @@ void AddFlags(CLI::App& app, Options* flags, std::string* max_image_size, bool* 
                  "MiB read ahead of a sequential reader per FUSE-served volume and per "
                  "vhost-user-blk connection, by 3 helper threads each (0 = off)")
       ->default_str("8");
+  app.add_option("--gc-interval-seconds", flags->gc_interval_seconds,
+                 "seconds between the background collector's looks at the store (a pass runs "
+                 "when something was freed); 0 = no background collection")
+      ->default_str("20");
+  app.add_option("--gc-duty", flags->gc_duty,
+                 "fraction of its time a background gc pass works (it sleeps the rest, so "
+                 "volumes keep their speed), 0 < duty <= 1")
+      ->default_str("0.25");
   app.add_option("--kata-direct-volume-dir", flags->kata_direct_volume_dir,
                  "where Kata direct-volume descriptors (mountInfo.json) are written for "
                  "vhost-user-blk volumes")
@@ -168,6 +178,8 @@ Status ApplyFlags(const CLI::App& app, const Options& flags, const std::string& 
   if (given("--store-disk-readahead-mib"))
     o->store_disk_readahead_mib = flags.store_disk_readahead_mib;
   if (given("--exposure-readahead-mib")) o->exposure_readahead_mib = flags.exposure_readahead_mib;
+  if (given("--gc-interval-seconds")) o->gc_interval_seconds = flags.gc_interval_seconds;
+  if (given("--gc-duty")) o->gc_duty = flags.gc_duty;
   if (given("--max-concurrent-imports")) o->max_concurrent_imports = flags.max_concurrent_imports;
   if (given("--max-image-size")) {
     Result<uint64_t> size = ParseSize(max_image_size);
@@ -240,6 +252,8 @@ Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options
       else if (key == "exposure_readahead_mib")
         o->exposure_readahead_mib = v.as<uint64_t>();
       else if (key == "block_device") o->block_device = v.as<std::string>();
+      else if (key == "gc_interval_seconds") o->gc_interval_seconds = v.as<uint64_t>();
+      else if (key == "gc_duty") o->gc_duty = v.as<double>();
       else if (key == "max_image_size") {
         Result<uint64_t> size = ParseSize(v.as<std::string>());
         if (!size.ok()) {
@@ -285,6 +299,8 @@ std::string DumpYaml(const Options& o) {
   out << YAML::Key << "store_mmap_reads" << YAML::Value << o.store_mmap_reads;
   out << YAML::Key << "store_disk_readahead_mib" << YAML::Value << o.store_disk_readahead_mib;
   out << YAML::Key << "exposure_readahead_mib" << YAML::Value << o.exposure_readahead_mib;
+  out << YAML::Key << "gc_interval_seconds" << YAML::Value << o.gc_interval_seconds;
+  out << YAML::Key << "gc_duty" << YAML::Value << o.gc_duty;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }
@@ -337,6 +353,10 @@ Status Validate(Options* o) {
     return Status::InvalidArgument("max_volumes_per_node " +
                                    std::to_string(o->max_volumes_per_node) +
                                    ": must be 0 (no limit) or positive");
+  }
+  if (!(o->gc_duty > 0 && o->gc_duty <= 1)) {
+    return Status::InvalidArgument("gc_duty " + std::to_string(o->gc_duty) +
+                                   ": must be more than 0 and at most 1");
   }
   if (o->max_concurrent_imports < 1) {
     return Status::InvalidArgument("max_concurrent_imports " +

@@ -66,6 +66,12 @@ struct Options {
   // most held per FUSE-served volume and per vhost-user-blk connection, each read by 3
   // helper threads of its own (started at the first read-ahead); 0 = off.
   uint64_t exposure_readahead_mib = 8;
+  // Background garbage collection (core/collector.h): every gc_interval_seconds the
+  // driver looks whether deletes or overwrites freed anything and, if so, reclaims it in
+  // a pass that works gc_duty of its time. 0 = no background collection (`stellarium
+  // gc` still works through the store's admin socket).
+  uint64_t gc_interval_seconds = 20;
+  double gc_duty = 0.25;
   // Images from URLs (csi/node/image_importer.h): the largest image a download may bring,
   // in bytes (the YAML key and the flag also take "10G", "512M"); 0 = no limit. And how
   // many imports may run at once on this node; a CreateVolume that would start one more

@@ -57,6 +57,36 @@ Status PrepareSocketPath(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// The store's admin socket, and the background collector: a log line per pass that
+// reclaimed something (or failed), the totals in the metrics.
+Status StartHousekeeping(Driver* d) {
+  ASSIGN_OR_RETURN(d->admin, AdminServer::Start(d->store.get()));
+  if (d->options.gc_interval_seconds == 0) return Status::Ok();
+  CollectorOptions co;
+  co.interval = std::chrono::seconds(d->options.gc_interval_seconds);
+  co.duty = d->options.gc_duty;
+  co.on_pass = [](const Result<GcReport>& r) {
+    if (!r.ok()) {
+      spdlog::warn("gc: {}", r.status().ToString());
+      return;
+    }
+    const int64_t reclaimed = static_cast<int64_t>(r->disk_bytes_before) -
+                              static_cast<int64_t>(r->disk_bytes_after);
+    spdlog::log(r->layers_reclaimed + r->chunks_deleted > 0 ? spdlog::level::info : spdlog::level::debug,
+                "gc: {} pass: {} layers, {} map entries, {} chunks; store {} -> {} bytes on disk "
+                "({:+} reclaimed) in {:.2f} s{}",
+                r->full ? "full" : "incremental", r->layers_reclaimed, r->map_entries_dropped,
+                r->chunks_deleted, r->disk_bytes_before, r->disk_bytes_after, reclaimed,
+                r->seconds, r->stopped ? " (stopped)" : "");
+  };
+  d->collector = std::make_unique<Collector>(d->store.get(), std::move(co));
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   std::unique_ptr<Server> server(new Server());
   server->driver_ = std::make_unique<Driver>();
@@ -99,6 +129,7 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
     }
   }
 
+  RETURN_IF_ERROR(StartHousekeeping(&d));
   if (!options.metrics_address.empty()) {
     ASSIGN_OR_RETURN(server->metrics_, Metrics::Start(options.metrics_address, &d));
     SetRpcObserver(server->metrics_.get());
@@ -156,6 +187,10 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   if (metrics_) {
     if (GetRpcObserver() == metrics_.get()) SetRpcObserver(nullptr);
     metrics_.reset();
+  }
+  if (driver_) {
+    driver_->admin.reset();
+    driver_->collector.reset();  // stops a running pass between two batches
   }
   if (driver_ && driver_->store) {
     Status st = driver_->store->Sync();

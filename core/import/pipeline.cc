@@ -67,7 +67,8 @@ Status Stream(StoreImpl& s, ImageSource& source, const ImportOptions& opts, uint
 
   // Held until the last table is ingested: the locators the hashers find, and the bytes
   // ingested before their index records name them, must not be swept meanwhile.
-  std::shared_lock sweep(s.chunks->sweep_lock());
+  std::optional<SweepLock::ImportPin> pin;
+  pin.emplace(s.chunks->sweep_lock());
   reader.Start(&free_q, &work_q);
   hasher.Start(threads, &work_q, &done_q);
   data.Start(&data_q, &data_free);
@@ -85,7 +86,7 @@ Status Stream(StoreImpl& s, ImageSource& source, const ImportOptions& opts, uint
   data.Join();  // their tables are ingested, or dropped after a failure
   index.Join();
   control.Stop();
-  sweep.unlock();
+  pin.reset();
 
   if (!reader.status().ok()) return reader.status().Annotate("import");
   RETURN_IF_ERROR(control.status());

@@ -141,12 +141,11 @@ uint64_t QueueValue(const std::string& dir, const char* name) {
 
 }  // namespace
 
-Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_missing,
-                                     bool mmap_reads) {
+Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, const DbOptions& o) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(dir, ec)) {
-    if (!create_if_missing) return Status::NotFound("store " + dir + ": does not exist");
+    if (!o.create_if_missing || o.read_only) return Status::NotFound("store " + dir + ": does not exist");
     fs::create_directories(dir, ec);
     if (ec) return Status::FromErrno(ec.value(), "store " + dir + ": create directory");
   } else if (!fs::is_directory(dir, ec)) {
@@ -162,31 +161,42 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
   db->prefetch_piece_ = std::clamp<uint64_t>(
       std::max(QueueValue(dir, "read_ahead_kb"), QueueValue(dir, "max_sectors_kb")) << 10,
       128 << 10, 2 << 20);
-  std::string lock_path = dir + "/LOCK.stellarium";
-  db->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (db->lock_fd_ < 0) return Status::FromErrno(errno, "store " + dir + ": open lock file");
-  if (::flock(db->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+  if (!o.read_only) {
+    RETURN_IF_ERROR(db->TakeLock());
+    // Table files of imports that never got ingested (a crash, a kill) are garbage.
+    db->import_dir_ = dir + "/import";
+    fs::remove_all(db->import_dir_, ec);
+    fs::create_directories(db->import_dir_, ec);
+    if (ec) return Status::FromErrno(ec.value(), "store " + dir + ": create " + db->import_dir_);
+  }
+  RETURN_IF_ERROR(db->OpenRocks(o));
+  RETURN_IF_ERROR(db->CheckFormat(!o.read_only));
+  return db;
+}
+
+Status Db::TakeLock() {
+  const std::string lock_path = dir_ + "/LOCK.stellarium";
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) return Status::FromErrno(errno, "store " + dir_ + ": open lock file");
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
     char buf[32] = {0};
-    ssize_t n = ::pread(db->lock_fd_, buf, sizeof(buf) - 1, 0);
+    ssize_t n = ::pread(lock_fd_, buf, sizeof(buf) - 1, 0);
     std::string holder = n > 0 ? std::string(buf, n) : "unknown";
     while (!holder.empty() && (holder.back() == '\n')) holder.pop_back();
-    return Status::FailedPrecondition("store " + dir + ": already open by another process (pid " +
+    return Status::FailedPrecondition("store " + dir_ + ": already open by another process (pid " +
                                       holder + "); stop it or use another --store");
   }
   std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(db->lock_fd_, 0) != 0 || ::pwrite(db->lock_fd_, pid.data(), pid.size(), 0) < 0) {
-    return Status::FromErrno(errno, "store " + dir + ": write lock file");
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
+    return Status::FromErrno(errno, "store " + dir_ + ": write lock file");
   }
+  return Status::Ok();
+}
 
-  // Table files of imports that never got ingested (a crash, a kill) are garbage.
-  db->import_dir_ = dir + "/import";
-  fs::remove_all(db->import_dir_, ec);
-  fs::create_directories(db->import_dir_, ec);
-  if (ec) return Status::FromErrno(ec.value(), "store " + dir + ": create " + db->import_dir_);
-
+Status Db::OpenRocks(const DbOptions& o) {
   rocksdb::DBOptions dbo;
-  dbo.create_if_missing = create_if_missing;
-  dbo.create_missing_column_families = true;
+  dbo.create_if_missing = o.create_if_missing && !o.read_only;
+  dbo.create_missing_column_families = !o.read_only;
   dbo.atomic_flush = true;  // families flush together: one consistent cut on disk
   dbo.max_background_jobs = 2;
   // Volumes are read sequentially more often than not, and chunk bytes lie in write
@@ -194,7 +204,7 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
   dbo.advise_random_on_open = false;
   // With mmap_reads, table files are read through mmap: a block is read where it lies
   // in the page cache instead of being copied out by pread (StoreOptions::mmap_reads).
-  dbo.allow_mmap_reads = mmap_reads;
+  dbo.allow_mmap_reads = o.mmap_reads;
   dbo.bytes_per_sync = 1 << 20;
   dbo.keep_log_file_num = 3;
   dbo.max_total_wal_size = 256 << 20;
@@ -207,43 +217,71 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& dir, bool create_if_miss
     cfs.emplace_back(CfName(i), CfOptions(i, cache));
   }
   rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(dbo, dir + "/db", cfs, &db->handles_, &raw);
-  if (!s.ok()) return FromRocks(s, "store " + dir + ": open");
-  db->db_.reset(raw);
-
-  // Format version: written on creation, checked on every open.
-  ASSIGN_OR_RETURN(auto ver, db->Get(Cf::kMeta, std::string(format::kMetaFormat), "store " + dir));
-  if (!ver) {
-    rocksdb::WriteBatch b;
-    b.Put(db->cf(Cf::kMeta), std::string(format::kMetaFormat),
-          format::EncodeFormatVersion(format::kFormatVersion));
-    RETURN_IF_ERROR(db->Write(&b, WriteMode::kSync, "store " + dir + ": initialize"));
+  rocksdb::Status s;
+  if (!o.read_only) {
+    s = rocksdb::DB::Open(dbo, dir_ + "/db", cfs, &handles_, &raw);
   } else {
-    const uint32_t v = format::DecodeFormatVersion(*ver);
-    if (v != format::kFormatVersion) {
-      return Status::FailedPrecondition("store " + dir + ": format version " + std::to_string(v) +
-                                        ", this build reads version " +
-                                        std::to_string(format::kFormatVersion) +
-                                        " (docs/FORMAT.md \"Versions\": export the volumes "
-                                        "with the build that wrote them and re-import)");
-    }
+    // A secondary keeps every table file open, so the primary's compactions cannot take
+    // a file from under it; its own info log goes to a directory of its own.
+    dbo.max_open_files = -1;
+    char tmpl[] = "/tmp/stellarium-readonly-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) return Status::FromErrno(errno, "store " + dir_ + ": read-only view");
+    secondary_dir_ = tmpl;
+    s = rocksdb::DB::OpenAsSecondary(dbo, dir_ + "/db", secondary_dir_, cfs, &handles_, &raw);
+    if (s.ok()) s = raw->TryCatchUpWithPrimary();
   }
-  return db;
+  if (!s.ok()) {
+    delete raw;
+    return FromRocks(s, "store " + dir_ + (o.read_only ? ": open read-only" : ": open"));
+  }
+  db_.reset(raw);
+  return Status::Ok();
+}
+
+// The format version: written on creation, checked on every open.
+Status Db::CheckFormat(bool create) {
+  const std::string what = "store " + dir_;
+  ASSIGN_OR_RETURN(auto ver, Get(Cf::kMeta, std::string(format::kMetaFormat), what));
+  if (!ver) {
+    if (!create) return Status::FailedPrecondition(what + ": not initialized yet");
+    rocksdb::WriteBatch b;
+    b.Put(cf(Cf::kMeta), std::string(format::kMetaFormat),
+          format::EncodeFormatVersion(format::kFormatVersion));
+    return Write(&b, WriteMode::kSync, what + ": initialize");
+  }
+  const uint32_t v = format::DecodeFormatVersion(*ver);
+  if (v != format::kFormatVersion) {
+    return Status::FailedPrecondition(what + ": format version " + std::to_string(v) +
+                                      ", this build reads version " +
+                                      std::to_string(format::kFormatVersion) +
+                                      " (docs/FORMAT.md \"Versions\": export the volumes "
+                                      "with the build that wrote them and re-import)");
+  }
+  return Status::Ok();
 }
 
 Db::~Db() {
   if (db_) {
-    rocksdb::FlushOptions fo;
-    db_->Flush(fo, handles_);
-    db_->SyncWAL();
+    if (!read_only()) {
+      rocksdb::FlushOptions fo;
+      db_->Flush(fo, handles_);
+      db_->SyncWAL();
+    }
     for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
     db_->Close();
     db_.reset();
   }
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+  if (!secondary_dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(secondary_dir_, ec);
+  }
 }
 
 Status Db::Write(rocksdb::WriteBatch* batch, WriteMode mode, const std::string& what) {
+  if (read_only()) {
+    return Status::FailedPrecondition(what + ": store " + dir_ + " is open read-only");
+  }
   rocksdb::WriteOptions wo;
   wo.sync = mode == WriteMode::kSync;
   return FromRocks(db_->Write(wo, batch), what);
@@ -375,6 +413,9 @@ void WarmForIngest(const std::string& path, uint64_t size) {
 }  // namespace
 
 Status IngestBatch::IngestWith(IngestBatch* other) {
+  if (db_->read_only()) {
+    return Status::FailedPrecondition(what_ + ": store " + db_->dir() + " is open read-only");
+  }
   std::vector<rocksdb::IngestExternalFileArg> args;
   for (size_t i = 0; i < tables_.size(); ++i) {
     rocksdb::IngestExternalFileArg arg;
@@ -420,7 +461,10 @@ Status Db::WaitIdle() {
   }
 }
 
-Status Db::SyncWal() { return FromRocks(db_->FlushWAL(true), "store " + dir_ + ": sync WAL"); }
+Status Db::SyncWal() {
+  if (read_only()) return Status::Ok();  // wrote nothing
+  return FromRocks(db_->FlushWAL(true), "store " + dir_ + ": sync WAL");
+}
 
 Result<uint64_t> Db::EstimateKeys(Cf which) {
   uint64_t n = 0;

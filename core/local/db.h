@@ -90,13 +90,22 @@ class IngestBatch {
 
 Status FromRocks(const rocksdb::Status& s, const std::string& context);
 
+struct DbOptions {
+  bool create_if_missing = true;
+  bool mmap_reads = true;  // StoreOptions::mmap_reads
+  // StoreOptions::read_only: a RocksDB secondary instance that reads the database of
+  // the process holding the store, as it was at open; takes no lock, writes nothing.
+  bool read_only = false;
+};
+
 class Db {
  public:
-  // Opens <dir>/db, taking <dir>/LOCK.stellarium (flock). FAILED_PRECONDITION when another
-  // process holds the store. mmap_reads: StoreOptions::mmap_reads.
-  static Result<std::unique_ptr<Db>> Open(const std::string& dir, bool create_if_missing,
-                                          bool mmap_reads);
+  // Opens <dir>/db, taking <dir>/LOCK.stellarium (flock) unless read_only.
+  // FAILED_PRECONDITION when another process holds the store (and read_only is not
+  // set); NOT_FOUND when read_only and there is no store.
+  static Result<std::unique_ptr<Db>> Open(const std::string& dir, const DbOptions& options);
   ~Db();
+  bool read_only() const { return !secondary_dir_.empty(); }
 
   rocksdb::DB* raw() { return db_.get(); }
   rocksdb::ColumnFamilyHandle* cf(Cf which) { return handles_[static_cast<int>(which)]; }
@@ -134,11 +143,15 @@ class Db {
  private:
   friend class IngestBatch;
   Db() = default;
+  Status TakeLock();
+  Status OpenRocks(const DbOptions& o);
+  Status CheckFormat(bool create);
   std::string dir_;
   std::string import_dir_;  // <dir>/import: table files being built (emptied at open)
   std::atomic<uint64_t> next_table_{0};
   std::atomic<bool> direct_writes_{true};  // false once the filesystem refused O_DIRECT
   int lock_fd_ = -1;
+  std::string secondary_dir_;  // read_only: the secondary instance's own files
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
 

@@ -131,7 +131,11 @@ Result<uint64_t> AfterLastKey(Db* db, Cf cf, const std::string& what) {
 }  // namespace
 
 Result<std::unique_ptr<LocalBackend>> LocalBackend::Open(const LocalBackendOptions& o) {
-  ASSIGN_OR_RETURN(std::unique_ptr<Db> db, Db::Open(o.dir, o.create_if_missing, o.mmap_reads));
+  DbOptions dbo;
+  dbo.create_if_missing = o.create_if_missing;
+  dbo.mmap_reads = o.mmap_reads;
+  dbo.read_only = o.read_only;
+  ASSIGN_OR_RETURN(std::unique_ptr<Db> db, Db::Open(o.dir, dbo));
   const std::string what = "store " + o.dir;
   // Locators continue after the highest one stored, layer ids after the highest one
   // stored or handed out.

@@ -32,6 +32,7 @@ struct LocalBackendOptions {
   bool create_if_missing = true;
   bool mmap_reads = true;             // StoreOptions::mmap_reads
   uint64_t disk_readahead_bytes = 0;  // StoreOptions::disk_readahead_bytes
+  bool read_only = false;             // StoreOptions::read_only
 };
 
 class LocalBackend : public Backend {

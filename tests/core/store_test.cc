@@ -1018,3 +1018,53 @@ TEST_F(GcTest, WritersAndChurnKeepWorkingWhileCollectionRuns) {
 
 }  // namespace
 }  // namespace stellarium
+
+namespace stellarium {
+namespace {
+
+// A read-only view of a store another Store holds: it sees the store as it was at open
+// (one consistent picture, the holder's running import left alone), reads volumes,
+// checks clean, and refuses every change.
+TEST_F(StoreTest, ReadOnlyViewOfAHeldStore) {
+  auto v = Blank("a", 16 * 4096);
+  const std::string data = RandomBytes(rng_, 16 * 4096);
+  WriteAt(v.id, 0, data);
+  // An import of the holder's, paused half-way: its layer is importing, not dead.
+  std::string img = RandomBytes(rng_, 64 * 4096);
+  PausingSource src(img, 32 * 4096);
+  ImportOptions io;
+  io.volume.name = "importing";
+  io.data_period_bytes = 8 * 4096;
+  BackgroundImport import(store_.get(), &src, io);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+
+  StoreOptions o;
+  o.path = dir_ / "store";
+  o.read_only = true;
+  auto view = Unwrap(Store::Open(o));
+  ASSERT_EQ(Unwrap(view->ListVolumes()).size(), 1u);
+  auto h = Unwrap(view->OpenVolume(v.id, /*read_only=*/true));
+  std::string out(data.size(), '\0');
+  ASSERT_OK(h->Read(0, out.size(), out.data()));
+  EXPECT_EQ(out, data);
+  auto rep = Unwrap(view->Fsck());
+  for (const auto& e : rep.errors) ADD_FAILURE() << "fsck of the view: " << e;
+  CreateVolumeRequest r;
+  r.name = "b";
+  r.size_bytes = 4096;
+  EXPECT_CODE(view->CreateVolume(r), StatusCode::kFailedPrecondition);
+  EXPECT_CODE(view->DeleteVolume(v.id), StatusCode::kFailedPrecondition);
+  h.reset();
+  view.reset();
+
+  // The holder was not disturbed: its import completes, its volume is intact.
+  src.Resume();
+  auto imported = import.Finish();
+  ASSERT_OK(imported);
+  EXPECT_EQ(ReadAll(imported->volume.id), img);
+  EXPECT_EQ(ReadAll(v.id), data);
+  ExpectFsckClean();
+}
+
+}  // namespace
+}  // namespace stellarium

@@ -77,6 +77,7 @@ Options CsiDriverTest::MakeOptions() const {
   o.log_level = "warn";
   o.metrics_address = metrics_address_;
   o.controller_expansion = controller_expansion_;
+  o.gc_interval_seconds = gc_interval_seconds_;
   o.kata_direct_volume_dir = root_ + "/kata";  // never the host's /run/kata-containers
   Status st = Validate(&o);
   EXPECT_TRUE(st.ok()) << st.ToString();

@@ -82,6 +82,8 @@ class CsiDriverTest : public ::testing::Test {
   std::string endpoint_;  // unix://root_/csi.sock
   std::string metrics_address_;  // set before SetUp() to serve metrics
   bool controller_expansion_ = true;  // Options::controller_expansion
+  // Options::gc_interval_seconds: no background gc unless a test asks for it.
+  uint64_t gc_interval_seconds_ = 0;
   std::unique_ptr<Server> server_;
   // The fd holder the node DaemonSet runs next to the driver, here on a thread, so
   // staged volumes survive StopServer/StartServer (docs/EXPOSURE.md, "Driver restarts").

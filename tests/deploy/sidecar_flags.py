@@ -152,7 +152,7 @@ STELLARIUM_CSI_FLAGS = {
     "import-root", "max-volumes-per-node", "log-level", "log-format", "metrics-address",
     "max-image-size", "max-concurrent-imports",
     "controller-expansion", "kata-direct-volume-dir", "block-device", "store-mmap-reads",
-    "store-disk-readahead-mib", "exposure-readahead-mib",
+    "store-disk-readahead-mib", "exposure-readahead-mib", "gc-interval-seconds", "gc-duty",
     "version", "help", "dump-config",
 }
 
