@@ -285,14 +285,21 @@ TEST_F(CliTest, NamesFollowTheDocumentedRule) {
   EXPECT_NE(help.output.find("no '/'"), std::string::npos) << help.output;
 }
 
+// A store another process holds: commands that change it are refused (saying so);
+// commands that only read it read a read-only view (issue 18: info/list/fsck on a live
+// node), and say that too.
 TEST_F(CliTest, StoreHeldByAnotherProcessIsRefused) {
   ASSERT_EQ(Cli({"build", "--store", Store(), "--from-dir", "/usr/share/doc/e2fsprogs", "--name", "x"}).exit_code, 0);
   StoreOptions o;
   o.path = Store();
   auto held = Unwrap(Store::Open(o));
-  auto r = Cli({"list", "--store", Store()});
+  auto r = Cli({"snapshot", "--store", Store(), "--volume", "x", "--name", "s"});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("already open by another process"), std::string::npos) << r.output;
+  auto list = Cli({"list", "--store", Store()});
+  EXPECT_EQ(list.exit_code, 0) << list.output;
+  EXPECT_NE(list.output.find("read-only view"), std::string::npos) << list.output;
+  EXPECT_EQ(Unwrap(held->ListSnapshots()).size(), 0u);
 }
 
 // A SIGBUS (what a disk read error under a mapped table file raises; sent with kill,
