@@ -66,11 +66,13 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-// The omap of `oid` (all of it, one call: the tests' objects are small).
+// The omap of `oid`, in one call: the tests' objects hold fewer keys than one call
+// returns at most (1024); *rc is -EFBIG when there are more.
 std::map<std::string, std::string> Omap(librados::IoCtx& io, const std::string& oid, int* rc) {
   std::map<std::string, bufferlist> vals;
   bool more = false;
-  *rc = io.omap_get_vals2(oid, "", 100000, &vals, &more);
+  *rc = io.omap_get_vals2(oid, "", 1024, &vals, &more);
+  if (*rc == 0 && more) *rc = -EFBIG;
   std::map<std::string, std::string> out;
   for (auto& [k, v] : vals) out[k] = v.to_str();
   return out;
@@ -611,6 +613,13 @@ TEST_F(RadosProbeTest, OmapGetVals2PagesThroughKeysInOrder) {
   EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
   EXPECT_EQ("k000000", seen.front());
   EXPECT_EQ("k002499", seen.back());
+
+  // The OSD answers at most osd_max_omap_entries_per_request (1024 by default) entries a
+  // call, whatever the caller asks for, and says there is more.
+  std::map<std::string, bufferlist> capped;
+  ASSERT_EQ(0, io().omap_get_vals2("big-omap", "", 100000, &capped, &more));
+  EXPECT_EQ(1024u, capped.size());
+  EXPECT_TRUE(more);
 
   // A prefix filter with paging.
   std::map<std::string, bufferlist> prefixed;
