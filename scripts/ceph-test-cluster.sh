@@ -164,6 +164,7 @@ write_conf() {
 fsid = $fsid
 mon host = [v2:127.0.0.1:$port]
 public addr = 127.0.0.1
+cluster addr = 127.0.0.1
 ms bind msgr1 = false
 ms bind msgr2 = true
 auth cluster required = cephx
