@@ -18,7 +18,9 @@ using node::NewRuntimeDescriptorExposure;
 using node::NewVhostUserBlkExposure;
 using node::NodeExposure;
 using node::NodeExposures;
+using node::NodePathRules;
 using node::PublishedTarget;
+using node::ResolveNodePath;
 using node::ResolveUnderRoot;
 using node::StagedVolume;
 
@@ -79,9 +81,9 @@ grpc::Status NodeService::Stage(const NodeStageVolumeRequest& req) {
   if (req.staging_target_path().empty()) return InvalidArgument("staging_target_path is required");
   if (!req.has_volume_capability()) return InvalidArgument("volume_capability is required");
   CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
-  CSI_ASSIGN_OR_RETURN(const std::string staging,
-                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
-                                        driver_->options.kubelet_dir));
+  CSI_ASSIGN_OR_RETURN(
+      const std::string staging,
+      ResolveNodePath("staging_target_path", req.staging_target_path(), PathRules()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   CSI_ASSIGN_OR_RETURN(const VolumeInfo info, driver_->store->GetVolume(id));
@@ -150,9 +152,9 @@ grpc::Status NodeService::Stage(const NodeStageVolumeRequest& req) {
 grpc::Status NodeService::Unstage(const NodeUnstageVolumeRequest& req) {
   if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
   if (req.staging_target_path().empty()) return InvalidArgument("staging_target_path is required");
-  CSI_ASSIGN_OR_RETURN(const std::string staging,
-                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
-                                        driver_->options.kubelet_dir));
+  CSI_ASSIGN_OR_RETURN(
+      const std::string staging,
+      ResolveNodePath("staging_target_path", req.staging_target_path(), PathRules()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   auto record = driver_->node_state->Get(id);
@@ -191,11 +193,10 @@ grpc::Status NodeService::Publish(const NodePublishVolumeRequest& req) {
   if (!req.has_volume_capability()) return InvalidArgument("volume_capability is required");
   CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
   CSI_ASSIGN_OR_RETURN(const std::string target,
-                       ResolveUnderRoot("target_path", req.target_path(),
-                                        driver_->options.kubelet_dir));
-  CSI_ASSIGN_OR_RETURN(const std::string staging,
-                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
-                                        driver_->options.kubelet_dir));
+                       ResolveNodePath("target_path", req.target_path(), PathRules()));
+  CSI_ASSIGN_OR_RETURN(
+      const std::string staging,
+      ResolveNodePath("staging_target_path", req.staging_target_path(), PathRules()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
@@ -240,24 +241,24 @@ grpc::Status NodeService::Publish(const NodePublishVolumeRequest& req) {
   }
 
   CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
-  const PublishedTarget how{read_only, flags};
-  CSI_RETURN_IF_ERROR(exposure->Publish(*record, target, how, recorded));
-  if (recorded) return grpc::Status::OK;
-  record->targets[target] = how;
-  Status st = driver_->node_state->Put(*record);
-  if (!st.ok()) {
-    (void)exposure->Unpublish(*record, target, /*recorded=*/true);
-    return ToGrpcStatus(st);
+  // What the driver makes it takes away again, and nothing else (PublishedTarget::created).
+  const bool created = recorded ? it->second.created : !driver_->mounter.Exists(target);
+  const PublishedTarget how{read_only, flags, created};
+  Status st = exposure->Publish(*record, target, how, recorded);
+  if (st.ok() && !recorded) {
+    record->targets[target] = how;
+    st = driver_->node_state->Put(*record);
+    if (!st.ok()) (void)exposure->Unpublish(*record, target, /*recorded=*/true);
   }
-  return grpc::Status::OK;
+  if (!st.ok() && !recorded && created) (void)driver_->mounter.RemovePath(target);
+  return ToGrpcStatus(st);
 }
 
 grpc::Status NodeService::Unpublish(const NodeUnpublishVolumeRequest& req) {
   if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
   if (req.target_path().empty()) return InvalidArgument("target_path is required");
   CSI_ASSIGN_OR_RETURN(const std::string target,
-                       ResolveUnderRoot("target_path", req.target_path(),
-                                        driver_->options.kubelet_dir));
+                       ResolveNodePath("target_path", req.target_path(), PathRules()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   auto record = driver_->node_state->Get(id);
@@ -265,7 +266,8 @@ grpc::Status NodeService::Unpublish(const NodeUnpublishVolumeRequest& req) {
   if (!ours) {
     // Nothing recorded: a volume that does not exist is NOT_FOUND (spec); otherwise
     // this is a repeat of an unpublish that already happened, or one that died before
-    // recording: every exposure removes what is certainly this volume's.
+    // recording: every exposure removes what is certainly this volume's, and the target
+    // stays (the driver cannot tell it made it).
     CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
     StagedVolume bare;
     bare.volume_id = id;
@@ -275,6 +277,7 @@ grpc::Status NodeService::Unpublish(const NodeUnpublishVolumeRequest& req) {
   }
   CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
   CSI_RETURN_IF_ERROR(exposure->Unpublish(*record, target, /*recorded=*/true));
+  if (record->targets[target].created) CSI_RETURN_IF_ERROR(driver_->mounter.RemovePath(target));
   record->targets.erase(target);
   CSI_RETURN_IF_ERROR(driver_->node_state->Put(*record));
   return grpc::Status::OK;
@@ -365,6 +368,11 @@ grpc::Status NodeService::Expand(const NodeExpandVolumeRequest& req,
   CSI_ASSIGN_OR_RETURN(const uint64_t size, exposure->Expand(*record));
   resp->set_capacity_bytes(static_cast<int64_t>(size));
   return grpc::Status::OK;
+}
+
+NodePathRules NodeService::PathRules() const {
+  return NodePathRules{driver_->options.kubelet_dir,
+                       {driver_->options.state_dir, driver_->options.store}};
 }
 
 Status NodeService::FlushVolume(const std::string& volume_id) {

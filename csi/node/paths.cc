@@ -100,4 +100,39 @@ Result<std::string> ResolveUnderRoot(const std::string& what, const std::string&
   return ResolveUnderAnyRoot(what, path, std::vector<std::string>{root});
 }
 
+Result<std::string> ResolveNodePath(const std::string& what, const std::string& path,
+                                    const NodePathRules& rules) {
+  ASSIGN_OR_RETURN(std::string resolved, ResolveUnderRoot(what, path, rules.kubelet_dir));
+  auto refuse = [&](const std::string& why) -> Result<std::string> {
+    std::string message = what + " " + path;
+    if (resolved != path) message += " (resolves to " + resolved + ")";
+    return Status::PermissionDenied(message + ": " + why);
+  };
+  // Resolved as the request path was; a directory that does not exist yet is compared
+  // as the path it will have.
+  auto real = [](const std::string& dir) {
+    std::string r = RealPath(dir);
+    return r.empty() ? dir : r;
+  };
+  const std::string kubelet = real(rules.kubelet_dir);
+  if (resolved == kubelet) {
+    return refuse("is the kubelet directory " + rules.kubelet_dir +
+                  " itself; staging and target paths lie below it");
+  }
+  for (const char* name : {"plugins", "plugins_registry"}) {
+    if (resolved == real(kubelet + "/" + name)) {
+      return refuse(std::string("is the kubelet's ") + name +
+                    " directory, where it finds drivers' sockets");
+    }
+  }
+  for (const std::string& own : rules.own_dirs) {
+    const std::string dir = real(own);
+    if (IsUnder(resolved, dir)) return refuse("lies in the driver's own directory " + own);
+    if (IsUnder(dir, resolved)) {
+      return refuse("holds the driver's own directory " + own + ", which a mount would hide");
+    }
+  }
+  return resolved;
+}
+
 }  // namespace stellarium::node
