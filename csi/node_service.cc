@@ -48,6 +48,18 @@ std::vector<std::string> MountFlags(const VolumeCapability& cap) {
   return {cap.mount().mount_flags().begin(), cap.mount().mount_flags().end()};
 }
 
+// NodeGetVolumeStats and NodeExpandVolume: `path` must be where the volume is staged or
+// published. Any other path, also one that is relative or cannot be resolved, is
+// NOT_FOUND: the spec's code for a volume that is not at the path asked about.
+Result<std::string> LocateVolumePath(const StagedVolume& record, const std::string& path,
+                                     const std::string& kubelet_dir) {
+  Result<std::string> resolved = ResolveUnderRoot("volume_path", path, kubelet_dir);
+  if (resolved.ok() && (*resolved == record.staging_path || record.targets.count(*resolved))) {
+    return *resolved;
+  }
+  return Status::NotFound("volume " + record.volume_id + " is not staged or published at " + path);
+}
+
 }  // namespace
 
 NodeService::NodeService(Driver* driver) : driver_(driver) {
@@ -291,16 +303,13 @@ grpc::Status NodeService::Stats(const NodeGetVolumeStatsRequest& req,
                                 NodeGetVolumeStatsResponse* resp) {
   if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
   if (req.volume_path().empty()) return InvalidArgument("volume_path is required");
-  CSI_ASSIGN_OR_RETURN(const std::string path,
-                       ResolveUnderRoot("volume_path", req.volume_path(),
-                                        driver_->options.kubelet_dir));
+  // The spec's order: an unknown volume is NOT_FOUND whatever the path.
   const std::string& id = req.volume_id();
   CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
   auto record = driver_->node_state->Get(id);
   if (!record) return NotFound("volume " + id + " is not staged on this node");
-  if (path != record->staging_path && record->targets.count(path) == 0) {
-    return NotFound("volume " + id + " is not published at " + path);
-  }
+  CSI_ASSIGN_OR_RETURN(const std::string path,
+                       LocateVolumePath(*record, req.volume_path(), driver_->options.kubelet_dir));
   if (!driver_->mounter.Exists(path)) return NotFound("volume_path " + path + " does not exist");
 
   CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
@@ -332,18 +341,15 @@ grpc::Status NodeService::Expand(const NodeExpandVolumeRequest& req,
                                  NodeExpandVolumeResponse* resp) {
   if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
   if (req.volume_path().empty()) return InvalidArgument("volume_path is required");
-  if (req.has_volume_capability()) CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
-  CSI_ASSIGN_OR_RETURN(const std::string path,
-                       ResolveUnderRoot("volume_path", req.volume_path(),
-                                        driver_->options.kubelet_dir));
+  if (req.has_volume_capability())
+    CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   CSI_ASSIGN_OR_RETURN(const VolumeInfo info, driver_->store->GetVolume(id));
   auto record = driver_->node_state->Get(id);
   if (!record) return NotFound("volume " + id + " is not staged on this node");
-  if (path != record->staging_path && record->targets.count(path) == 0) {
-    return NotFound("volume " + id + " is not published at " + path);
-  }
+  CSI_RETURN_IF_ERROR(
+      LocateVolumePath(*record, req.volume_path(), driver_->options.kubelet_dir).status());
   const int64_t required = req.capacity_range().required_bytes();
   const int64_t limit = req.capacity_range().limit_bytes();
   if (required < 0 || limit < 0) return InvalidArgument("capacity_range must not be negative");

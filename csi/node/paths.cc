@@ -61,12 +61,34 @@ bool IsUnder(const std::string& path, const std::string& root) {
   return path.size() == root.size() || path[root.size()] == '/';
 }
 
+Status CheckPathLength(const std::string& what, const std::string& path) {
+  if (path.size() >= PATH_MAX) {
+    return Status::InvalidArgument(what + " is " + std::to_string(path.size()) +
+                                   " bytes long; a path may have at most " +
+                                   std::to_string(PATH_MAX - 1));
+  }
+  size_t start = 0;
+  while (start < path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    if (end - start > NAME_MAX) {
+      return Status::InvalidArgument(what + " " + path + ": its component at byte " +
+                                     std::to_string(start) + " is " + std::to_string(end - start) +
+                                     " bytes long; a file name may have at most " +
+                                     std::to_string(NAME_MAX));
+    }
+    start = end + 1;
+  }
+  return Status::Ok();
+}
+
 Result<std::string> ResolveUnderAnyRoot(const std::string& what, const std::string& path,
                                         const std::vector<std::string>& roots) {
   if (path.empty()) return Status::InvalidArgument(what + " is empty");
   if (path.find('\0') != std::string::npos) {
     return Status::InvalidArgument(what + " contains a NUL byte");
   }
+  RETURN_IF_ERROR(CheckPathLength(what, path));
   if (path[0] != '/') {
     return Status::InvalidArgument(what + " " + path + ": must be an absolute path");
   }

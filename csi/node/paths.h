@@ -1,7 +1,7 @@
 // Path checks for every path that arrives in a request (staging and target paths, image
-// paths from StorageClass parameters). A request path is accepted only if it is
-// absolute, has no ".." component, and, after every symlink in it is resolved, still
-// lies under one of the configured roots (--kubelet-dir, --import-root).
+// paths from StorageClass parameters). A request path is accepted only if it fits the
+// OS's limits, is absolute, has no ".." component, and, after every symlink in it is
+// resolved, still lies under one of the configured roots (--kubelet-dir, --import-root).
 // A staging or target path must moreover lie strictly below the kubelet directory and
 // away from what a mount there would hide (NodePathRules). The resolved path is what
 // callers then use, so a symlink swapped in later does not move a mount.
@@ -16,9 +16,13 @@
 
 namespace stellarium::node {
 
+// INVALID_ARGUMENT when `path` is longer than PATH_MAX - 1 bytes or has a component
+// longer than NAME_MAX bytes (no syscall could take it); `what` names the field.
+Status CheckPathLength(const std::string& what, const std::string& path);
+
 // Resolves `path` (which may not exist yet: its missing tail is kept as written) and
 // checks it is `root` or below it. INVALID_ARGUMENT for a relative path, a ".."
-// component or an empty path; PERMISSION_DENIED when it escapes the root.
+// component, an empty or too long path; PERMISSION_DENIED when it escapes the root.
 // `what` names the field in messages ("staging_target_path").
 Result<std::string> ResolveUnderRoot(const std::string& what, const std::string& path,
                                      const std::string& root);
