@@ -18,7 +18,9 @@ using node::NewRuntimeDescriptorExposure;
 using node::NewVhostUserBlkExposure;
 using node::NodeExposure;
 using node::NodeExposures;
+using node::NodePathRules;
 using node::PublishedTarget;
+using node::ResolveNodePath;
 using node::ResolveUnderRoot;
 using node::StagedVolume;
 
@@ -44,6 +46,18 @@ std::string FsTypeFor(const VolumeCapability& cap,
 std::vector<std::string> MountFlags(const VolumeCapability& cap) {
   if (!cap.has_mount()) return {};
   return {cap.mount().mount_flags().begin(), cap.mount().mount_flags().end()};
+}
+
+// NodeGetVolumeStats and NodeExpandVolume: `path` must be where the volume is staged or
+// published. Any other path, also one that is relative or cannot be resolved, is
+// NOT_FOUND: the spec's code for a volume that is not at the path asked about.
+Result<std::string> LocateVolumePath(const StagedVolume& record, const std::string& path,
+                                     const std::string& kubelet_dir) {
+  Result<std::string> resolved = ResolveUnderRoot("volume_path", path, kubelet_dir);
+  if (resolved.ok() && (*resolved == record.staging_path || record.targets.count(*resolved))) {
+    return *resolved;
+  }
+  return Status::NotFound("volume " + record.volume_id + " is not staged or published at " + path);
 }
 
 }  // namespace
@@ -79,9 +93,9 @@ grpc::Status NodeService::Stage(const NodeStageVolumeRequest& req) {
   if (req.staging_target_path().empty()) return InvalidArgument("staging_target_path is required");
   if (!req.has_volume_capability()) return InvalidArgument("volume_capability is required");
   CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
-  CSI_ASSIGN_OR_RETURN(const std::string staging,
-                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
-                                        driver_->options.kubelet_dir));
+  CSI_ASSIGN_OR_RETURN(
+      const std::string staging,
+      ResolveNodePath("staging_target_path", req.staging_target_path(), PathRules()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   CSI_ASSIGN_OR_RETURN(const VolumeInfo info, driver_->store->GetVolume(id));
@@ -150,9 +164,9 @@ grpc::Status NodeService::Stage(const NodeStageVolumeRequest& req) {
 grpc::Status NodeService::Unstage(const NodeUnstageVolumeRequest& req) {
   if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
   if (req.staging_target_path().empty()) return InvalidArgument("staging_target_path is required");
-  CSI_ASSIGN_OR_RETURN(const std::string staging,
-                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
-                                        driver_->options.kubelet_dir));
+  CSI_ASSIGN_OR_RETURN(
+      const std::string staging,
+      ResolveNodePath("staging_target_path", req.staging_target_path(), PathRules()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   auto record = driver_->node_state->Get(id);
@@ -191,11 +205,10 @@ grpc::Status NodeService::Publish(const NodePublishVolumeRequest& req) {
   if (!req.has_volume_capability()) return InvalidArgument("volume_capability is required");
   CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
   CSI_ASSIGN_OR_RETURN(const std::string target,
-                       ResolveUnderRoot("target_path", req.target_path(),
-                                        driver_->options.kubelet_dir));
-  CSI_ASSIGN_OR_RETURN(const std::string staging,
-                       ResolveUnderRoot("staging_target_path", req.staging_target_path(),
-                                        driver_->options.kubelet_dir));
+                       ResolveNodePath("target_path", req.target_path(), PathRules()));
+  CSI_ASSIGN_OR_RETURN(
+      const std::string staging,
+      ResolveNodePath("staging_target_path", req.staging_target_path(), PathRules()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
@@ -240,24 +253,24 @@ grpc::Status NodeService::Publish(const NodePublishVolumeRequest& req) {
   }
 
   CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
-  const PublishedTarget how{read_only, flags};
-  CSI_RETURN_IF_ERROR(exposure->Publish(*record, target, how, recorded));
-  if (recorded) return grpc::Status::OK;
-  record->targets[target] = how;
-  Status st = driver_->node_state->Put(*record);
-  if (!st.ok()) {
-    (void)exposure->Unpublish(*record, target, /*recorded=*/true);
-    return ToGrpcStatus(st);
+  // What the driver makes it takes away again, and nothing else (PublishedTarget::created).
+  const bool created = recorded ? it->second.created : !driver_->mounter.Exists(target);
+  const PublishedTarget how{read_only, flags, created};
+  Status st = exposure->Publish(*record, target, how, recorded);
+  if (st.ok() && !recorded) {
+    record->targets[target] = how;
+    st = driver_->node_state->Put(*record);
+    if (!st.ok()) (void)exposure->Unpublish(*record, target, /*recorded=*/true);
   }
-  return grpc::Status::OK;
+  if (!st.ok() && !recorded && created) (void)driver_->mounter.RemovePath(target);
+  return ToGrpcStatus(st);
 }
 
 grpc::Status NodeService::Unpublish(const NodeUnpublishVolumeRequest& req) {
   if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
   if (req.target_path().empty()) return InvalidArgument("target_path is required");
   CSI_ASSIGN_OR_RETURN(const std::string target,
-                       ResolveUnderRoot("target_path", req.target_path(),
-                                        driver_->options.kubelet_dir));
+                       ResolveNodePath("target_path", req.target_path(), PathRules()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   auto record = driver_->node_state->Get(id);
@@ -265,7 +278,8 @@ grpc::Status NodeService::Unpublish(const NodeUnpublishVolumeRequest& req) {
   if (!ours) {
     // Nothing recorded: a volume that does not exist is NOT_FOUND (spec); otherwise
     // this is a repeat of an unpublish that already happened, or one that died before
-    // recording: every exposure removes what is certainly this volume's.
+    // recording: every exposure removes what is certainly this volume's, and the target
+    // stays (the driver cannot tell it made it).
     CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
     StagedVolume bare;
     bare.volume_id = id;
@@ -275,6 +289,7 @@ grpc::Status NodeService::Unpublish(const NodeUnpublishVolumeRequest& req) {
   }
   CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
   CSI_RETURN_IF_ERROR(exposure->Unpublish(*record, target, /*recorded=*/true));
+  if (record->targets[target].created) CSI_RETURN_IF_ERROR(driver_->mounter.RemovePath(target));
   record->targets.erase(target);
   CSI_RETURN_IF_ERROR(driver_->node_state->Put(*record));
   return grpc::Status::OK;
@@ -288,16 +303,13 @@ grpc::Status NodeService::Stats(const NodeGetVolumeStatsRequest& req,
                                 NodeGetVolumeStatsResponse* resp) {
   if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
   if (req.volume_path().empty()) return InvalidArgument("volume_path is required");
-  CSI_ASSIGN_OR_RETURN(const std::string path,
-                       ResolveUnderRoot("volume_path", req.volume_path(),
-                                        driver_->options.kubelet_dir));
+  // The spec's order: an unknown volume is NOT_FOUND whatever the path.
   const std::string& id = req.volume_id();
   CSI_RETURN_IF_ERROR(driver_->store->GetVolume(id).status());
   auto record = driver_->node_state->Get(id);
   if (!record) return NotFound("volume " + id + " is not staged on this node");
-  if (path != record->staging_path && record->targets.count(path) == 0) {
-    return NotFound("volume " + id + " is not published at " + path);
-  }
+  CSI_ASSIGN_OR_RETURN(const std::string path,
+                       LocateVolumePath(*record, req.volume_path(), driver_->options.kubelet_dir));
   if (!driver_->mounter.Exists(path)) return NotFound("volume_path " + path + " does not exist");
 
   CSI_ASSIGN_OR_RETURN(NodeExposure* const exposure, exposures_->For(record->exposure));
@@ -329,18 +341,15 @@ grpc::Status NodeService::Expand(const NodeExpandVolumeRequest& req,
                                  NodeExpandVolumeResponse* resp) {
   if (req.volume_id().empty()) return InvalidArgument("volume_id is required");
   if (req.volume_path().empty()) return InvalidArgument("volume_path is required");
-  if (req.has_volume_capability()) CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
-  CSI_ASSIGN_OR_RETURN(const std::string path,
-                       ResolveUnderRoot("volume_path", req.volume_path(),
-                                        driver_->options.kubelet_dir));
+  if (req.has_volume_capability())
+    CSI_RETURN_IF_GRPC_ERROR(CheckCapability(req.volume_capability()));
   const std::string& id = req.volume_id();
   auto lock = driver_->locks.Acquire(Driver::VolumeKey(id));
   CSI_ASSIGN_OR_RETURN(const VolumeInfo info, driver_->store->GetVolume(id));
   auto record = driver_->node_state->Get(id);
   if (!record) return NotFound("volume " + id + " is not staged on this node");
-  if (path != record->staging_path && record->targets.count(path) == 0) {
-    return NotFound("volume " + id + " is not published at " + path);
-  }
+  CSI_RETURN_IF_ERROR(
+      LocateVolumePath(*record, req.volume_path(), driver_->options.kubelet_dir).status());
   const int64_t required = req.capacity_range().required_bytes();
   const int64_t limit = req.capacity_range().limit_bytes();
   if (required < 0 || limit < 0) return InvalidArgument("capacity_range must not be negative");
@@ -365,6 +374,11 @@ grpc::Status NodeService::Expand(const NodeExpandVolumeRequest& req,
   CSI_ASSIGN_OR_RETURN(const uint64_t size, exposure->Expand(*record));
   resp->set_capacity_bytes(static_cast<int64_t>(size));
   return grpc::Status::OK;
+}
+
+NodePathRules NodeService::PathRules() const {
+  return NodePathRules{driver_->options.kubelet_dir,
+                       {driver_->options.state_dir, driver_->options.store}};
 }
 
 Status NodeService::FlushVolume(const std::string& volume_id) {

@@ -17,6 +17,7 @@
 #include "csi.grpc.pb.h"
 #include "csi/driver.h"
 #include "csi/node/node_exposure.h"
+#include "csi/node/paths.h"
 
 namespace stellarium::csi {
 
@@ -70,6 +71,9 @@ class NodeService final : public ::csi::v1::Node::Service {
                      ::csi::v1::NodeGetVolumeStatsResponse* resp);
   grpc::Status Expand(const ::csi::v1::NodeExpandVolumeRequest& req,
                       ::csi::v1::NodeExpandVolumeResponse* resp);
+  // Where staging and target paths may be (csi/node/paths.h): below --kubelet-dir, away
+  // from the kubelet's plugin directories and from the driver's state directory and store.
+  node::NodePathRules PathRules() const;
 
   Driver* const driver_;
   std::unique_ptr<node::NodeExposures> exposures_;

@@ -175,22 +175,7 @@ std::map<std::string, std::string> VolumeContext(const VolumeInfo& info,
 
 grpc::Status CheckName(const std::string& name, const std::string& what) {
   if (name.empty()) return InvalidArgument(what + " is required");
-  for (size_t i = 0; i < name.size(); ++i) {
-    unsigned char c = static_cast<unsigned char>(name[i]);
-    bool banned = (c <= 0x08) || c == 0x0b || c == 0x0c || (c >= 0x0e && c <= 0x1f) || c == 0x7f;
-    // U+0080..U+009F are C2 80..C2 9F in UTF-8.
-    if (c == 0xc2 && i + 1 < name.size()) {
-      unsigned char n = static_cast<unsigned char>(name[i + 1]);
-      if (n >= 0x80 && n <= 0x9f) banned = true;
-    }
-    if (banned) {
-      char hex[8];
-      std::snprintf(hex, sizeof(hex), "0x%02x", c);
-      return InvalidArgument(what + " contains the control character " + hex + " at byte " +
-                             std::to_string(i) + " (banned by the CSI spec)");
-    }
-  }
-  return grpc::Status::OK;
+  return ToGrpcStatus(ValidateName(name, what));
 }
 
 uint64_t RoundUp(uint64_t value, uint64_t unit) {

@@ -90,7 +90,11 @@ std::map<std::string, std::string> VolumeContext(const VolumeInfo& info, const s
                                                  const std::string& default_exposure);
 ::csi::v1::Snapshot ToCsiSnapshot(const SnapshotInfo& info);
 
-// CSI names: non-empty, none of the control characters the spec bans.
+// CSI names (CreateVolume, CreateSnapshot): the rule of the CLI's names
+// (core/provision.h ValidateName): at most kMaxNameBytes bytes, no control character (a
+// stricter rule than the spec's banned characters: no tab or line break either), no '/',
+// not "." or "..". The driver's own image anchors, whose names hold '/', never come
+// through a request.
 grpc::Status CheckName(const std::string& name, const std::string& what);
 
 // Rounds up to a multiple of `unit` (a power of two).

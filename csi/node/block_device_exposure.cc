@@ -97,21 +97,19 @@ class BlockDeviceExposure final : public NodeExposure {
 
   Status Unpublish(const StagedVolume& v, const std::string& target, bool recorded) override {
     ASSIGN_OR_RETURN(bool mounted, mounter_->IsMountPoint(target));
-    if (mounted) {
-      if (!recorded) {
-        // Not recorded (a publish that died before recording it): unmount only what
-        // comes from this volume's device; never someone else's mount.
-        Result<std::string> source = mounter_->MountSource(target);
-        if (v.device.empty() || !source.ok() || *source != v.device) {
-          return Status::FailedPrecondition("target_path " + target +
-                                            " is a mount point this driver did not create for "
-                                            "volume " +
-                                            v.volume_id);
-        }
+    if (!mounted) return Status::Ok();
+    if (!recorded) {
+      // Not recorded (a publish that died before recording it): unmount only what
+      // comes from this volume's device; never someone else's mount.
+      Result<std::string> source = mounter_->MountSource(target);
+      if (v.device.empty() || !source.ok() || *source != v.device) {
+        return Status::FailedPrecondition("target_path " + target +
+                                          " is a mount point this driver did not create for "
+                                          "volume " +
+                                          v.volume_id);
       }
-      RETURN_IF_ERROR(mounter_->Unmount(target));
     }
-    return mounter_->RemovePath(target);
+    return mounter_->Unmount(target);
   }
 
   // The provider re-adopts devices itself (BlockDeviceProvider::Recover at start-up);

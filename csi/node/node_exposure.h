@@ -61,10 +61,12 @@ class NodeExposure {
   virtual Status Stage(StagedVolume* staged) = 0;
   virtual Status Unstage(const StagedVolume& staged, bool recorded) = 0;
   // Makes the staged volume usable at `target` (a directory for Mount access, a file
-  // for Block access), created here. `recorded`: the node service already recorded it.
+  // for Block access), created here when missing. `recorded`: the node service already
+  // recorded it.
   virtual Status Publish(const StagedVolume& staged, const std::string& target,
                          const PublishedTarget& how, bool recorded) = 0;
-  // Undoes Publish and removes the target.
+  // Undoes Publish. The target itself stays: the node service removes it when the
+  // driver made it (PublishedTarget::created), never one the kubelet made.
   virtual Status Unpublish(const StagedVolume& staged, const std::string& target,
                            bool recorded) = 0;
   // After a driver restart: brings back what the old process held for this record.

@@ -31,6 +31,7 @@ std::string Encode(const StagedVolume& v) {
     out << YAML::Key << path << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "read_only" << YAML::Value << t.read_only;
     out << YAML::Key << "mount_flags" << YAML::Value << YAML::Flow << t.mount_flags;
+    out << YAML::Key << "created" << YAML::Value << t.created;
     out << YAML::EndMap;
   }
   out << YAML::EndMap;
@@ -60,6 +61,7 @@ StagedVolume Decode(const YAML::Node& n) {
       PublishedTarget t;
       t.read_only = Field<bool>(kv.second, "read_only", false);
       t.mount_flags = Field<std::vector<std::string>>(kv.second, "mount_flags", {});
+      t.created = Field<bool>(kv.second, "created", false);
       v.targets[kv.first.as<std::string>()] = t;
     }
   }

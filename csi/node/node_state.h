@@ -23,6 +23,10 @@ namespace stellarium::node {
 struct PublishedTarget {
   bool read_only = false;
   std::vector<std::string> mount_flags;
+  // The driver made the target (the directory or file) when it published, so unpublish
+  // removes it; a target that was there before (the kubelet's) stays. Records of older
+  // versions read false: their targets are left for the kubelet to remove.
+  bool created = false;
   bool operator==(const PublishedTarget&) const = default;
 };
 

@@ -111,7 +111,7 @@ class VhostUserBlkExposure final : public NodeExposure {
       return Status::FailedPrecondition("target_path " + target + " is a mount point; volume " +
                                         v.volume_id + " (vhost-user-blk) never mounts there");
     }
-    return mounter_->RemovePath(target);
+    return Status::Ok();
   }
 
   Status Restore(const StagedVolume& v) override {

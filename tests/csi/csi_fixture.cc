@@ -32,10 +32,11 @@ void CsiDriverTest::SetUp() {
   kubelet_ = root_ + "/kubelet";
   images_ = root_ + "/images";
   endpoint_ = "unix://" + root_ + "/csi.sock";
+  state_dir_ = root_ + "/" + state_subdir_;
   fs::create_directories(kubelet_);
   fs::create_directories(images_);
-  fs::create_directories(root_ + "/state");
-  auto holder = node::FdHolderServer::Listen(root_ + "/state/fd-holder.sock");
+  fs::create_directories(state_dir_);
+  auto holder = node::FdHolderServer::Listen(state_dir_ + "/fd-holder.sock");
   ASSERT_TRUE(holder.ok()) << holder.status().ToString();
   holder_ = std::move(holder).value();
   holder_stop_ = ::eventfd(0, EFD_CLOEXEC);
@@ -69,8 +70,8 @@ Options CsiDriverTest::MakeOptions() const {
   Options o;
   o.endpoint = endpoint_;
   o.node_id = "node-1";
-  o.store = root_ + "/store";
-  o.state_dir = root_ + "/state";
+  o.store = root_ + "/" + store_subdir_;
+  o.state_dir = state_dir_;
   o.kubelet_dir = kubelet_;
   o.import_root = {images_};
   o.max_volumes_per_node = 64;
@@ -246,7 +247,7 @@ std::vector<std::string> CsiDriverTest::MountsUnderRoot() const {
     f >> id >> parent >> devno >> r >> mount_point;
     // The running driver's own FUSE mount (the files behind its loop devices) is not a
     // leftover; after StopServer it must be gone too.
-    if (server_ && mount_point == root_ + "/state/fuse") continue;
+    if (server_ && mount_point == state_dir_ + "/fuse") continue;
     if (mount_point.rfind(root_ + "/", 0) == 0) out.push_back(mount_point);
   }
   return out;

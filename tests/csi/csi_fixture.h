@@ -80,6 +80,11 @@ class CsiDriverTest : public ::testing::Test {
   std::string kubelet_;   // root_/kubelet
   std::string images_;    // root_/images (the import root)
   std::string endpoint_;  // unix://root_/csi.sock
+  // The driver's state and store directories, relative to root_: a test may move them
+  // (e.g. under the kubelet directory) before SetUp.
+  std::string state_subdir_ = "state";
+  std::string store_subdir_ = "store";
+  std::string state_dir_;        // root_/state_subdir_
   std::string metrics_address_;  // set before SetUp() to serve metrics
   bool controller_expansion_ = true;  // Options::controller_expansion
   // Options::gc_interval_seconds: no background gc unless a test asks for it.

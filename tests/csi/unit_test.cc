@@ -18,6 +18,7 @@
 #include "csi/node/paths.h"
 #include "csi/node/vhost_user/vhost_user_blk.h"
 #include "csi/options.h"
+#include "csi/request_limits.h"
 #include "csi/status_map.h"
 #include "csi/volume_spec.h"
 #include "tests/spawn_util.h"
@@ -400,11 +401,58 @@ TEST(VolumeSpecTest, Capabilities) {
 }
 
 TEST(VolumeSpecTest, NamesRejectBannedControlCharacters) {
-  EXPECT_TRUE(CheckName("pvc-1234 with space\tand tab", "name").ok());
+  EXPECT_TRUE(CheckName("pvc-1234 with space", "name").ok());
+  // The CLI's rule (core/provision.h ValidateName): no tab or line break either.
+  EXPECT_FALSE(CheckName("pvc-1234 with\ttab", "name").ok());
   EXPECT_TRUE(CheckName(std::string(128, 'n'), "name").ok());
   EXPECT_FALSE(CheckName("", "name").ok());
   EXPECT_FALSE(CheckName(std::string("a\x01z"), "name").ok());
   EXPECT_FALSE(CheckName("a\xc2\x85z", "name").ok());  // U+0085
+}
+
+TEST(RequestLimitsUnitTest, ShortenKeepsShortTextAndCutsAtACharacterBoundary) {
+  EXPECT_EQ(Shorten("vol-1"), "vol-1");
+  EXPECT_EQ(Shorten(std::string(128, 'a')), std::string(128, 'a'));
+  EXPECT_EQ(Shorten(std::string(129, 'a')), std::string(128, 'a') + "... (129 bytes)");
+  // 127 ASCII bytes, then a two-byte character across the cut: it goes whole.
+  const std::string text = std::string(127, 'a') + "\xc3\xa9" + std::string(10, 'b');
+  EXPECT_EQ(Shorten(text), std::string(127, 'a') + "... (139 bytes)");
+}
+
+TEST(RequestLimitsUnitTest, BoundStatusShortensRequestStringsAndCapsTheMessage) {
+  ::csi::v1::NodePublishVolumeRequest req;
+  const std::string target = "/k/" + std::string(300, 't');
+  req.set_target_path(target);
+  (*req.mutable_secrets())["token"] = std::string(200, 's');
+  grpc::Status st = BoundStatus(
+      grpc::Status(grpc::StatusCode::NOT_FOUND, "target_path " + target + " or " + target), req);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  const std::string shown = Shorten(target);
+  EXPECT_EQ(st.error_message(), "target_path " + shown + " or " + shown);
+  st = BoundStatus(grpc::Status(grpc::StatusCode::INTERNAL, std::string(10000, 'm')), req);
+  EXPECT_LT(st.error_message().size(), kMaxMessageBytes + 64);
+  EXPECT_NE(st.error_message().find("(message of 10000 bytes cut)"), std::string::npos);
+  EXPECT_TRUE(BoundStatus(grpc::Status::OK, req).ok());
+}
+
+TEST(RequestLimitsUnitTest, CheckRequestLimitsFindsNestedIdsAndPaths) {
+  ::csi::v1::CreateVolumeRequest create;
+  create.set_name("ok");
+  EXPECT_TRUE(CheckRequestLimits(create).ok());
+  create.mutable_volume_content_source()->mutable_volume()->set_volume_id(
+      std::string(kMaxIdBytes, 'v'));
+  EXPECT_TRUE(CheckRequestLimits(create).ok());
+  create.mutable_volume_content_source()->mutable_volume()->set_volume_id(
+      std::string(kMaxIdBytes + 1, 'v'));
+  grpc::Status st = CheckRequestLimits(create);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("volume_content_source.volume.volume_id"), std::string::npos)
+      << st.error_message();
+  // Parameters and secrets are not ids: their sizes are the services' business.
+  ::csi::v1::CreateVolumeRequest params;
+  (*params.mutable_parameters())["name"] = std::string(kMaxIdBytes + 1, 'p');
+  (*params.mutable_secrets())["caBundle"] = std::string(1 << 16, 'c');
+  EXPECT_TRUE(CheckRequestLimits(params).ok());
 }
 
 }  // namespace
