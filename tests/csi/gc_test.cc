@@ -78,7 +78,9 @@ TEST_F(DriverGcTest, DeletingTheOnlyVolumeGivesTheSpaceBack) {
   }
   EXPECT_LT(now * 3, peak) << "store still " << now << " bytes after the delete; peak " << peak;
   ASSERT_NE(driver().collector, nullptr);
-  EXPECT_GT(driver().collector->totals().disk_bytes_reclaimed, 60u << 20);
+  // The metric counts what a pass saw leave the disk; RocksDB may delete the compacted
+  // files only after the pass ended, so it can be less than what the test measures.
+  EXPECT_GT(driver().collector->totals().chunks_deleted, 20000u);
   EXPECT_EQ(Unwrap(driver().store->GetStats()).chunks, 0u);
 }
 
