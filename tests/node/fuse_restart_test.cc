@@ -11,7 +11,6 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -43,25 +42,9 @@ namespace fs = std::filesystem;
 namespace v1 = ::csi::v1;
 using stellarium::testing::PatternBytes;
 using stellarium::testing::RunCommand;
+using stellarium::testing::SpawnLogged;
 
 constexpr size_t kMiB = 1 << 20;
-
-extern "C" char** environ;
-
-// A child process started with an argument vector, its output in `log`.
-pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  return rc == 0 ? pid : -1;
-}
 
 // Writes `data` to `path` (created) in `chunk`-sized writes, O_DIRECT when asked, then
 // fsyncs. Returns "" or what failed.
@@ -133,8 +116,8 @@ class FuseRestartTest : public ::testing::Test {
   }
 
   void StartHolder() {
-    holder_ = Spawn({STELLARIUM_FD_HOLDER_PATH, "--socket", root_ + "/state/fd-holder.sock"},
-                    root_ + "/holder.log");
+    holder_ = SpawnLogged({STELLARIUM_FD_HOLDER_PATH, "--socket", root_ + "/state/fd-holder.sock"},
+                          root_ + "/holder.log");
     ASSERT_GT(holder_, 0);
     // Listening once a client can connect (a stale socket file may still be there).
     for (int i = 0; i < 500; ++i) {
@@ -192,7 +175,7 @@ class FuseRestartTest : public ::testing::Test {
 
   void StartDriver() {
     ASSERT_EQ(driver_, -1);
-    driver_ = Spawn(
+    driver_ = SpawnLogged(
         {STELLARIUM_CSI_PATH, "--endpoint", "unix://" + root_ + "/csi.sock", "--node-id", "node-1",
          "--store", root_ + "/store", "--state-dir", root_ + "/state", "--kubelet-dir",
          root_ + "/kubelet", "--import-root", root_ + "/images", "--log-level", "info"},

@@ -3,6 +3,8 @@
 // for the storage backend only (the end-to-end tests use a real core Volume).
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <mutex>
@@ -20,6 +22,10 @@ struct CommandResult {
 
 // Runs argv[0] (looked up in PATH) with argv, no shell. Output is captured.
 CommandResult RunCommand(const std::vector<std::string>& argv);
+// Starts argv[0] (looked up in PATH) with argv, no shell, its stdout and stderr appended
+// to the file `log`; the caller reaps it. Returns its pid, or -1.
+pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log);
+
 // True if `program` is found in PATH (or is an executable path).
 bool HaveProgram(const std::string& program);
 // Why node tests cannot run here, or "" if they can (root, /dev/fuse, /dev/loop-control).
