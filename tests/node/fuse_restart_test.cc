@@ -40,6 +40,7 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace v1 = ::csi::v1;
+using stellarium::testing::BackgroundCommand;
 using stellarium::testing::PatternBytes;
 using stellarium::testing::RunCommand;
 using stellarium::testing::SpawnLogged;
@@ -372,6 +373,47 @@ class FuseRestartTest : public ::testing::Test {
     ExpectCleanExport(id);
   }
 
+  // A blank volume staged with Mount access (ext4, formatted at this first stage) holding
+  // an 8 MiB file, fsynced, whose cached pages are dropped: reading it goes to the driver.
+  struct MountedVolume {
+    std::string id, staging, file, device, backing_file;
+  };
+  MountedVolume StageMountedVolume(const std::string& name) {
+    MountedVolume m;
+    m.id = CreateBlankVolume(name, 64 * kMiB).volume_id();
+    EXPECT_FALSE(m.id.empty());
+    m.staging = StagingPath(name);
+    grpc::Status st = Stage(m.id, m.staging, false);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    m.file = m.staging + "/data.bin";
+    EXPECT_EQ(WriteFile(m.file, PatternBytes(8 * kMiB, 9), kMiB, false), "");
+    int fd = open(m.file.c_str(), O_RDONLY | O_CLOEXEC);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    close(fd);
+    m.backing_file = root_ + "/state/fuse/" + m.id;
+    auto loops = FindLoopsBackedBy(m.backing_file);
+    EXPECT_TRUE(loops.ok() && loops->size() == 1u);
+    if (loops.ok() && !loops->empty()) m.device = (*loops)[0].path;
+    return m;
+  }
+
+  // Programs that ask the driver for something (a block of the volume's file system not
+  // in the page cache, a statfs and a listing of the FUSE mount): each waits while no
+  // driver serves the connection.
+  static std::vector<std::unique_ptr<BackgroundCommand>> StartWaitingTools(
+      const MountedVolume& m, const std::string& fuse_mount) {
+    std::vector<std::unique_ptr<BackgroundCommand>> tools;
+    for (const std::vector<std::string>& argv :
+         std::vector<std::vector<std::string>>{{"dd", "if=" + m.file, "of=/dev/null", "bs=4096",
+                                                "count=1", "skip=1000", "iflag=direct"},
+                                               {"stat", "-f", fuse_mount},
+                                               {"ls", fuse_mount}}) {
+      tools.push_back(std::make_unique<BackgroundCommand>(argv));
+    }
+    return tools;
+  }
+
   static constexpr char kHello[] = "hello from the golden image\n";
   std::string root_;
   pid_t holder_ = -1;
@@ -535,6 +577,37 @@ TEST_F(FuseRestartTest, DriverDepositsAgainWhenTheHolderRestarts) {
   EXPECT_EQ(LoopsBacking(id), 1u);
   ASSERT_TRUE(Unpublish(id, target).ok());
   ASSERT_TRUE(Unstage(id, staging).ok());
+}
+
+// While the driver is down, `losetup` of a volume's device (LOOP_GET_STATUS64, what
+// `losetup -a` asks for each device) and `ls -l` of the state directory (a stat of the
+// FUSE mount without its access time) return at once: the kernel answers them from the
+// attributes the driver gave it. They used to wait for the next driver once the old
+// driver's 1 s attribute time had passed (a node script's `losetup -a` hung as long as
+// the driver was down).
+TEST_F(FuseRestartTest, LosetupAndLsOfTheStateDirDoNotWaitForARestartingDriver) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const MountedVolume m = StageMountedVolume("nowait");
+  ASSERT_FALSE(m.device.empty());
+  for (int sig : {SIGKILL, SIGTERM}) {
+    SCOPED_TRACE(sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+    // Written and listed just before the stop: the kernel then asks again for the
+    // file's size and times and the mount's access time (neither is what these need).
+    ASSERT_EQ(WriteFile(m.staging + "/recent.bin", PatternBytes(kMiB, 10), kMiB, false), "");
+    ASSERT_EQ(RunCommand({"ls", root_ + "/state/fuse"}).exit_code, 0);
+    StopDriver(sig);
+    usleep(1'500'000);  // past the attribute time the driver used to give (1 s)
+    BackgroundCommand losetup({"losetup", m.device});
+    BackgroundCommand ls_state({"ls", "-l", root_ + "/state"});
+    const bool losetup_done = losetup.WaitFor(5);
+    const bool ls_done = ls_state.WaitFor(5);
+    ASSERT_NO_FATAL_FAILURE(StartDriver());  // also ends the waits of a failing run
+    EXPECT_TRUE(losetup_done) << losetup.command() << " waited for the driver";
+    EXPECT_TRUE(ls_done) << ls_state.command() << " waited for the driver";
+    EXPECT_EQ(losetup.exit_code(), 0);
+    EXPECT_EQ(ls_state.exit_code(), 0);
+  }
+  ASSERT_TRUE(Unstage(m.id, m.staging).ok());
 }
 
 // The holder on its own (in this process, on a thread): a pipe's write end deposited,
