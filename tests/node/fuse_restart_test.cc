@@ -610,6 +610,67 @@ TEST_F(FuseRestartTest, LosetupAndLsOfTheStateDirDoNotWaitForARestartingDriver) 
   ASSERT_TRUE(Unstage(m.id, m.staging).ok());
 }
 
+// What does go to the driver while it is down (a read of an uncached block through the
+// loop device, a statfs and a listing of the FUSE mount) waits -- I/O is paused, not
+// failed -- and is answered soon after the new driver is up, never left hanging.
+TEST_F(FuseRestartTest, WaitingRequestsAreAnsweredSoonAfterTheDriverIsBack) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const MountedVolume m = StageMountedVolume("waits");
+  for (int sig : {SIGKILL, SIGTERM}) {
+    SCOPED_TRACE(sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+    StopDriver(sig);
+    usleep(1'500'000);
+    auto tools = StartWaitingTools(m, root_ + "/state/fuse");
+    for (auto& t : tools) EXPECT_FALSE(t->WaitFor(1)) << t->command() << " did not wait";
+    // Waits when the volume was written since the kernel last asked for its size.
+    tools.push_back(
+        std::make_unique<BackgroundCommand>(std::vector<std::string>{"stat", m.backing_file}));
+    ASSERT_NO_FATAL_FAILURE(StartDriver());  // returns once the driver answers Probe
+    for (auto& t : tools) {
+      EXPECT_TRUE(t->WaitFor(10)) << t->command() << " still waits 10 s after the driver is back";
+      EXPECT_EQ(t->exit_code(), 0) << t->command();
+    }
+  }
+  ASSERT_TRUE(Unstage(m.id, m.staging).ok());
+}
+
+// The driver never comes back (the fd holder keeps the connection): what waits, waits
+// until the admin aborts the connection the way docs/troubleshooting.md says, here with
+// `umount -f` of the FUSE mount (no fusectl needed); then every wait ends with an error.
+TEST_F(FuseRestartTest, AbortingTheConnectionEndsTheWaitsWhenTheDriverNeverReturns) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const MountedVolume m = StageMountedVolume("gone");
+  StopDriver(SIGKILL);
+  usleep(1'500'000);
+  const std::string fuse_mount = root_ + "/state/fuse";
+  auto tools = StartWaitingTools(m, fuse_mount);
+  for (auto& t : tools) EXPECT_FALSE(t->WaitFor(1)) << t->command() << " did not wait";
+  // Fails with "target is busy" (the loop device holds a file) after aborting.
+  (void)RunCommand({"umount", "-f", "--no-canonicalize", fuse_mount});
+  for (auto& t : tools) {
+    EXPECT_TRUE(t->WaitFor(5)) << t->command() << " still waits after the abort";
+    EXPECT_NE(t->exit_code(), 0) << t->command() << " succeeded on an aborted connection";
+  }
+  BackgroundCommand stat_file({"stat", m.backing_file});
+  EXPECT_TRUE(stat_file.WaitFor(5));
+}
+
+// The node plugin uninstalled (the node pod deleted: driver and fd holder stop): no
+// process holds the connection, so the kernel ends it and nothing waits; I/O fails.
+TEST_F(FuseRestartTest, NothingWaitsOnceTheDriverAndTheHolderAreGone) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const MountedVolume m = StageMountedVolume("uninstalled");
+  StopDriver(SIGTERM);
+  StopHolder();
+  auto tools = StartWaitingTools(m, root_ + "/state/fuse");
+  tools.push_back(
+      std::make_unique<BackgroundCommand>(std::vector<std::string>{"losetup", m.device}));
+  tools.push_back(
+      std::make_unique<BackgroundCommand>(std::vector<std::string>{"stat", m.backing_file}));
+  for (auto& t : tools) EXPECT_TRUE(t->WaitFor(5)) << t->command() << " waits for nobody";
+  EXPECT_NE(tools[0]->exit_code(), 0) << "a read of the volume succeeded with no driver";
+}
+
 // The holder on its own (in this process, on a thread): a pipe's write end deposited,
 // taken back and used; bad requests refused with the entry named; nothing changes.
 TEST(FdHolderTest, HoldsHandsBackAndRefusesBadRequests) {
