@@ -17,3 +17,14 @@ if(TARGET stellarium_node AND TARGET stellarium_node_guest_util)
                         stellarium_core)
   add_dependencies(node_data_path node_reader)
 endif()
+
+# What node tools see while the driver restarts with its fd holder (real processes).
+if(TARGET csi_proto AND TARGET stellarium-csi AND TARGET stellarium_node_test_util)
+  add_executable(node_restart_window ${CMAKE_CURRENT_LIST_DIR}/node_restart_window.cc)
+  target_link_libraries(node_restart_window PRIVATE csi_proto stellarium_node_test_util)
+  target_include_directories(node_restart_window PRIVATE ${PROJECT_SOURCE_DIR})
+  add_dependencies(node_restart_window stellarium-csi stellarium-fd-holder)
+  target_compile_definitions(node_restart_window PRIVATE
+    STELLARIUM_CSI_PATH="$<TARGET_FILE:stellarium-csi>"
+    STELLARIUM_FD_HOLDER_PATH="$<TARGET_FILE:stellarium-fd-holder>")
+endif()

@@ -97,6 +97,7 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   store_options.path = options.store;
   store_options.mmap_reads = options.store_mmap_reads;
   store_options.disk_readahead_bytes = options.store_disk_readahead_mib << 20;
+  const auto open_start = std::chrono::steady_clock::now();
   Result<std::unique_ptr<Store>> store = Store::Open(store_options);
   if (!store.ok()) {
     if (store.status().code() == StatusCode::kFailedPrecondition) {
@@ -108,6 +109,12 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
     return store.status().Annotate("open store " + options.store);
   }
   d.store = std::move(store).value();
+  // Until the block device provider below resumes the FUSE connection, I/O on staged
+  // volumes waits: this is part of that wait after a restart (docs/troubleshooting.md).
+  spdlog::info("opened store {} in {} ms", options.store,
+               std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - open_start)
+                   .count());
 
   d.node_state = std::make_unique<node::NodeState>(options.state_dir + "/staged");
   RETURN_IF_ERROR(d.node_state->Load().Annotate("load node state"));

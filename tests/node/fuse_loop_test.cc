@@ -20,6 +20,8 @@
 namespace stellarium::node {
 namespace {
 
+using stellarium::testing::BackgroundCommand;
+using stellarium::testing::HaveProgram;
 using stellarium::testing::MemBlockIo;
 using stellarium::testing::PatternBytes;
 using stellarium::testing::RunCommand;
@@ -337,12 +339,61 @@ TEST_F(FuseLoopTest, ResizeReachesTheLoopDevice) {
 // kernel's cached root attributes expired, the unmount path's stat() waited forever
 // for a worker that had already quit.
 TEST_F(FuseLoopTest, StopsAfterCachedAttributesExpire) {
+  server_.reset();
+  auto server =
+      FuseBlockServer::Start({.mountpoint = tmp_.path() + "/fuse", .attr_timeout_seconds = 1.0});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  server_ = std::move(*server);
   ASSERT_TRUE(server_->AddVolume("v", std::make_shared<MemBlockIo>(kMiB)).ok());
   struct stat st;
   ASSERT_EQ(stat(server_->mountpoint().c_str(), &st), 0);
-  usleep(1'200'000);  // longer than the 1 s attribute timeout
+  usleep(1'200'000);  // longer than the attribute timeout
   server_.reset();    // must return
   EXPECT_EQ(stat((tmp_.path() + "/fuse/v").c_str(), &st), -1);
+}
+
+// The kernel answers a loop device's status (LOOP_GET_STATUS64, what `losetup -a` asks
+// for each device) and stat() of the mount from the attributes it keeps, without a
+// request: they return while no process serves the connection, as during a driver
+// restart. With the 1 s attribute time the server gave before, they waited for the next
+// process. A statfs always asks: it waits until the connection ends. (A stat() that asks
+// for the access time waits too once the mount was listed: the kernel marks it stale.)
+TEST_F(FuseLoopTest, LoopStatusAndStatOfTheMountNeedNoServer) {
+  if (!HaveProgram("losetup") || !HaveProgram("stat")) GTEST_SKIP() << "needs losetup and stat";
+  ASSERT_TRUE(server_->AddVolume("v", std::make_shared<MemBlockIo>(4 * kMiB)).ok());
+  LoopDevice dev = Attach(server_->PathOf("v"), /*direct_io=*/true);
+  ASSERT_FALSE(dev.path.empty());
+  {  // written through the device, as a mounted file system does
+    int fd = open(dev.path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    void* buf = nullptr;
+    ASSERT_EQ(posix_memalign(&buf, 4096, 4096), 0);
+    memset(buf, 7, 4096);
+    EXPECT_EQ(pwrite(fd, buf, 4096, 0), 4096);
+    free(buf);
+    close(fd);
+  }
+  const std::string mount = server_->mountpoint();
+  // What the fd holder keeps across a restart (close-on-exec: the tools started below
+  // must not hold the connection).
+  int held = fcntl(server_->fd(), F_DUPFD_CLOEXEC, 3);
+  ASSERT_GE(held, 0);
+  server_->Release();  // no process serves the connection from now on
+  usleep(1'500'000);   // past the 1 s the attributes used to be kept
+
+  BackgroundCommand losetup({"losetup", dev.path});
+  BackgroundCommand stat_mount({"stat", mount});
+  BackgroundCommand statfs({"stat", "-f", mount});
+  const bool losetup_done = losetup.WaitFor(5);
+  const bool mount_done = stat_mount.WaitFor(5);
+  const bool statfs_done = statfs.WaitFor(0.5);
+  close(held);  // the last fd: the connection ends, and every wait with it
+  EXPECT_TRUE(losetup_done) << losetup.command() << " waited for a server";
+  EXPECT_TRUE(mount_done) << stat_mount.command() << " waited for a server";
+  EXPECT_EQ(losetup.exit_code(), 0);
+  EXPECT_EQ(stat_mount.exit_code(), 0);
+  EXPECT_FALSE(statfs_done) << "statfs was answered with no server";
+  EXPECT_TRUE(statfs.WaitFor(5)) << "statfs still waits after the connection ended";
 }
 
 // Stopping while a loop device still holds a file aborts the connection instead of

@@ -11,7 +11,6 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -41,27 +40,12 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace v1 = ::csi::v1;
+using stellarium::testing::BackgroundCommand;
 using stellarium::testing::PatternBytes;
 using stellarium::testing::RunCommand;
+using stellarium::testing::SpawnLogged;
 
 constexpr size_t kMiB = 1 << 20;
-
-extern "C" char** environ;
-
-// A child process started with an argument vector, its output in `log`.
-pid_t Spawn(const std::vector<std::string>& args, const std::string& log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  return rc == 0 ? pid : -1;
-}
 
 // Writes `data` to `path` (created) in `chunk`-sized writes, O_DIRECT when asked, then
 // fsyncs. Returns "" or what failed.
@@ -133,8 +117,8 @@ class FuseRestartTest : public ::testing::Test {
   }
 
   void StartHolder() {
-    holder_ = Spawn({STELLARIUM_FD_HOLDER_PATH, "--socket", root_ + "/state/fd-holder.sock"},
-                    root_ + "/holder.log");
+    holder_ = SpawnLogged({STELLARIUM_FD_HOLDER_PATH, "--socket", root_ + "/state/fd-holder.sock"},
+                          root_ + "/holder.log");
     ASSERT_GT(holder_, 0);
     // Listening once a client can connect (a stale socket file may still be there).
     for (int i = 0; i < 500; ++i) {
@@ -192,7 +176,7 @@ class FuseRestartTest : public ::testing::Test {
 
   void StartDriver() {
     ASSERT_EQ(driver_, -1);
-    driver_ = Spawn(
+    driver_ = SpawnLogged(
         {STELLARIUM_CSI_PATH, "--endpoint", "unix://" + root_ + "/csi.sock", "--node-id", "node-1",
          "--store", root_ + "/store", "--state-dir", root_ + "/state", "--kubelet-dir",
          root_ + "/kubelet", "--import-root", root_ + "/images", "--log-level", "info"},
@@ -389,6 +373,47 @@ class FuseRestartTest : public ::testing::Test {
     ExpectCleanExport(id);
   }
 
+  // A blank volume staged with Mount access (ext4, formatted at this first stage) holding
+  // an 8 MiB file, fsynced, whose cached pages are dropped: reading it goes to the driver.
+  struct MountedVolume {
+    std::string id, staging, file, device, backing_file;
+  };
+  MountedVolume StageMountedVolume(const std::string& name) {
+    MountedVolume m;
+    m.id = CreateBlankVolume(name, 64 * kMiB).volume_id();
+    EXPECT_FALSE(m.id.empty());
+    m.staging = StagingPath(name);
+    grpc::Status st = Stage(m.id, m.staging, false);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    m.file = m.staging + "/data.bin";
+    EXPECT_EQ(WriteFile(m.file, PatternBytes(8 * kMiB, 9), kMiB, false), "");
+    int fd = open(m.file.c_str(), O_RDONLY | O_CLOEXEC);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    close(fd);
+    m.backing_file = root_ + "/state/fuse/" + m.id;
+    auto loops = FindLoopsBackedBy(m.backing_file);
+    EXPECT_TRUE(loops.ok() && loops->size() == 1u);
+    if (loops.ok() && !loops->empty()) m.device = (*loops)[0].path;
+    return m;
+  }
+
+  // Programs that ask the driver for something (a block of the volume's file system not
+  // in the page cache, a statfs and a listing of the FUSE mount): each waits while no
+  // driver serves the connection.
+  static std::vector<std::unique_ptr<BackgroundCommand>> StartWaitingTools(
+      const MountedVolume& m, const std::string& fuse_mount) {
+    std::vector<std::unique_ptr<BackgroundCommand>> tools;
+    for (const std::vector<std::string>& argv :
+         std::vector<std::vector<std::string>>{{"dd", "if=" + m.file, "of=/dev/null", "bs=4096",
+                                                "count=1", "skip=1000", "iflag=direct"},
+                                               {"stat", "-f", fuse_mount},
+                                               {"ls", fuse_mount}}) {
+      tools.push_back(std::make_unique<BackgroundCommand>(argv));
+    }
+    return tools;
+  }
+
   static constexpr char kHello[] = "hello from the golden image\n";
   std::string root_;
   pid_t holder_ = -1;
@@ -552,6 +577,98 @@ TEST_F(FuseRestartTest, DriverDepositsAgainWhenTheHolderRestarts) {
   EXPECT_EQ(LoopsBacking(id), 1u);
   ASSERT_TRUE(Unpublish(id, target).ok());
   ASSERT_TRUE(Unstage(id, staging).ok());
+}
+
+// While the driver is down, `losetup` of a volume's device (LOOP_GET_STATUS64, what
+// `losetup -a` asks for each device) and `ls -l` of the state directory (a stat of the
+// FUSE mount without its access time) return at once: the kernel answers them from the
+// attributes the driver gave it. They used to wait for the next driver once the old
+// driver's 1 s attribute time had passed (a node script's `losetup -a` hung as long as
+// the driver was down).
+TEST_F(FuseRestartTest, LosetupAndLsOfTheStateDirDoNotWaitForARestartingDriver) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const MountedVolume m = StageMountedVolume("nowait");
+  ASSERT_FALSE(m.device.empty());
+  for (int sig : {SIGKILL, SIGTERM}) {
+    SCOPED_TRACE(sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+    // Written and listed just before the stop: the kernel then asks again for the
+    // file's size and times and the mount's access time (neither is what these need).
+    ASSERT_EQ(WriteFile(m.staging + "/recent.bin", PatternBytes(kMiB, 10), kMiB, false), "");
+    ASSERT_EQ(RunCommand({"ls", root_ + "/state/fuse"}).exit_code, 0);
+    StopDriver(sig);
+    usleep(1'500'000);  // past the attribute time the driver used to give (1 s)
+    BackgroundCommand losetup({"losetup", m.device});
+    BackgroundCommand ls_state({"ls", "-l", root_ + "/state"});
+    const bool losetup_done = losetup.WaitFor(5);
+    const bool ls_done = ls_state.WaitFor(5);
+    ASSERT_NO_FATAL_FAILURE(StartDriver());  // also ends the waits of a failing run
+    EXPECT_TRUE(losetup_done) << losetup.command() << " waited for the driver";
+    EXPECT_TRUE(ls_done) << ls_state.command() << " waited for the driver";
+    EXPECT_EQ(losetup.exit_code(), 0);
+    EXPECT_EQ(ls_state.exit_code(), 0);
+  }
+  ASSERT_TRUE(Unstage(m.id, m.staging).ok());
+}
+
+// What does go to the driver while it is down (a read of an uncached block through the
+// loop device, a statfs and a listing of the FUSE mount) waits -- I/O is paused, not
+// failed -- and is answered soon after the new driver is up, never left hanging.
+TEST_F(FuseRestartTest, WaitingRequestsAreAnsweredSoonAfterTheDriverIsBack) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const MountedVolume m = StageMountedVolume("waits");
+  for (int sig : {SIGKILL, SIGTERM}) {
+    SCOPED_TRACE(sig == SIGKILL ? "SIGKILL" : "SIGTERM");
+    StopDriver(sig);
+    usleep(1'500'000);
+    auto tools = StartWaitingTools(m, root_ + "/state/fuse");
+    for (auto& t : tools) EXPECT_FALSE(t->WaitFor(1)) << t->command() << " did not wait";
+    // Waits when the volume was written since the kernel last asked for its size.
+    tools.push_back(
+        std::make_unique<BackgroundCommand>(std::vector<std::string>{"stat", m.backing_file}));
+    ASSERT_NO_FATAL_FAILURE(StartDriver());  // returns once the driver answers Probe
+    for (auto& t : tools) {
+      EXPECT_TRUE(t->WaitFor(10)) << t->command() << " still waits 10 s after the driver is back";
+      EXPECT_EQ(t->exit_code(), 0) << t->command();
+    }
+  }
+  ASSERT_TRUE(Unstage(m.id, m.staging).ok());
+}
+
+// The driver never comes back (the fd holder keeps the connection): what waits, waits
+// until the admin aborts the connection the way docs/troubleshooting.md says, here with
+// `umount -f` of the FUSE mount (no fusectl needed); then every wait ends with an error.
+TEST_F(FuseRestartTest, AbortingTheConnectionEndsTheWaitsWhenTheDriverNeverReturns) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const MountedVolume m = StageMountedVolume("gone");
+  StopDriver(SIGKILL);
+  usleep(1'500'000);
+  const std::string fuse_mount = root_ + "/state/fuse";
+  auto tools = StartWaitingTools(m, fuse_mount);
+  for (auto& t : tools) EXPECT_FALSE(t->WaitFor(1)) << t->command() << " did not wait";
+  // Fails with "target is busy" (the loop device holds a file) after aborting.
+  (void)RunCommand({"umount", "-f", "--no-canonicalize", fuse_mount});
+  for (auto& t : tools) {
+    EXPECT_TRUE(t->WaitFor(5)) << t->command() << " still waits after the abort";
+    EXPECT_NE(t->exit_code(), 0) << t->command() << " succeeded on an aborted connection";
+  }
+  BackgroundCommand stat_file({"stat", m.backing_file});
+  EXPECT_TRUE(stat_file.WaitFor(5));
+}
+
+// The node plugin uninstalled (the node pod deleted: driver and fd holder stop): no
+// process holds the connection, so the kernel ends it and nothing waits; I/O fails.
+TEST_F(FuseRestartTest, NothingWaitsOnceTheDriverAndTheHolderAreGone) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver());
+  const MountedVolume m = StageMountedVolume("uninstalled");
+  StopDriver(SIGTERM);
+  StopHolder();
+  auto tools = StartWaitingTools(m, root_ + "/state/fuse");
+  tools.push_back(
+      std::make_unique<BackgroundCommand>(std::vector<std::string>{"losetup", m.device}));
+  tools.push_back(
+      std::make_unique<BackgroundCommand>(std::vector<std::string>{"stat", m.backing_file}));
+  for (auto& t : tools) EXPECT_TRUE(t->WaitFor(5)) << t->command() << " waits for nobody";
+  EXPECT_NE(tools[0]->exit_code(), 0) << "a read of the volume succeeded with no driver";
 }
 
 // The holder on its own (in this process, on a thread): a pipe's write end deposited,

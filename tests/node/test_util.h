@@ -3,6 +3,8 @@
 // for the storage backend only (the end-to-end tests use a real core Volume).
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <mutex>
@@ -20,6 +22,36 @@ struct CommandResult {
 
 // Runs argv[0] (looked up in PATH) with argv, no shell. Output is captured.
 CommandResult RunCommand(const std::vector<std::string>& argv);
+// Starts argv[0] (looked up in PATH) with argv, no shell, its stdout and stderr appended
+// to the file `log`; the caller reaps it. Returns its pid, or -1.
+pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log);
+
+// A program started in the background (argv, no shell; output discarded), to see
+// whether it waits: e.g. a tool that may block on a FUSE request nobody answers yet.
+// Not thread-safe.
+class BackgroundCommand {
+ public:
+  explicit BackgroundCommand(const std::vector<std::string>& argv);
+  // Kills it if it still runs (a process in uninterruptible I/O ends only when that I/O
+  // does) and reaps it.
+  ~BackgroundCommand();
+  BackgroundCommand(const BackgroundCommand&) = delete;
+  BackgroundCommand& operator=(const BackgroundCommand&) = delete;
+
+  // True once it has exited; waits at most `seconds` for that.
+  bool WaitFor(double seconds);
+  // Its exit code once WaitFor returned true; -1 if it was killed or never ran.
+  int exit_code() const { return exit_code_; }
+  // "stat /x" for messages.
+  const std::string& command() const { return command_; }
+
+ private:
+  pid_t pid_ = -1;
+  bool done_ = false;
+  int exit_code_ = -1;
+  std::string command_;
+};
+
 // True if `program` is found in PATH (or is an executable path).
 bool HaveProgram(const std::string& program);
 // Why node tests cannot run here, or "" if they can (root, /dev/fuse, /dev/loop-control).

@@ -29,7 +29,6 @@ namespace {
 
 constexpr fuse_ino_t kRootIno = FUSE_ROOT_ID;
 constexpr size_t kMaxWrite = 1 << 20;  // 1 MiB: the largest bio a loop device sends
-constexpr double kAttrTimeout = 1.0;   // invalidated explicitly on resize and removal
 // The `unique` of the replayed FUSE_INIT: even (odd ones address interrupts) and far
 // above any id the kernel hands out, so the kernel drops our answer with ENOENT.
 constexpr uint64_t kReplayedInitUnique = 0x7ffffffffffffffeULL;
@@ -84,7 +83,8 @@ struct FuseBlockServer::State {
   std::map<fuse_ino_t, std::shared_ptr<Entry>> by_ino;    // GUARDED_BY(mu)
   std::string mountpoint;
   time_t mount_time = 0;
-  std::string init_in;  // GUARDED_BY(mu): the FUSE_INIT body, once seen
+  double attr_timeout = 0;  // FuseBlockServerOptions::attr_timeout_seconds
+  std::string init_in;      // GUARDED_BY(mu): the FUSE_INIT body, once seen
   std::condition_variable init_seen;
   std::atomic<bool> ended{false};  // the connection is gone (unmounted or aborted)
 
@@ -149,8 +149,8 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   memset(&ep, 0, sizeof(ep));
   ep.ino = e->ino;
   ep.generation = 1;
-  ep.attr_timeout = kAttrTimeout;
-  ep.entry_timeout = kAttrTimeout;
+  ep.attr_timeout = st->attr_timeout;
+  ep.entry_timeout = st->attr_timeout;
   FillFileAttr(st, *e, &ep.attr);
   fuse_reply_entry(req, &ep);
 }
@@ -160,7 +160,7 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
   struct stat attr;
   if (ino == kRootIno) {
     FillRootAttr(st, &attr);
-    fuse_reply_attr(req, &attr, kAttrTimeout);
+    fuse_reply_attr(req, &attr, st->attr_timeout);
     return;
   }
   std::shared_ptr<Entry> e = st->Find(ino);
@@ -169,7 +169,7 @@ void OpGetattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
     return;
   }
   FillFileAttr(st, *e, &attr);
-  fuse_reply_attr(req, &attr, kAttrTimeout);
+  fuse_reply_attr(req, &attr, st->attr_timeout);
 }
 
 void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
@@ -188,7 +188,7 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
   }
   struct stat out;
   FillFileAttr(st, *e, &out);
-  fuse_reply_attr(req, &out, kAttrTimeout);
+  fuse_reply_attr(req, &out, st->attr_timeout);
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
@@ -455,6 +455,7 @@ FuseBlockServer::FuseBlockServer(FuseBlockServerOptions options)
 Status FuseBlockServer::NewSession() {
   state_->mountpoint = options_.mountpoint;
   state_->mount_time = time(nullptr);
+  state_->attr_timeout = options_.attr_timeout_seconds;
   std::string opts = "fsname=stellarium,subtype=stellarium,default_permissions";
   if (options_.allow_other) opts += ",allow_other";
   std::vector<std::string> argv_s = {"stellarium-fuse", "-o", opts};
@@ -518,6 +519,8 @@ Result<std::unique_ptr<FuseBlockServer>> FuseBlockServer::Start(
     return Status::Unavailable("fuse mountpoint " + options.mountpoint +
                                ": the kernel sent no FUSE_INIT");
   }
+  lock.unlock();
+  server->PrimeRootAttributes();
   return server;
 }
 
@@ -595,13 +598,26 @@ Status FuseBlockServer::Serve() {
   out.len = sizeof(out);
   out.error = kNotifyResend;
   out.unique = 0;  // a notification
-  if (write(fuse_session_fd(session_), &out, sizeof(out)) != static_cast<ssize_t>(sizeof(out))) {
+  const bool resent =
+      write(fuse_session_fd(session_), &out, sizeof(out)) == static_cast<ssize_t>(sizeof(out));
+  const int err = errno;
+  PrimeRootAttributes();  // the old process may never have fetched them
+  if (!resent) {
     return Status::Unimplemented("fuse mountpoint " + options_.mountpoint +
                                  ": the kernel cannot resend requests a dead process had read "
                                  "(FUSE_NOTIFY_RESEND needs Linux 6.9): " +
-                                 strerror(errno));
+                                 strerror(err));
   }
   return Status::Ok();
+}
+
+void FuseBlockServer::PrimeRootAttributes() {
+  // statx with the birth time, as coreutils' stat asks: on Linux 6.6+ the kernel sends
+  // FUSE_STATX for it, which libfuse 3.14 answers ENOSYS; from then on the kernel knows
+  // for the whole connection (also across restarts of the driver) that birth times are
+  // not served and answers such a stat() from its cache instead of asking.
+  struct statx stx;
+  (void)statx(AT_FDCWD, options_.mountpoint.c_str(), 0, STATX_BASIC_STATS | STATX_BTIME, &stx);
 }
 
 void FuseBlockServer::Release() {

@@ -29,6 +29,9 @@
 //     fuse_session_receive_buf/process_buf, never fuse_session_loop_mt, because that
 //     loop drops a request it has read once the session is marked exited; ours stops
 //     reading on Release() and answers everything it has read (drain).
+//   - Names and attributes are given to the kernel for a long time and invalidated
+//     explicitly on every change, so that what the kernel can answer by itself
+//     (`losetup -a`, a stat() of the mount) needs no process while none serves.
 //
 // Thread-safety: all public methods are safe to call from any thread, concurrently with
 // the FUSE workers. Requests for one volume may run in parallel; BlockIo is thread-safe.
@@ -57,6 +60,13 @@ struct FuseBlockServerOptions {
   // Read-ahead per volume for sequential readers (csi/node/read_ahead.h): at most this many bytes
   // held per volume, read by 3 helper threads of its own; 0 turns it off.
   uint64_t readahead_bytes = 8 << 20;
+  // How long the kernel keeps the names and attributes of the root and the volume files
+  // (lookup, getattr). Every change this server makes invalidates them at once
+  // (RemoveVolume, NotifyResized), so a long time costs nothing; it lets the kernel
+  // answer stat() of a file and a loop device's LOOP_GET_STATUS (`losetup -a`) by
+  // itself, also while no process serves the connection (a driver restart). A year; tests
+  // that need the kernel to ask again set a short one.
+  double attr_timeout_seconds = 365.0 * 24 * 3600;
 };
 
 // What a new process needs to take over a live FUSE connection: the /dev/fuse fd
@@ -126,6 +136,10 @@ class FuseBlockServer {
   explicit FuseBlockServer(FuseBlockServerOptions options);
   Status NewSession();
   void StartWorkers();
+  // Has the kernel fetch the root's attributes now, while the workers answer, so that a
+  // later stat() of the mountpoint (`ls -l` of its parent, `df`) is answered from the
+  // kernel's cache, also while no process serves the connection. REQUIRES: serving.
+  void PrimeRootAttributes();
   void StopWorkers();
   void Stop();
 
