@@ -138,10 +138,14 @@ void PrintExisting(const VolumeInfo& v, bool as_json) {
 // ---- The store and the objects in it ----
 
 struct Common {
-  std::string store = "/var/lib/stellarium/store";
+  std::string store = "/var/lib/stellarium/store";  // a directory, or rados://POOL
   bool mmap_reads = true;  // --store-mmap-reads
   bool json = false;
+  std::string ceph_conf = "/etc/ceph/ceph.conf", ceph_id = "admin", cache;  // rados:// only
+  double writer_window_seconds = 1800;  // rados:// only: StoreOptions::rados_writer_window_ns
 };
+
+bool IsRados(const std::string& store) { return store.rfind("rados://", 0) == 0; }
 
 Result<std::unique_ptr<Store>> OpenStore(const Common& c, bool create, bool read_only = false) {
   StoreOptions o;
@@ -149,6 +153,10 @@ Result<std::unique_ptr<Store>> OpenStore(const Common& c, bool create, bool read
   o.create_if_missing = create;
   o.mmap_reads = c.mmap_reads;
   o.read_only = read_only;
+  o.ceph_conf = c.ceph_conf;
+  o.ceph_id = c.ceph_id;
+  o.cache_dir = c.cache;
+  o.rados_writer_window_ns = static_cast<int64_t>(c.writer_window_seconds * 1e9);
   return Store::Open(o);
 }
 
@@ -252,7 +260,7 @@ Result<ProvisionRequest> BuildRequest(const BuildArgs& a) {
 int RunBuild(const Common& c, const BuildArgs& a) {
   auto request = BuildRequest(a);
   if (!request.ok()) return Fail(request.status());
-  const bool new_store = !fs::exists(c.store);
+  const bool new_store = !IsRados(c.store) && !fs::exists(c.store);
   auto store = OpenStore(c, /*create=*/true);
   if (!store.ok()) return Fail(store.status());
   ProvisionHooks hooks;
@@ -560,7 +568,18 @@ constexpr char kNameRule[] =
 CLI::App* AddCommand(CLI::App& app, Common& c, const std::string& name, const std::string& help,
                      bool with_json = true) {
   CLI::App* cmd = app.add_subcommand(name, help);
-  cmd->add_option("--store", c.store, "store directory")->capture_default_str();
+  cmd->add_option("--store", c.store, "store directory, or rados://POOL for the store on a Ceph pool")
+      ->capture_default_str();
+  cmd->add_option("--ceph-conf", c.ceph_conf, "rados:// stores: the cluster's ceph.conf")
+      ->capture_default_str();
+  cmd->add_option("--ceph-id", c.ceph_id, "rados:// stores: the cephx user (its key from the keyring "
+                  "ceph.conf names)")->capture_default_str();
+  cmd->add_option("--cache", c.cache, "rados:// stores: node-local cache directory for chunks read "
+                  "from the cluster (default: none)");
+  cmd->add_option("--writer-window", c.writer_window_seconds,
+                  "rados:// stores: seconds a writer may take between finding a chunk and naming "
+                  "it; gc deletes an unnamed chunk only that long after condemning it")
+      ->capture_default_str();
   cmd->add_option("--store-mmap-reads", c.mmap_reads,
                   "read the store's table files through mmap (faster; a disk read error then "
                   "ends the command with SIGBUS instead of failing it)")

@@ -104,6 +104,7 @@ uint64_t ChunkStore::AddRef(Batch* batch, const ChunkId& id, std::string_view da
 
 void ChunkStore::DropRef(Batch* batch, const ChunkId& id) {
   backend_->index().AddRefs(batch, id, -1, 0);
+  if (!backend_->index().counts_references()) return;  // only the mark can tell
   std::lock_guard lock(dropped_mu_);
   if (dropped_.size() < kMaxDropped) {
     dropped_.push_back(id);
@@ -154,6 +155,10 @@ void ChunkStore::Redrop(std::vector<ChunkId>::const_iterator from,
 Result<SweepResult> ChunkStore::SweepChunks(const std::vector<ChunkId>& ids, const Pace& pace,
                                             bool with_bytes, bool wait_for_imports) {
   SweepResult r;
+  if (!backend_->index().counts_references()) {
+    // Entries carry no counts there: every one would read as unreferenced.
+    return Status::FailedPrecondition("gc: this store counts no references; chunks go by mark and sweep");
+  }
   std::unique_ptr<Batch> batch = backend_->NewBatch();
   for (size_t from = 0; from < ids.size(); from += kSweepBatch) {
     const auto started = std::chrono::steady_clock::now();

@@ -31,6 +31,8 @@ class Reader {
  public:
   explicit Reader(std::string_view in) : in_(in) {}
   bool ok() const { return ok_; }
+  bool empty() const { return in_.empty(); }
+  size_t remaining() const { return in_.size(); }
   uint8_t U8() {
     if (in_.size() < 1) return Fail(), 0;
     uint8_t v = static_cast<uint8_t>(in_[0]);
@@ -167,6 +169,7 @@ std::string EncodeLayer(const LayerRecord& r) {
   PutFixed32(&s, r.block_size);
   PutFixed64(&s, static_cast<uint64_t>(r.created_unix_ns));
   PutString(&s, r.image_digest);
+  if (!r.owner.empty()) PutString(&s, r.owner);
   return s;
 }
 
@@ -181,6 +184,7 @@ Result<LayerRecord> DecodeLayer(uint64_t id, std::string_view v) {
   r.block_size = rd.Fixed32();
   r.created_unix_ns = static_cast<int64_t>(rd.Fixed64());
   r.image_digest = rd.String();
+  if (!rd.empty()) r.owner = rd.String();
   if (!rd.ok() || ver < 1 || state < 1 || state > 4) {
     return Bad("layer " + std::to_string(id));
   }
@@ -335,5 +339,123 @@ ChunkId ImageDigest::Finish(uint32_t block_size, uint64_t size) {
 
 std::string DataKey(uint64_t locator) { return LayerKey(locator); }
 uint64_t DecodeDataKey(std::string_view key) { return DecodeLayerKey(key); }
+
+namespace rados {
+namespace {
+
+std::string Hex(uint64_t v, int digits) {
+  char buf[17];
+  snprintf(buf, sizeof buf, "%0*llx", digits, static_cast<unsigned long long>(v));
+  return buf;
+}
+
+bool ParseHex(std::string_view s, uint64_t* v) {
+  if (s.empty() || s.size() > 16) return false;
+  *v = 0;
+  for (char c : s) {
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return false;
+    *v = *v << 4 | static_cast<uint64_t>(d);
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string CatalogKey(char table, std::string_view key) { return table + std::string(key); }
+
+std::string MapObject(uint64_t layer, uint64_t shard) {
+  return std::string(kMapObjectPrefix) + Hex(layer, 16) + "." + Hex(shard, 8);
+}
+
+std::string MapDirectoryObject(uint64_t layer) {
+  return std::string(kMapDirectoryPrefix) + Hex(layer, 16);
+}
+
+bool DecodeMapDirectoryObject(std::string_view name, uint64_t* layer) {
+  if (name.substr(0, kMapDirectoryPrefix.size()) != kMapDirectoryPrefix) return false;
+  return ParseHex(name.substr(kMapDirectoryPrefix.size()), layer);
+}
+
+std::string MapBlockKey(uint64_t block) { return LayerKey(block); }
+
+void AppendMapRecord(std::string* out, uint64_t block, std::string_view value) {
+  out->append(LayerKey(block));
+  PutString(out, value);
+}
+
+bool DecodeMapRecords(std::string_view data,
+                      const std::function<void(uint64_t, std::string_view)>& fn) {
+  while (!data.empty()) {
+    if (data.size() < 9) return false;
+    const uint64_t block = DecodeLayerKey(data.substr(0, 8));
+    Reader rd(data.substr(8));
+    const uint64_t n = rd.Varint();
+    const size_t header = 8 + (data.size() - 8 - rd.remaining());
+    if (!rd.ok() || data.size() < header + n) return false;
+    fn(block, data.substr(header, n));
+    data.remove_prefix(header + n);
+  }
+  return true;
+}
+uint64_t DecodeMapBlockKey(std::string_view key) { return DecodeLayerKey(key); }
+
+bool DecodeMapObject(std::string_view name, uint64_t* layer, uint64_t* shard) {
+  if (name.substr(0, kMapObjectPrefix.size()) != kMapObjectPrefix) return false;
+  name.remove_prefix(kMapObjectPrefix.size());
+  const size_t dot = name.find('.');
+  return dot == 16 && ParseHex(name.substr(0, 16), layer) && ParseHex(name.substr(17), shard);
+}
+
+std::string IndexObject(uint8_t shard) { return "stellarium.index." + Hex(shard, 2); }
+std::string IndexLocationKey(const ChunkId& id) { return std::string(AsBytes(id)) + "L"; }
+std::string IndexCondemnedKey(const ChunkId& id) { return std::string(AsBytes(id)) + "C"; }
+
+std::string PackObject(uint64_t pack) { return std::string(kPackObjectPrefix) + Hex(pack, 11); }
+
+bool DecodePackObject(std::string_view name, uint64_t* pack) {
+  if (name.substr(0, kPackObjectPrefix.size()) != kPackObjectPrefix) return false;
+  return ParseHex(name.substr(kPackObjectPrefix.size()), pack);
+}
+
+std::string SlotGroupKey(uint32_t group) {
+  std::string k = "s";
+  for (int i = 3; i >= 0; --i) k.push_back(static_cast<char>(group >> (8 * i)));
+  return k;
+}
+
+std::string EncodeSlotGroup(const std::vector<Slot>& slots) {
+  std::string s;
+  for (const Slot& slot : slots) {
+    PutFixed32(&s, slot.offset);
+    PutFixed32(&s, slot.stored);
+    PutFixed32(&s, slot.raw);
+    s.push_back(static_cast<char>(slot.codec));
+    s.push_back(static_cast<char>(slot.present ? 1 : 0));
+  }
+  return s;
+}
+
+bool DecodeSlotGroup(std::string_view v, std::vector<Slot>* slots) {
+  constexpr size_t kSize = 14;
+  if (v.size() % kSize != 0 || v.size() / kSize > kSlotGroup) return false;
+  Reader rd(v);
+  slots->resize(v.size() / kSize);
+  for (Slot& slot : *slots) {
+    slot.offset = rd.Fixed32();
+    slot.stored = rd.Fixed32();
+    slot.raw = rd.Fixed32();
+    slot.codec = rd.U8();
+    slot.present = rd.U8() != 0;
+  }
+  return rd.ok();
+}
+
+std::string ClientObject(std::string_view client) { return "stellarium.client." + std::string(client); }
+
+std::string EncodeI64(int64_t v) { return EncodeU64(static_cast<uint64_t>(v)); }
+int64_t DecodeI64(std::string_view v) { return static_cast<int64_t>(DecodeU64(v)); }
+
+}  // namespace rados
 
 }  // namespace stellarium::format

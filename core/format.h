@@ -11,8 +11,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/catalog_info.h"
 #include "core/sha256.h"
@@ -78,6 +80,9 @@ struct LayerRecord {
   uint32_t block_size = 0;
   int64_t created_unix_ns = 0;
   std::string image_digest;   // 32 raw bytes when this is an image's layer, else empty
+  // The client that fills an importing layer, on a store shared by several (the RADOS
+  // store); empty otherwise, and then not written at all.
+  std::string owner;
 };
 
 struct VolumeRecord {
@@ -162,5 +167,76 @@ class ImageDigest {
  private:
   Sha256Stream body_;
 };
+
+// ---- The RADOS store (core/rados/; docs/FORMAT.md, "The RADOS store") ----
+namespace rados {
+
+// The catalog: one object whose omap holds every record, keyed by a table letter ('v'
+// volumes, 's' snapshots, 'i' images, 'n' names, 'l' layers, 'm' meta) and the record's
+// key as the local store writes it.
+inline constexpr std::string_view kCatalogObject = "stellarium.catalog";
+inline constexpr std::string_view kGcLockObject = "stellarium.gc";  // the collector's lock
+inline constexpr std::string_view kMetaNextPack = "mnext_pack";  // u64 LE
+std::string CatalogKey(char table, std::string_view key);
+
+// Block maps: a layer's entries in shards of kMapShardBlocks blocks, one object each,
+// omap key = block (u64 BE), value = the map value.
+inline constexpr uint64_t kMapShardBlocks = 1 << 16;
+std::string MapObject(uint64_t layer, uint64_t shard);  // "stellarium.map.<layer>.<shard>"
+inline constexpr std::string_view kMapObjectPrefix = "stellarium.map.";
+// A layer's map directory: object "stellarium.maps.<layer>", omap key = shard (u64 BE)
+// for every map shard object the layer has, written before the shard.
+std::string MapDirectoryObject(uint64_t layer);
+inline constexpr std::string_view kMapDirectoryPrefix = "stellarium.maps.";
+bool DecodeMapDirectoryObject(std::string_view name, uint64_t* layer);
+// A map shard's entries are in its omap (block key -> value), or, as an import writes
+// them, appended to its data as records: block (u64 BE), varint length, value. Omap
+// entries win over records; an omap value of one byte kMapTombstone deletes the entry.
+void AppendMapRecord(std::string* out, uint64_t block, std::string_view value);
+bool DecodeMapRecords(std::string_view data,
+                      const std::function<void(uint64_t, std::string_view)>& fn);
+inline constexpr std::string_view kMapTombstone = std::string_view("\x00", 1);
+std::string MapBlockKey(uint64_t block);  // u64 BE
+uint64_t DecodeMapBlockKey(std::string_view key);
+// The layer and shard of a map object's name; false when it is not one.
+bool DecodeMapObject(std::string_view name, uint64_t* layer, uint64_t* shard);
+
+// The chunk index: kIndexShards objects by the id's first byte; omap key = the id's 32
+// bytes + 'L' -> location (u64 LE locator), + 'C' -> condemned since (i64 LE Unix ns).
+inline constexpr int kIndexShards = 256;
+std::string IndexObject(uint8_t shard);  // "stellarium.index.<2 hex>"
+std::string IndexLocationKey(const ChunkId& id);
+std::string IndexCondemnedKey(const ChunkId& id);
+
+// Chunk bytes in packs: object "stellarium.pack.<pack, 11 hex>", data = the chunks'
+// stored bytes back to back, omap "s" + group (u32 BE) -> the slot table of slots
+// [256 group, 256 group + 256): per slot u32 offset, u32 stored length, u32 raw length,
+// u8 codec (0 none, 1 LZ4 block), u8 present; xattr "written" = i64 LE Unix ns of the last write. A locator is
+// pack << 20 | slot.
+inline constexpr std::string_view kPackObjectPrefix = "stellarium.pack.";
+inline constexpr const char* kPackWrittenXattr = "written";  // i64 LE Unix ns of the last write
+std::string PackObject(uint64_t pack);
+bool DecodePackObject(std::string_view name, uint64_t* pack);
+inline constexpr int kSlotBits = 20;
+inline constexpr uint32_t kSlotGroup = 256;
+inline uint64_t Locator(uint64_t pack, uint32_t slot) { return pack << kSlotBits | slot; }
+inline uint64_t PackOf(uint64_t locator) { return locator >> kSlotBits; }
+inline uint32_t SlotOf(uint64_t locator) { return locator & ((1u << kSlotBits) - 1); }
+struct Slot {
+  uint32_t offset = 0, stored = 0, raw = 0;
+  uint8_t codec = 0;  // 0 stored as is, 1 LZ4 (block format)
+  bool present = false;
+};
+std::string SlotGroupKey(uint32_t group);
+std::string EncodeSlotGroup(const std::vector<Slot>& slots);  // up to kSlotGroup
+bool DecodeSlotGroup(std::string_view v, std::vector<Slot>* slots);
+
+// A client's lease: object "stellarium.client.<id>", omap "expires" = i64 LE Unix ns.
+std::string ClientObject(std::string_view client);
+
+std::string EncodeI64(int64_t v);
+int64_t DecodeI64(std::string_view v);
+
+}  // namespace rados
 
 }  // namespace stellarium::format

@@ -1,5 +1,7 @@
 // Gc (reclaim dead layers, then sweep unreferenced chunks), Fsck (check everything,
 // change nothing) and store statistics.
+#include <absl/container/flat_hash_set.h>
+
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -111,7 +113,9 @@ Result<bool> ReclaimDeadLayers(StoreImpl& s, bool full, GcPacer& pace, GcReport*
   for (const auto& [id, rec] : layers) {
     if (rec.state != LayerState::kDead) continue;
     ASSIGN_OR_RETURN(bool go, ReclaimLayer(s, id, pace, report));
-    if (!full) RETURN_IF_ERROR(SweepDropped(s, pace, report));
+    // Without reference counts a dropped reference says nothing about the chunk: only
+    // the mark (MarkAndSweep) may delete chunks.
+    if (!full && s.backend->index().counts_references()) RETURN_IF_ERROR(SweepDropped(s, pace, report));
     if (!go) return false;
   }
   return true;
@@ -121,10 +125,36 @@ Result<bool> ReclaimDeadLayers(StoreImpl& s, bool full, GcPacer& pace, GcReport*
 
 namespace {
 
+// Collection where the index counts no references (a store shared by many clients):
+// mark every chunk some block map names, then the backend condemns the others, and
+// deletes those it condemned long enough ago.
+Status MarkAndSweep(StoreImpl& s, GcReport* report) {
+  const int64_t mark_start = NowUnixNs();
+  absl::flat_hash_set<ChunkId> named;
+  RETURN_IF_ERROR(s.catalog().ScanMaps([&](uint64_t, uint64_t, std::string_view v) {
+    const format::MapValue m = format::DecodeMapValue(v);
+    if (m.is_chunk()) named.insert(m.id);
+    return Status::Ok();
+  }).Annotate("gc: mark"));
+  ASSIGN_OR_RETURN(UnreferencedSweep sw, s.backend->SweepUnreferenced(
+                                             [&](const ChunkId& id) { return named.contains(id); },
+                                             mark_start));
+  report->chunks_condemned += sw.condemned;
+  report->chunks_spared += sw.spared;
+  report->chunks_deleted += sw.chunks_deleted;
+  report->bytes_freed += sw.bytes_freed;
+  return Status::Ok();
+}
+
 // One pass's work (Store::Gc), into *report.
 Status GcPass(StoreImpl& s, const GcOptions& options, GcReport* report) {
   GcPacer pace(options);
   ASSIGN_OR_RETURN(bool go, ReclaimDeadLayers(s, report->full, pace, report));
+  if (go && !s.backend->index().counts_references()) {
+    bool overflowed;
+    (void)s.chunks->TakeDropped(&overflowed);  // counts are not kept: the mark finds everything
+    return MarkAndSweep(s, report);
+  }
   // Chunks whose count reached zero (and, in a full pass, bytes nothing names).
   if (go && report->full) {
     bool overflowed;
@@ -166,6 +196,8 @@ Result<GcReport> Store::Gc(const GcOptions& options) {
 
 bool Store::HasGarbage() const {
   const StoreImpl& s = *impl_;
+  // A shared store's garbage is also other clients' deletes: only a mark can tell.
+  if (!s.backend->index().counts_references()) return true;
   return s.layers_died.load() || s.full_gc_needed.load() || s.chunks->HasDropped();
 }
 
@@ -208,7 +240,7 @@ class FsckPass {
   // A chunk whose data is damaged, and the line that will say so.
   struct Damaged {
     std::string kind, message;
-    std::vector<std::string> users;  // filled by ReportDamagedChunks
+    std::vector<std::string> users = {};  // filled by ReportDamagedChunks
   };
 
   void Problem(const std::string& kind, std::string line) {
@@ -386,7 +418,7 @@ class FsckPass {
         damaged_[id] = {"corrupt chunk",
                         "chunk " + ToHex(id) + ": content does not match its SHA-256 (corrupted)"};
       }
-      if (maps_ok_ && count != n) {
+      if (maps_ok_ && counted_ && count != n) {
         Problem("reference count", "chunk " + ToHex(id) + ": reference count " +
                                        std::to_string(count) + ", map entries " + std::to_string(n));
       }
@@ -449,6 +481,7 @@ class FsckPass {
   std::vector<std::pair<uint64_t, std::string>> owners_;  // (top layer, "volume vol-1 (a)")
   std::map<ChunkId, Damaged> damaged_;
   bool layers_ok_ = true, records_ok_ = true, maps_ok_ = true;
+  const bool counted_ = s_.backend->index().counts_references();
 };
 
 }  // namespace

@@ -93,6 +93,8 @@ Result<uint64_t> Fit(const ProvisionRequest& r, uint64_t source_bytes, uint32_t 
 
 std::string ScratchDir(const Store& store, const ProvisionRequest& r) {
   if (!r.scratch_dir.empty()) return r.scratch_dir;
+  // A store in a cluster has no directory of its own here.
+  if (store.options().path.rfind("rados://", 0) == 0) return fs::temp_directory_path().string();
   fs::path store_dir = fs::absolute(store.options().path).lexically_normal();
   if (!store_dir.has_filename()) store_dir = store_dir.parent_path();  // a trailing '/'
   return store_dir.parent_path().string();

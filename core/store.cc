@@ -4,6 +4,9 @@
 #include "core/store.h"
 
 #include "core/local/local_backend.h"
+#ifdef STELLARIUM_HAVE_RADOS
+#include "core/rados/rados_backend.h"
+#endif
 #include "core/store_impl.h"
 
 namespace stellarium {
@@ -54,6 +57,43 @@ const StoreOptions& Store::options() const { return impl_->options; }
 
 namespace {
 
+constexpr std::string_view kRadosScheme = "rados://";
+
+Result<std::unique_ptr<Backend>> OpenBackend(const StoreOptions& options) {
+  if (options.path.rfind(kRadosScheme, 0) == 0) {
+#ifdef STELLARIUM_HAVE_RADOS
+    if (options.read_only) {
+      return Status::InvalidArgument("store " + options.path + ": a RADOS store is shared: open it "
+                                     "as it is, not read-only");
+    }
+    RadosBackendOptions ro;
+    // rados://POOL or rados://POOL/NAMESPACE
+    const std::string where = options.path.substr(kRadosScheme.size());
+    const size_t slash = where.find('/');
+    ro.connect.pool = where.substr(0, slash);
+    if (slash != std::string::npos) ro.connect.ns = where.substr(slash + 1);
+    ro.connect.conf = options.ceph_conf;
+    ro.connect.id = options.ceph_id;
+    ro.cache_dir = options.cache_dir;
+    ro.cache_bytes = options.cache_bytes;
+    ro.writer_window_ns = options.rados_writer_window_ns;
+    ro.lease_ns = options.rados_lease_ns;
+    return OpenRadosBackend(ro);
+#else
+    return Status::Unimplemented("store " + options.path + ": this build has no RADOS support "
+                                 "(built without librados)");
+#endif
+  }
+  LocalBackendOptions lo;
+  lo.dir = options.path;
+  lo.create_if_missing = options.create_if_missing;
+  lo.mmap_reads = options.mmap_reads;
+  lo.disk_readahead_bytes = options.disk_readahead_bytes;
+  lo.read_only = options.read_only;
+  ASSIGN_OR_RETURN(auto local, LocalBackend::Open(lo));
+  return std::unique_ptr<Backend>(std::move(local));
+}
+
 // An import that did not commit leaves a layer in kImporting; it is dead now (its map
 // entries and chunk references go at the next gc).
 Status DiscardInterruptedImports(StoreImpl* impl) {
@@ -62,12 +102,21 @@ Status DiscardInterruptedImports(StoreImpl* impl) {
   RETURN_IF_ERROR(impl->catalog().Scan(Table::kLayers, [&](std::string_view key, std::string_view v) {
     const uint64_t id = format::DecodeLayerKey(key);
     ASSIGN_OR_RETURN(LayerRecord r, format::DecodeLayer(id, v));
-    if (r.state == LayerState::kImporting) interrupted.push_back(id);
+    if (r.state != LayerState::kImporting) return Status::Ok();
+    // On a shared store, another client's import may be running: only a gone owner's.
+    ASSIGN_OR_RETURN(bool gone, impl->backend->IsClientGone(r.owner));
+    if (gone) interrupted.push_back(id);
     return Status::Ok();
   }));
   if (interrupted.empty()) return Status::Ok();
-  for (uint64_t id : interrupted) RETURN_IF_ERROR(impl->KillLayer(&txn, id));
-  return impl->Commit(&txn, "store " + impl->options.path + ": recovery");
+  for (uint64_t id : interrupted) {
+    // Read again through the txn (a guard): the import may have ended since the scan.
+    ASSIGN_OR_RETURN(LayerRecord * l, impl->TxnLayer(&txn, id));
+    if (l->state == LayerState::kImporting) RETURN_IF_ERROR(impl->KillLayer(&txn, id));
+  }
+  Status st = impl->Commit(&txn, "store " + impl->options.path + ": recovery");
+  // Another client changed a layer meanwhile: the next open recovers what is left.
+  return st.code() == StatusCode::kAborted ? Status::Ok() : st;
 }
 
 }  // namespace
@@ -80,13 +129,7 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
   }
   auto impl = std::make_unique<StoreImpl>();
   impl->options = options;
-  LocalBackendOptions lo;
-  lo.dir = options.path;
-  lo.create_if_missing = options.create_if_missing;
-  lo.mmap_reads = options.mmap_reads;
-  lo.disk_readahead_bytes = options.disk_readahead_bytes;
-  lo.read_only = options.read_only;
-  ASSIGN_OR_RETURN(impl->backend, LocalBackend::Open(lo));
+  ASSIGN_OR_RETURN(impl->backend, OpenBackend(options));
   impl->chunks = std::make_unique<ChunkStore>(impl->backend.get());
   // A read-only view leaves the holder's imports alone: they are running, not dead.
   if (!options.read_only) RETURN_IF_ERROR(DiscardInterruptedImports(impl.get()));

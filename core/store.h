@@ -46,7 +46,24 @@ inline constexpr uint32_t kMinBlockSize = 4096;
 inline constexpr uint32_t kMaxBlockSize = 1 << 20;
 
 struct StoreOptions {
-  std::string path;                       // directory; created if missing
+  // A directory (the local store; created if missing), or "rados://POOL[/NAMESPACE]" for
+  // the store
+  // on a Ceph RADOS pool that many nodes share (docs/FORMAT.md "The RADOS store"; needs
+  // a build with librados).
+  std::string path;
+  // The RADOS store: the cluster's ceph.conf, the cephx user (its key from the keyring
+  // the conf names), the node-local cache directory ("" = in memory, at most 256 MiB, for
+  // this process only) and its bound.
+  std::string ceph_conf = "/etc/ceph/ceph.conf";
+  std::string ceph_id = "admin";
+  std::string cache_dir = {};
+  uint64_t cache_bytes = 4ull << 30;
+  // The RADOS store: how long a writer may take between finding a chunk and naming it
+  // in a block map; gc deletes an unreferenced chunk only that long after condemning it.
+  int64_t rados_writer_window_ns = 30ll * 60 * 1000 * 1000 * 1000;
+  // The RADOS store: how long this client's lease lasts unrenewed (it renews a quarter
+  // of that); a dead client's importing layers are discarded once it has run out.
+  int64_t rados_lease_ns = 60ll * 1000 * 1000 * 1000;
   uint32_t default_block_size = kDefaultBlockSize;
   // A volume whose layer chain grows past this many layers is flattened (its
   // ancestors' entries are copied into its head) so a read costs at most this many
@@ -97,6 +114,9 @@ struct GcReport {
   uint64_t layers_reclaimed = 0;
   uint64_t map_entries_dropped = 0;
   uint64_t chunks_deleted = 0;
+  // A shared store (RADOS) deletes a chunk nothing names only at a later pass than the
+  // one that finds it unnamed: those found this pass, and those named again since.
+  uint64_t chunks_condemned = 0, chunks_spared = 0;
   uint64_t bytes_freed = 0;     // uncompressed chunk bytes (measured by full passes only)
   uint64_t disk_bytes_before = 0, disk_bytes_after = 0;  // the store's size on disk
   bool full = false;            // the pass scanned everything (GcOptions::full)

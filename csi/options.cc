@@ -40,7 +40,11 @@ const std::vector<std::string> kKeys = {"endpoint",
                                         "store_disk_readahead_mib",
                                         "exposure_readahead_mib",
                                         "gc_interval_seconds",
-                                        "gc_duty"};
+                                        "gc_duty",
+                                        "ceph_conf",
+                                        "ceph_id",
+                                        "cache",
+                                        "cache_mib"};
 
 bool IsAlnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
 
@@ -82,7 +86,15 @@ void AddFlags(CLI::App& app, Options* flags, std::string* max_image_size, bool* 
       ->default_str(kDefaultEndpoint);
   app.add_option("--node-id", flags->node_id, "this node's id and topology value")
       ->default_str("hostname");
-  app.add_option("--store", flags->store, "store directory")->default_str(kDefaultStore);
+  app.add_option("--store", flags->store, "store directory, or rados://POOL (a Ceph pool)")
+      ->default_str(kDefaultStore);
+  app.add_option("--ceph-conf", flags->ceph_conf, "rados:// stores: the cluster's ceph.conf")
+      ->default_str("/etc/ceph/ceph.conf");
+  app.add_option("--ceph-id", flags->ceph_id, "rados:// stores: the cephx user")->default_str("admin");
+  app.add_option("--cache", flags->cache,
+                 "rados:// stores: node-local cache directory for chunks read from the cluster");
+  app.add_option("--cache-mib", flags->cache_mib, "rados:// stores: the cache's bound, MiB")
+      ->default_str("4096");
   app.add_option("--state-dir", flags->state_dir,
                  "node-side files (FUSE mount, sockets, staging bookkeeping)")
       ->default_str(kDefaultStateDir);
@@ -180,6 +192,10 @@ Status ApplyFlags(const CLI::App& app, const Options& flags, const std::string& 
   if (given("--exposure-readahead-mib")) o->exposure_readahead_mib = flags.exposure_readahead_mib;
   if (given("--gc-interval-seconds")) o->gc_interval_seconds = flags.gc_interval_seconds;
   if (given("--gc-duty")) o->gc_duty = flags.gc_duty;
+  if (given("--ceph-conf")) o->ceph_conf = flags.ceph_conf;
+  if (given("--ceph-id")) o->ceph_id = flags.ceph_id;
+  if (given("--cache")) o->cache = flags.cache;
+  if (given("--cache-mib")) o->cache_mib = flags.cache_mib;
   if (given("--max-concurrent-imports")) o->max_concurrent_imports = flags.max_concurrent_imports;
   if (given("--max-image-size")) {
     Result<uint64_t> size = ParseSize(max_image_size);
@@ -254,6 +270,10 @@ Status LoadYaml(const std::string& yaml_text, const std::string& origin, Options
       else if (key == "block_device") o->block_device = v.as<std::string>();
       else if (key == "gc_interval_seconds") o->gc_interval_seconds = v.as<uint64_t>();
       else if (key == "gc_duty") o->gc_duty = v.as<double>();
+      else if (key == "ceph_conf") o->ceph_conf = v.as<std::string>();
+      else if (key == "ceph_id") o->ceph_id = v.as<std::string>();
+      else if (key == "cache") o->cache = v.IsNull() ? "" : v.as<std::string>();
+      else if (key == "cache_mib") o->cache_mib = v.as<uint64_t>();
       else if (key == "max_image_size") {
         Result<uint64_t> size = ParseSize(v.as<std::string>());
         if (!size.ok()) {
@@ -301,6 +321,10 @@ std::string DumpYaml(const Options& o) {
   out << YAML::Key << "exposure_readahead_mib" << YAML::Value << o.exposure_readahead_mib;
   out << YAML::Key << "gc_interval_seconds" << YAML::Value << o.gc_interval_seconds;
   out << YAML::Key << "gc_duty" << YAML::Value << o.gc_duty;
+  out << YAML::Key << "ceph_conf" << YAML::Value << o.ceph_conf;
+  out << YAML::Key << "ceph_id" << YAML::Value << o.ceph_id;
+  out << YAML::Key << "cache" << YAML::Value << YAML::DoubleQuoted << o.cache;
+  out << YAML::Key << "cache_mib" << YAML::Value << o.cache_mib;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }

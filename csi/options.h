@@ -32,8 +32,15 @@ struct Options {
   std::string endpoint = kDefaultEndpoint;
   // This node's id in NodeGetInfo and the topology segment value. Default: hostname.
   std::string node_id;
-  // The store directory (core's Store); opened by one process at a time.
+  // The store directory (core's Store; opened by one process at a time), or
+  // "rados://POOL" for the store on a Ceph pool every node shares.
   std::string store = kDefaultStore;
+  // rados:// stores: the cluster's ceph.conf, the cephx user, the node-local cache of
+  // chunks read from the cluster ("" = none) and its bound in MiB.
+  std::string ceph_conf = "/etc/ceph/ceph.conf";
+  std::string ceph_id = "admin";
+  std::string cache;
+  uint64_t cache_mib = 4096;
   // Node-side files: the FUSE mount, sockets and staging bookkeeping.
   std::string state_dir = kDefaultStateDir;
   // The CSI driver name (GetPluginInfo), domain notation, at most 63 characters.

@@ -62,7 +62,10 @@ namespace {
 // The store's admin socket, and the background collector: a log line per pass that
 // reclaimed something (or failed), the totals in the metrics.
 Status StartHousekeeping(Driver* d) {
-  ASSIGN_OR_RETURN(d->admin, AdminServer::Start(d->store.get()));
+  // A rados:// store is shared: the CLI opens it directly; only a local one needs a socket.
+  if (d->options.store.rfind("rados://", 0) != 0) {
+    ASSIGN_OR_RETURN(d->admin, AdminServer::Start(d->store.get()));
+  }
   if (d->options.gc_interval_seconds == 0) return Status::Ok();
   CollectorOptions co;
   co.interval = std::chrono::seconds(d->options.gc_interval_seconds);
@@ -97,6 +100,10 @@ Result<std::unique_ptr<Server>> Server::Start(const Options& options) {
   store_options.path = options.store;
   store_options.mmap_reads = options.store_mmap_reads;
   store_options.disk_readahead_bytes = options.store_disk_readahead_mib << 20;
+  store_options.ceph_conf = options.ceph_conf;
+  store_options.ceph_id = options.ceph_id;
+  store_options.cache_dir = options.cache;
+  store_options.cache_bytes = options.cache_mib << 20;
   const auto open_start = std::chrono::steady_clock::now();
   Result<std::unique_ptr<Store>> store = Store::Open(store_options);
   if (!store.ok()) {

@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -62,6 +63,15 @@ class BulkBatch {
   // hold entries of one kind, their key ranges do not overlap.
   virtual Status IngestWith(BulkBatch* other) = 0;
   Status Ingest() { return IngestWith(nullptr); }
+};
+
+// What a mark-and-sweep collection did (Backend::SweepUnreferenced).
+struct UnreferencedSweep {
+  uint64_t condemned = 0;       // unreferenced chunks marked for deletion
+  uint64_t chunks_deleted = 0;  // chunks condemned long enough ago, deleted
+  uint64_t spared = 0;          // condemned chunks referenced again
+  uint64_t packs_deleted = 0;   // stored-bytes objects nothing names any more
+  uint64_t bytes_freed = 0;
 };
 
 // Estimates that cost constant time (for metrics scraped every few seconds).
@@ -100,6 +110,31 @@ class Backend {
   virtual Result<BackendEstimate> Estimate() = 0;
   // Bytes the backend occupies on disk (or in its cluster).
   virtual uint64_t DiskBytes() = 0;
+
+  // How many map entries an import should gather before it ingests them with their
+  // index entries (0: the import's own default). A backend whose bulk batches cost
+  // memory per entry until ingested asks for fewer.
+  virtual uint64_t preferred_index_period_blocks() const { return 0; }
+  // And how many bytes of new chunks per data period (0: the import's own default).
+  virtual uint64_t preferred_data_period_bytes() const { return 0; }
+
+  // ---- stores shared by several clients ----
+  // This client's name in the store (the owner of the layers it imports); "" for a
+  // store only one process opens.
+  virtual std::string client_id() const { return ""; }
+  // Whether the client that owns an importing layer is gone for good (its import will
+  // never finish: the layer may be discarded). A store only one process opens: always.
+  virtual Result<bool> IsClientGone(const std::string& owner) { return true; }
+  // For an index that does not count references (ChunkIndex::counts_references): one
+  // step of mark-and-sweep collection, given what the block maps named in a mark that
+  // started at mark_start_unix_ns (referenced(id) may say true of an unreferenced chunk:
+  // that keeps it longer, never loses one). Unreferenced chunks are condemned first and
+  // deleted only by a later sweep, once writers that may have found them before they
+  // were condemned have written their map entries. UNIMPLEMENTED for counting indexes.
+  virtual Result<UnreferencedSweep> SweepUnreferenced(
+      const std::function<bool(const ChunkId&)>& referenced, int64_t mark_start_unix_ns) {
+    return Status::Unimplemented("this store counts references; gc sweeps by count");
+  }
 };
 
 }  // namespace stellarium

@@ -43,7 +43,8 @@ class ChunkBytes {
   virtual Placement Reserve(size_t n) = 0;
   // Stages `bytes` under `locator` (one of this store's reserved locators).
   virtual void Put(Batch* batch, uint64_t locator, std::string_view bytes) = 0;
-  // The same for an import's bulk batch. REQUIRES: locators increasing within a batch.
+  // The same for an import's bulk batch. REQUIRES: locators increasing within a batch;
+  // `bytes` stay valid until the batch is ingested (a backend may keep only the view).
   virtual Status Put(BulkBatch* batch, uint64_t locator, std::string_view bytes) = 0;
   virtual void Delete(Batch* batch, uint64_t locator) = 0;
 

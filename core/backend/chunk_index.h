@@ -30,7 +30,7 @@ class Batch;
 class BulkBatch;
 
 struct IndexEntry {
-  int64_t refs = 0;
+  int64_t refs = 0;      // -1 when the index does not count references (below)
   uint64_t locator = 0;  // 0: references without bytes (never stored, or corrupt)
 };
 
@@ -60,6 +60,13 @@ class ChunkIndex {
   // Waits until absent chunks are answered cheaply (the local store's presence filter
   // has loaded the chunks stored before open). Answers are right before that too.
   virtual void WaitForPresenceFilter() {}
+  // Whether the index keeps reference counts. The local store does (changed in the same
+  // batch as the map entries, so exact after any crash). A store shared by many clients
+  // may not (the RADOS store: keeping counts exact across clients and crashes would need
+  // a transaction per change on many objects): its deltas are ignored, refs read -1, and
+  // gc finds unreferenced chunks by marking what the block maps name instead
+  // (Backend::SweepUnreferenced).
+  virtual bool counts_references() const { return true; }
 };
 
 }  // namespace stellarium

@@ -55,6 +55,7 @@ Status ImportCommit::Begin(std::optional<uint64_t> known_size) {
     ++b->refs;
   }
   layer_ = s_.NewLayer(&txn, base, LayerState::kImporting, bs_, 0);
+  txn.layers[layer_].owner = s_.backend->client_id();  // recovery leaves a live owner's alone
   return s_.Commit(&txn, what_ + ": begin import");
 }
 
@@ -85,6 +86,7 @@ Result<VolumeInfo> ImportCommit::Finish(const ChunkId& digest, uint64_t blocks,
   } else {
     mine->state = LayerState::kFrozen;
     mine->image_digest = std::string(AsBytes(digest));
+    mine->owner.clear();
     format::ImageRecord img;
     img.layer = layer_;
     img.info.size_bytes = blocks * bs_;

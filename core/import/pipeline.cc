@@ -61,7 +61,11 @@ Status Stream(StoreImpl& s, ImageSource& source, const ImportOptions& opts, uint
   SegmentHasher hasher(s, bs, commit.base_chain(), what, &control);
   DataWriter data(s, bs, what, &control);
   IndexWriter index(s, commit.layer(), &data, what, &control);
-  PlacerOptions po{bs, opts.data_period_bytes, opts.index_period_blocks, blocks_per_segment * bs,
+  const uint64_t index_period =
+      opts.index_period_blocks ? opts.index_period_blocks : s.backend->preferred_index_period_blocks();
+  const uint64_t data_period =
+      opts.data_period_bytes ? opts.data_period_bytes : s.backend->preferred_data_period_bytes();
+  PlacerOptions po{bs, data_period, index_period, blocks_per_segment * bs,
                    source.Size(), opts.progress, opts.cancel};
   Placer placer(s, po, what, &control, &data_q, &data_free, &index_q, &index_free);
 

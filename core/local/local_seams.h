@@ -18,7 +18,7 @@
 
 #include "core/backend/backend.h"
 #include "core/local/db.h"
-#include "core/local/presence_filter.h"
+#include "core/presence_filter.h"
 
 namespace stellarium {
 

@@ -1,5 +1,5 @@
 // PresenceFilter: no false negatives, few false positives, "maybe" until complete.
-#include "core/local/presence_filter.h"
+#include "core/presence_filter.h"
 
 #include <gtest/gtest.h>
 

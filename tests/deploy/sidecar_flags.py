@@ -153,6 +153,7 @@ STELLARIUM_CSI_FLAGS = {
     "max-image-size", "max-concurrent-imports",
     "controller-expansion", "kata-direct-volume-dir", "block-device", "store-mmap-reads",
     "store-disk-readahead-mib", "exposure-readahead-mib", "gc-interval-seconds", "gc-duty",
+    "ceph-conf", "ceph-id", "cache", "cache-mib",
     "version", "help", "dump-config",
 }
 

@@ -1,4 +1,4 @@
-#include "core/local/presence_filter.h"
+#include "core/presence_filter.h"
 
 #include <algorithm>
 #include <cstring>
