@@ -4,6 +4,8 @@
 //
 // usage: clone_bench [--work DIR] [--reps N]  (the store goes in a new directory under
 //        DIR, default /tmp, removed at the end)
+//        clone_bench --store rados://POOL/NAMESPACE [--ceph-conf F] [--ceph-id ID] [--reps N]
+//        (the same on the store on a Ceph pool; bench/rados_bench runs it so)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -118,14 +120,18 @@ Times Measure(Store& store, const std::string& tag, uint64_t size, uint64_t stri
 int main(int argc, char** argv) {
   std::string parent = "/tmp";
   int reps = 7;
+  StoreOptions o;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--work") parent = argv[i + 1];
     if (a == "--reps") reps = std::stoi(argv[i + 1]);
+    if (a == "--store") o.path = argv[i + 1];
+    if (a == "--ceph-conf") o.ceph_conf = argv[i + 1];
+    if (a == "--ceph-id") o.ceph_id = argv[i + 1];
   }
   bench::WorkDir work(parent, "clone_bench");
-  StoreOptions o;
-  o.path = work.path() + "/store";
+  if (o.path.empty()) o.path = work.path() + "/store";
+  printf("store: %s\n", o.path.c_str());
   o.max_chain_depth = 64;  // measure the O(1) path, not the occasional flatten
   auto store = Store::Open(o);
   Must(store.status());
