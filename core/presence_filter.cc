@@ -53,4 +53,23 @@ bool PresenceFilter::MayContain(const ChunkId& id) const {
   return true;
 }
 
+Status LocateThroughFilter(const PresenceFilter& filter, const std::vector<ChunkId>& ids,
+                           const GetEntries& get_many, std::vector<uint64_t>* locators) {
+  locators->assign(ids.size(), 0);
+  std::vector<ChunkId> ask;   // the ids the filter cannot rule out
+  std::vector<size_t> where;  // and their positions in ids
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (filter.MayContain(ids[i])) {
+      ask.push_back(ids[i]);
+      where.push_back(i);
+    }
+  }
+  std::vector<std::optional<IndexEntry>> entries;
+  RETURN_IF_ERROR(get_many(ask, &entries));
+  for (size_t k = 0; k < ask.size(); ++k) {
+    if (entries[k]) (*locators)[where[k]] = entries[k]->locator;
+  }
+  return Status::Ok();
+}
+
 }  // namespace stellarium

@@ -22,8 +22,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <vector>
 
+#include "core/backend/chunk_index.h"
 #include "core/sha256.h"
 
 namespace stellarium {
@@ -53,5 +57,12 @@ class PresenceFilter {
   std::atomic<uint64_t> added_{0};
   std::atomic<bool> complete_{false};
 };
+
+// ChunkIndex::LocateMany through a filter, for both backends: the locators of `ids`
+// (0 = not stored), looking up with get_many only the ids the filter cannot rule out.
+using GetEntries = std::function<Status(const std::vector<ChunkId>&,
+                                        std::vector<std::optional<IndexEntry>>*)>;
+Status LocateThroughFilter(const PresenceFilter& filter, const std::vector<ChunkId>& ids,
+                           const GetEntries& get_many, std::vector<uint64_t>* locators);
 
 }  // namespace stellarium

@@ -68,21 +68,8 @@ Status LocalChunkIndex::GetMany(const std::vector<ChunkId>& ids,
 
 Status LocalChunkIndex::LocateMany(const std::vector<ChunkId>& ids,
                                    std::vector<uint64_t>* locators) {
-  locators->assign(ids.size(), 0);
-  std::vector<ChunkId> ask;   // the ids the filter cannot rule out
-  std::vector<size_t> where;  // and their positions in ids
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (filter_.MayContain(ids[i])) {
-      ask.push_back(ids[i]);
-      where.push_back(i);
-    }
-  }
-  std::vector<std::optional<IndexEntry>> entries;
-  RETURN_IF_ERROR(GetMany(ask, &entries));
-  for (size_t k = 0; k < ask.size(); ++k) {
-    if (entries[k]) (*locators)[where[k]] = entries[k]->locator;
-  }
-  return Status::Ok();
+  return LocateThroughFilter(
+      filter_, ids, [this](const auto& ask, auto* entries) { return GetMany(ask, entries); }, locators);
 }
 
 void LocalChunkIndex::AddRefs(Batch* batch, const ChunkId& id, int64_t delta, uint64_t locator) {

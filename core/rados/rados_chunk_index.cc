@@ -108,21 +108,8 @@ Result<std::optional<IndexEntry>> RadosChunkIndex::Get(const ChunkId& id) {
 // trip to the cluster, which costs an import far more than the scan does.
 Status RadosChunkIndex::LocateMany(const std::vector<ChunkId>& ids, std::vector<uint64_t>* locators) {
   WaitForPresenceFilter();
-  locators->assign(ids.size(), 0);
-  std::vector<ChunkId> ask;
-  std::vector<size_t> where;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (filter_.MayContain(ids[i])) {
-      ask.push_back(ids[i]);
-      where.push_back(i);
-    }
-  }
-  std::vector<std::optional<IndexEntry>> entries;
-  RETURN_IF_ERROR(GetMany(ask, &entries));
-  for (size_t k = 0; k < ask.size(); ++k) {
-    if (entries[k]) (*locators)[where[k]] = entries[k]->locator;
-  }
-  return Status::Ok();
+  return LocateThroughFilter(
+      filter_, ids, [this](const auto& ask, auto* entries) { return GetMany(ask, entries); }, locators);
 }
 
 // A chunk's bytes at `locator`: the location is set (a later copy simply replaces an
