@@ -99,6 +99,15 @@ class RadosStoreTest : public CephTest {
     auto rep = Must(store.Fsck());
     for (const auto& e : rep.errors) ADD_FAILURE() << "fsck: " << e;
   }
+  // fsck is clean; once everything is deleted and collected, no pack and no block map
+  // object is left, and fsck is clean again.
+  void ExpectCleanThenEmptiedByCollection(Store& store) {
+    ExpectFsckClean(store);
+    DeleteEverythingAndCollect(store);
+    EXPECT_EQ(Objects("stellarium.pack."), 0u);
+    EXPECT_EQ(Objects("stellarium.map"), 0u);
+    ExpectFsckClean(store);
+  }
   static std::string RandomImage(std::mt19937_64& rng, size_t blocks) {
     std::string img(blocks * 4096, '\0');
     for (size_t i = 0; i < img.size(); i += 8) {
@@ -209,11 +218,7 @@ TEST_F(RadosStoreTest, TwoClientsAtOnceLoseNothingAndCollectionEmptiesThePool) {
     EXPECT_EQ(ReadAll(*store, v.id), RadosImage(k)) << v.name;
   }
   EXPECT_FALSE(names.empty());
-  ExpectFsckClean(*store);
-  DeleteEverythingAndCollect(*store);
-  EXPECT_EQ(Objects("stellarium.pack."), 0u);
-  EXPECT_EQ(Objects("stellarium.map"), 0u);
-  ExpectFsckClean(*store);
+  ExpectCleanThenEmptiedByCollection(*store);
 }
 
 // A writer names a chunk it found stored only if, when its index op runs, the chunk is
@@ -328,11 +333,7 @@ TEST_F(RadosStoreTest, KillingAClientAnywhereLeavesAConsistentPool) {
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // the leases run out
   auto store = Client("");  // discards the killed workers' importing layers
-  ExpectFsckClean(*store);
-  DeleteEverythingAndCollect(*store);
-  EXPECT_EQ(Objects("stellarium.pack."), 0u);
-  EXPECT_EQ(Objects("stellarium.map"), 0u);
-  ExpectFsckClean(*store);
+  ExpectCleanThenEmptiedByCollection(*store);
 }
 
 // Bytes of a pack rewritten with one bit flipped (as `rados put` would): reads of the
