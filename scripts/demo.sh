@@ -32,10 +32,8 @@
 # Every line goes to stdout (errors to stderr), so `scripts/demo.sh >demo.log 2>&1` keeps
 # the whole run. Exit status 0 when every step worked.
 #
-# Duration (measured on the project's 2-core machine, the full demo: 1 GiB image, 100
-# clones): 42-47 s when the machine was quiet, 74 s with both cores kept busy by other
-# processes. Staging and unstaging the 100 clones take about half of it, making the image
-# a fifth.
+# Duration: under a minute on a quiet 2-core machine (figures: docs/BENCHMARKS.md, "The
+# demo").
 set -euo pipefail
 work_parent=$(realpath -m "${DEMO_WORK_DIR:-${TMPDIR:-/tmp}}")  # before the cd below
 cd "$(dirname "$0")/.."
