@@ -34,23 +34,29 @@ Status ChunkStore::ReadMany(const std::vector<ChunkRef>& refs, const std::string
   }
   RETURN_IF_ERROR(Fetch(&order, context, refs, [&](size_t i, std::string_view data, bool matches) {
     if (!data.empty() && matches) return fn(i, data);
+    if (!data.empty()) backend_->bytes().Forget(refs[i].hint);  // a bad cached copy goes
     unplaced.push_back(i);
     return Status::Ok();
   }));
   if (unplaced.empty()) return Status::Ok();
-  // 2. Where the index says the others are.
+  // 2. Where the index says the others are (asked directly: a shared store's presence
+  //    filter may not know chunks other clients stored since it was filled).
   std::vector<ChunkId> ids(unplaced.size());
   for (size_t k = 0; k < unplaced.size(); ++k) ids[k] = refs[unplaced[k]].id;
-  std::vector<uint64_t> locators;
-  RETURN_IF_ERROR(backend_->index().LocateMany(ids, &locators).Annotate(context));
+  std::vector<std::optional<IndexEntry>> entries;
+  RETURN_IF_ERROR(backend_->index().GetMany(ids, &entries).Annotate(context));
   order.clear();
   for (size_t k = 0; k < unplaced.size(); ++k) {
-    if (locators[k] == 0) return Missing(ids[k], context);
-    order.emplace_back(locators[k], unplaced[k]);
+    if (!entries[k] || entries[k]->locator == 0) return Missing(ids[k], context);
+    order.emplace_back(entries[k]->locator, unplaced[k]);
   }
   return Fetch(&order, context, refs, [&](size_t i, std::string_view data, bool matches) {
     if (data.empty()) return Missing(refs[i].id, context);
     if (!matches) {
+      // A node cache's copy is dropped: the next read tries the store itself.
+      for (const auto& [loc, k] : order) {
+        if (k == i) backend_->bytes().Forget(loc);
+      }
       return Status::Corruption(context + ": chunk " + ToHex(refs[i].id) +
                                 " does not match its SHA-256 (corrupted on disk); run fsck");
     }
@@ -88,15 +94,19 @@ Result<int64_t> ChunkStore::RefCount(const ChunkId& id) {
   return entry ? entry->refs : 0;
 }
 
-uint64_t ChunkStore::AddRef(Batch* batch, const ChunkId& id, std::string_view data,
-                            Placement* placement) {
-  if (data.empty()) {
-    backend_->index().AddRefs(batch, id, 1, 0);
-    return 0;
+void ChunkStore::AddRef(Batch* batch, const ChunkId& id) {
+  backend_->index().AddRefs(batch, id, 1, 0);
+}
+
+Result<uint64_t> ChunkStore::AddRefWithBytes(Batch* batch, const ChunkId& id, std::string_view data,
+                                             Placement* placement) {
+  uint64_t loc;
+  if (placement != nullptr && placement->next < placement->end) {
+    loc = placement->next++;
+  } else {
+    ASSIGN_OR_RETURN(Placement one, backend_->bytes().Reserve(1));
+    loc = one.next;
   }
-  const uint64_t loc = placement != nullptr && placement->next < placement->end
-                           ? placement->next++
-                           : backend_->bytes().Reserve(1).next;
   backend_->bytes().Put(batch, loc, data);
   backend_->index().AddRefs(batch, id, 1, loc);
   return loc;
@@ -197,8 +207,9 @@ Result<SweepResult> ChunkStore::Sweep(const Pace& pace, bool wait_for_imports) {
     r.postponed = true;
     return r;
   }
-  const uint64_t fence = backend_->bytes().Reserve(0).next;
+  Result<Placement> fence = backend_->bytes().Reserve(0);
   sweep_lock_.unlock();
+  RETURN_IF_ERROR(fence.status().Annotate("gc"));
   // 1. Index entries whose count is zero or below.
   std::vector<ChunkId> dead;
   RETURN_IF_ERROR(backend_->index().ForEach([&](const ChunkId& id, const IndexEntry& e) {
@@ -208,7 +219,7 @@ Result<SweepResult> ChunkStore::Sweep(const Pace& pace, bool wait_for_imports) {
   ASSIGN_OR_RETURN(r, SweepChunks(dead, pace, /*with_bytes=*/false, wait_for_imports));
   if (r.postponed) return r;
   // 2. Bytes no index entry names: step 1's chunks' (counted here), and the others.
-  ASSIGN_OR_RETURN(SweepResult unnamed, SweepUnnamedBytes(fence, pace));
+  ASSIGN_OR_RETURN(SweepResult unnamed, SweepUnnamedBytes(fence->next, pace));
   r.bytes_freed += unnamed.bytes_freed;
   return r;
 }

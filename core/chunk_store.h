@@ -67,14 +67,15 @@ class ChunkStore {
   }
   // The chunk's reference count (0 when absent).
   Result<int64_t> RefCount(const ChunkId& id);
-  // Stages one more reference to `id` in batch; also stages the bytes when `data` is not
-  // empty, at the next place of *placement when given. Storing bytes of a chunk that is
+  // Stages one more reference to `id`, a chunk stored durably already, in batch.
+  void AddRef(Batch* batch, const ChunkId& id);
+  // Stages one more reference to `id` and its bytes, at the next place of *placement
+  // when given (else at a locator reserved for it). Storing bytes of a chunk that is
   // already stored is harmless: the first copy stays the chunk's, the other is
-  // unreferenced until gc. Without bytes, the chunk must be stored durably already.
-  // Returns the locator the bytes were staged at (0 when `data` is empty): a hint for
-  // the map entry, right unless another writer stored the same chunk first.
-  uint64_t AddRef(Batch* batch, const ChunkId& id, std::string_view data,
-                  Placement* placement = nullptr);
+  // unreferenced until gc. Returns the locator the bytes were staged at: a hint for the
+  // map entry, right unless another writer stored the same chunk first.
+  Result<uint64_t> AddRefWithBytes(Batch* batch, const ChunkId& id, std::string_view data,
+                                   Placement* placement = nullptr);
   // Stages one reference less, and remembers the id as one that may have become garbage
   // (TakeDropped).
   void DropRef(Batch* batch, const ChunkId& id);

@@ -128,10 +128,13 @@ class VolumeHandle : public Volume {
       if (had_chunk && old->second.id == id) continue;
       ASSIGN_OR_RETURN(uint64_t hint, impl_->chunks->Locate(id));
       if (hint != 0) {
-        impl_->chunks->AddRef(batch.get(), id, {});
+        impl_->chunks->AddRef(batch.get(), id);
       } else {
-        if (place.next == place.end) place = impl_->backend->bytes().Reserve(b1 - b);
-        hint = impl_->chunks->AddRef(batch.get(), id, std::string_view(content, bs), &place);
+        if (place.next == place.end) {
+          ASSIGN_OR_RETURN(place, impl_->backend->bytes().Reserve(b1 - b));
+        }
+        ASSIGN_OR_RETURN(hint, impl_->chunks->AddRefWithBytes(batch.get(), id,
+                                                              std::string_view(content, bs), &place));
       }
       if (had_chunk) impl_->chunks->DropRef(batch.get(), old->second.id);
       catalog.PutMap(batch.get(), head, b, format::MapValueOf(id, hint).view());
@@ -275,7 +278,7 @@ Status StoreImpl::FlattenVolume(const std::string& id) {
         ASSIGN_OR_RETURN(auto mine, catalog().GetMap(head, cursor->block()));
         if (mine) continue;  // the head (or a layer copied before) overrides it
         const format::MapValue m = format::DecodeMapValue(cursor->value());
-        if (m.is_chunk()) chunks->AddRef(batch.get(), m.id, {});
+        if (m.is_chunk()) chunks->AddRef(batch.get(), m.id);
         catalog().PutMap(batch.get(), head, cursor->block(), cursor->value());
       }
       RETURN_IF_ERROR(cursor->status().Annotate("flatten volume " + id));

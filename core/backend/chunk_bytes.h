@@ -39,8 +39,9 @@ class ChunkBytes {
   virtual ~ChunkBytes() = default;
 
   // Reserves n consecutive locators, above every locator handed out before (also by an
-  // earlier process on the same store).
-  virtual Placement Reserve(size_t n) = 0;
+  // earlier process on the same store). An error when the store cannot hand any out (a
+  // shared store whose catalog is unreachable).
+  virtual Result<Placement> Reserve(size_t n) = 0;
   // Stages `bytes` under `locator` (one of this store's reserved locators).
   virtual void Put(Batch* batch, uint64_t locator, std::string_view bytes) = 0;
   // The same for an import's bulk batch. REQUIRES: locators increasing within a batch;
@@ -56,6 +57,10 @@ class ChunkBytes {
   virtual Status GetMany(const std::vector<uint64_t>& locators, const std::string& context,
                          const std::function<Status(std::span<const std::string_view> found)>&
                              fn) = 0;
+  // Drops any copy of the bytes under `locator` this process keeps apart from the store
+  // (a node cache), so the next read gets them from the store itself: for bytes that did
+  // not match their digest.
+  virtual void Forget(uint64_t locator) { (void)locator; }
   // Calls fn(locator, stored size) for every stored chunk's bytes, in locator order.
   // Stops at the first error fn returns.
   virtual Status ForEach(const std::function<Status(uint64_t, size_t)>& fn) = 0;

@@ -43,7 +43,11 @@ class ChunkIndex {
   // (*entries)[i] is ids[i]'s entry, or nullopt.
   virtual Status GetMany(const std::vector<ChunkId>& ids,
                          std::vector<std::optional<IndexEntry>>* entries) = 0;
-  // (*locators)[i] is ids[i]'s locator, or 0 when it is not stored.
+  // For writers deciding whether to store a chunk: (*locators)[i] is ids[i]'s locator,
+  // or 0 when it is not stored. A store shared by many clients may answer 0 for a chunk
+  // another client stored after this one opened (the presence filter does not know it),
+  // or one gc condemned: storing another copy is then right, but a reader must use
+  // GetMany, which is exact.
   virtual Status LocateMany(const std::vector<ChunkId>& ids, std::vector<uint64_t>* locators) = 0;
   // Stages `delta` references to `id`; a non-zero `locator` says its bytes are there
   // (staged in the same batch, or already durable).

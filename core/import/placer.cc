@@ -73,7 +73,7 @@ void Placer::Take(Segment* seg) {
   }
 }
 
-MapEntry Placer::PlaceChunk(const Segment& seg, size_t i) {
+Result<MapEntry> Placer::PlaceChunk(const Segment& seg, size_t i) {
   const uint32_t bs = opts_.block_size;
   MapEntry m;
   m.block = seg.first_block + i;
@@ -87,7 +87,9 @@ MapEntry Placer::PlaceChunk(const Segment& seg, size_t i) {
       ref.hint = seg.located[i];
     } else {
       // The first time this import meets a chunk the store lacks: store it.
-      if (placement_.next == placement_.end) placement_ = s_.backend->bytes().Reserve(kPlacementRun);
+      if (placement_.next == placement_.end) {
+        ASSIGN_OR_RETURN(placement_, s_.backend->bytes().Reserve(kPlacementRun));
+      }
       ref.stored_at = ref.hint = placement_.next++;
       data_->locators.push_back(ref.stored_at);
       data_->bytes.append(seg.buf.data() + i * bs, bs);
@@ -115,7 +117,8 @@ Status Placer::Place(Segment* seg, bool last) {
       w->maps.push_back(m);
       continue;
     }
-    w->maps.push_back(PlaceChunk(*seg, i));
+    ASSIGN_OR_RETURN(MapEntry m, PlaceChunk(*seg, i));
+    w->maps.push_back(m);
   }
   if (seg != nullptr) sum_.duplicate_blocks += seg->same_as_base;
   const bool end_index = last || index_period_blocks_ >= index_period_limit_;

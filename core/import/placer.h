@@ -58,7 +58,7 @@ class Placer {
   // every period.
   Status Place(Segment* seg, bool last);
   // The map entry of a kData block, storing the chunk when it is new.
-  MapEntry PlaceChunk(const Segment& seg, size_t i);
+  Result<MapEntry> PlaceChunk(const Segment& seg, size_t i);
   Status EndDataPeriod(bool last);
   void EndIndexPeriod(IndexWork* w, bool last);
 

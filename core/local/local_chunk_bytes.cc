@@ -20,7 +20,7 @@ LocalChunkBytes::~LocalChunkBytes() {
   if (ahead_thread_.joinable()) ahead_thread_.join();
 }
 
-Placement LocalChunkBytes::Reserve(size_t n) {
+Result<Placement> LocalChunkBytes::Reserve(size_t n) {
   Placement p;
   p.next = next_locator_.fetch_add(n);
   p.end = p.next + n;

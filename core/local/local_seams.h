@@ -81,7 +81,7 @@ class LocalChunkBytes final : public ChunkBytes {
   LocalChunkBytes(Db* db, uint64_t next_locator, uint64_t disk_readahead_bytes);
   ~LocalChunkBytes() override;
 
-  Placement Reserve(size_t n) override;
+  Result<Placement> Reserve(size_t n) override;
   void Put(Batch* batch, uint64_t locator, std::string_view bytes) override;
   Status Put(BulkBatch* batch, uint64_t locator, std::string_view bytes) override;
   void Delete(Batch* batch, uint64_t locator) override;

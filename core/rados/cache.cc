@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -31,7 +32,20 @@ Result<std::unique_ptr<ChunkCache>> ChunkCache::Open(const std::string& dir, uin
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::FromErrno(ec.value(), "cache " + dir + ": create directory");
+  // One process per directory: two would number their segments alike and remove each
+  // other's files. The lock goes with the process.
+  const int lock_fd = ::open((dir + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) return Status::FromErrno(errno, "cache " + dir + ": lock file");
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(lock_fd);
+    if (err == EWOULDBLOCK) {
+      return Status::FailedPrecondition("cache " + dir + " is in use by another process");
+    }
+    return Status::FromErrno(err, "cache " + dir + ": lock");
+  }
   std::unique_ptr<ChunkCache> cache(new ChunkCache(dir, max_bytes));
+  cache->lock_fd_ = lock_fd;
   cache->Load();
   return cache;
 }
@@ -62,11 +76,30 @@ ChunkCache::~ChunkCache() {
       seg->path.clear();
     }
   }
-  if (dir_.empty() || !synced) return;
-  const int fd = ::open((dir_ + kCleanMarker).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return;
-  ::close(fd);
-  SyncDirectory(dir_);
+  if (lock_fd_ < 0) return;  // in memory, or caching nothing
+  if (synced) {
+    const int fd = ::open((dir_ + kCleanMarker).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      ::close(fd);
+      SyncDirectory(dir_);
+    }
+  }
+  ::close(lock_fd_);
+}
+
+// A tombstone in the keys file: a record of the key with offset kForgotten, length 0.
+void ChunkCache::Forget(uint64_t key) {
+  std::lock_guard l(mu_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return;
+  const int keys_fd = it->second.segment->keys_fd;
+  index_.erase(it);
+  if (keys_fd < 0) return;
+  char record[kRecordBytes] = {};
+  const uint64_t offset = kForgotten;
+  std::memcpy(record, &key, 8);
+  std::memcpy(record + 8, &offset, 8);
+  (void)!::write(keys_fd, record, sizeof record);
 }
 
 Status ChunkCache::OpenSegment(const std::string& path, bool create,
@@ -121,13 +154,16 @@ void ChunkCache::Load() {
     std::string keys;
     char buf[1 << 16];
     for (ssize_t n; (n = ::pread(seg->keys_fd, buf, sizeof buf, keys.size())) > 0;) keys.append(buf, n);
-    constexpr size_t kRecord = 20;
-    for (size_t at = 0; at + kRecord <= keys.size(); at += kRecord) {
+    for (size_t at = 0; at + kRecordBytes <= keys.size(); at += kRecordBytes) {
       uint64_t key, offset;
       uint32_t length;
       std::memcpy(&key, keys.data() + at, 8);
       std::memcpy(&offset, keys.data() + at + 8, 8);
       std::memcpy(&length, keys.data() + at + 16, 4);
+      if (offset == kForgotten) {
+        index_.erase(key);
+        continue;
+      }
       if (offset + length > kSegmentBytes) break;
       index_[key] = Entry{seg, offset, length};
       seg->keys.push_back(key);

@@ -10,7 +10,9 @@
 //               (packs are appended to, never rewritten, and pack numbers never reused),
 //               so what a restarted driver finds there is still right. Only a cache its
 //               process closed is kept (synced, then marked clean); after a crash the
-//               next process starts with an empty one.
+//               next process starts with an empty one. One process at a time uses a
+//               directory (a lock file); bytes that fail their digest check are
+//               forgotten (Forget), so the next read goes to the cluster.
 //   LruMap      an in-memory map bounded by the bytes its values take (block map shards
 //               of frozen layers, pack slot tables).
 //
@@ -36,7 +38,8 @@ class ChunkCache {
  public:
   // A cache of at most max_bytes under dir (created; what an earlier process cached
   // there is kept, up to max_bytes); dir "": in memory, for this process only.
-  // max_bytes 0: nothing is cached.
+  // max_bytes 0: nothing is cached. FAILED_PRECONDITION when another process has the
+  // directory open.
   static Result<std::unique_ptr<ChunkCache>> Open(const std::string& dir, uint64_t max_bytes);
   ~ChunkCache();
 
@@ -50,6 +53,9 @@ class ChunkCache {
   bool Get(uint64_t key, Hit* out);
   // Caches chunks, written together (best effort: an I/O error drops them).
   void PutMany(const std::vector<std::pair<uint64_t, std::string_view>>& items);
+  // Drops what is cached for `key` (bytes that did not match their digest), also for
+  // the processes that open the directory next.
+  void Forget(uint64_t key);
 
   struct Stats {
     uint64_t hits = 0, misses = 0, bytes = 0, evicted_segments = 0;
@@ -74,6 +80,8 @@ class ChunkCache {
     uint64_t offset = 0;
     uint32_t length = 0;
   };
+  static constexpr size_t kRecordBytes = 20;  // a keys file record
+  static constexpr uint64_t kForgotten = UINT64_MAX;  // a record's offset: Forget(key)
   ChunkCache(std::string dir, uint64_t max_bytes) : dir_(std::move(dir)), max_bytes_(max_bytes) {}
   // REQUIRES: mu_ held.
   Status NewSegment();
@@ -83,6 +91,7 @@ class ChunkCache {
 
   const std::string dir_;
   const uint64_t max_bytes_;
+  int lock_fd_ = -1;  // flock'ed "<dir>/lock": one process per directory
   mutable std::mutex mu_;
   absl::flat_hash_map<uint64_t, Entry> index_;        // GUARDED_BY(mu_)
   std::vector<std::shared_ptr<Segment>> segments_;    // GUARDED_BY(mu_); the last is open

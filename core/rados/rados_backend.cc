@@ -47,11 +47,16 @@ class RadosBackend final : public Backend {
         bytes_(io_.get(), std::move(cache), 64u << 20, o.writer_window_ns / 4),
         index_(io_.get()),
         catalog_(io_.get(), o.map_cache_bytes),
-        client_("client." + std::to_string(io_->instance_id())) {
+        client_("client." + std::to_string(io_->instance_id())) {}
+  // Takes this client's lease (before anything it writes can name it as an owner), then
+  // renews it in the background.
+  Status Start() {
+    RETURN_IF_ERROR(WriteLease());
     lease_thread_ = std::thread([this] {
       NameThisThread("stl-lease");
       RenewLeases();
     });
+    return Status::Ok();
   }
   ~RadosBackend() override {
     {
@@ -59,7 +64,7 @@ class RadosBackend final : public Backend {
       stop_ = true;
     }
     lease_cv_.notify_all();
-    lease_thread_.join();
+    if (lease_thread_.joinable()) lease_thread_.join();
     (void)io_->Remove(format::rados::ClientObject(client_), "lease");
   }
 
@@ -114,6 +119,7 @@ class RadosBackend final : public Backend {
   // broken; a live one makes this ABORTED, naming it.
   Status LockCollector();
   void UnlockCollector();
+  Status WriteLease();
   void RenewLeases();
 
   std::unique_ptr<RadosIo> io_;
@@ -151,13 +157,13 @@ Status RadosBackend::Apply(const RadosChanges& c, bool whole_packs, const std::s
   if (!c.bytes.empty()) RETURN_IF_ERROR(bytes_.WritePacks(c.bytes, whole_packs, what));
   const auto checked = std::chrono::steady_clock::now();
   RETURN_IF_ERROR(ApplyIndex(c, what));
-  if (!c.catalog.empty() || !c.guards.empty()) RETURN_IF_ERROR(ApplyCatalog(c, what));
   // The index op found the stored chunks this batch names uncondemned: gc deletes none
   // of them before a writer window from then. The maps must land before that.
   if (std::chrono::steady_clock::now() - checked > std::chrono::nanoseconds(options_.writer_window_ns / 2)) {
     return Status::Aborted(what + ": took longer than half the writer window between checking the " +
                            "chunks it names and naming them; nothing names them yet, try again");
   }
+  if (!c.catalog.empty() || !c.guards.empty()) RETURN_IF_ERROR(ApplyCatalog(c, what));
   RETURN_IF_ERROR(ApplyByObject(RadosCatalog::DirectoryChanges(c), what + ": map directory"));
   RETURN_IF_ERROR(ApplyByObject(c.maps, what + ": block map"));
   AioBatch appends(io_.get());
@@ -248,17 +254,21 @@ uint64_t RadosBackend::DiskBytes() {
   return total;
 }
 
+Status RadosBackend::WriteLease() {
+  librados::ObjectWriteOperation op;
+  op.create(false);
+  op.omap_set({{"expires", Bl(format::rados::EncodeI64(NowNs() + options_.lease_ns))}});
+  return io_->Operate(format::rados::ClientObject(client_), &op, "lease of " + client_);
+}
+
 void RadosBackend::RenewLeases() {
-  const std::string oid = format::rados::ClientObject(client_);
   std::unique_lock l(lease_mu_);
-  while (!stop_) {
-    l.unlock();
-    librados::ObjectWriteOperation op;
-    op.create(false);
-    op.omap_set({{"expires", Bl(format::rados::EncodeI64(NowNs() + options_.lease_ns))}});
-    (void)io_->Operate(oid, &op, "lease");
-    l.lock();
+  for (;;) {
     lease_cv_.wait_for(l, std::chrono::nanoseconds(options_.lease_ns / 4), [&] { return stop_; });
+    if (stop_) return;
+    l.unlock();
+    (void)WriteLease();  // a failure is retried a quarter lease later
+    l.lock();
   }
 }
 
@@ -365,24 +375,28 @@ Status RadosBackend::SweepPacks(const absl::flat_hash_set<uint64_t>& live, int64
 }
 
 // Map objects of layers the catalog no longer has (gc dropped their entries and the
-// layer record) are removed.
+// layer record) are removed. The objects are listed before the layers are read: a
+// layer's record is committed before its first map object and layer ids are never
+// reused, so an object listed first whose layer the later read lacks is an orphan for
+// good (listed the other way round, a layer made in between would lose its maps).
 Status RadosBackend::SweepOrphanMaps() {
+  std::vector<std::pair<uint64_t, std::string>> candidates;  // layer, object
+  RETURN_IF_ERROR(io_->List("stellarium.map", [&](const std::string& oid) {
+    uint64_t layer, shard;
+    if (format::rados::DecodeMapObject(oid, &layer, &shard) ||
+        format::rados::DecodeMapDirectoryObject(oid, &layer)) {
+      candidates.emplace_back(layer, oid);
+    }
+    return Status::Ok();
+  }));
   absl::flat_hash_set<uint64_t> layers;
   RETURN_IF_ERROR(catalog_.Scan(Table::kLayers, [&](std::string_view key, std::string_view) {
     layers.insert(format::DecodeLayerKey(key));
     return Status::Ok();
   }));
-  std::vector<std::string> orphans;
-  RETURN_IF_ERROR(io_->List("stellarium.map", [&](const std::string& oid) {
-    uint64_t layer, shard;
-    if ((format::rados::DecodeMapObject(oid, &layer, &shard) ||
-         format::rados::DecodeMapDirectoryObject(oid, &layer)) &&
-        !layers.count(layer)) {
-      orphans.push_back(oid);
-    }
-    return Status::Ok();
-  }));
-  for (const std::string& oid : orphans) RETURN_IF_ERROR(io_->Remove(oid, "gc: " + oid));
+  for (const auto& [layer, oid] : candidates) {
+    if (!layers.count(layer)) RETURN_IF_ERROR(io_->Remove(oid, "gc: " + oid));
+  }
   return Status::Ok();
 }
 
@@ -441,9 +455,17 @@ Result<std::unique_ptr<Backend>> OpenRadosBackend(const RadosBackendOptions& o) 
   // One directory per store under the cache directory: locators are numbers every store
   // hands out, so two stores must never share cached chunks.
   const std::string dir = o.cache_dir.empty() ? "" : o.cache_dir + "/" + io->StoreIdentity();
-  ASSIGN_OR_RETURN(cache, ChunkCache::Open(
-      dir, o.cache_dir.empty() ? std::min(o.cache_bytes, kMemoryCacheBytes) : o.cache_bytes));
-  return std::unique_ptr<Backend>(new RadosBackend(std::move(io), std::move(cache), o));
+  auto opened = ChunkCache::Open(
+      dir, o.cache_dir.empty() ? std::min(o.cache_bytes, kMemoryCacheBytes) : o.cache_bytes);
+  if (opened.status().code() == StatusCode::kFailedPrecondition) {
+    // Another process (the node's driver, a second command) has the directory: this one
+    // caches in memory for itself.
+    opened = ChunkCache::Open("", std::min(o.cache_bytes, kMemoryCacheBytes));
+  }
+  ASSIGN_OR_RETURN(cache, std::move(opened));
+  auto backend = std::make_unique<RadosBackend>(std::move(io), std::move(cache), o);
+  RETURN_IF_ERROR(backend->Start());
+  return std::unique_ptr<Backend>(std::move(backend));
 }
 
 }  // namespace stellarium

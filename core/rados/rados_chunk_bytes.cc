@@ -137,14 +137,13 @@ Result<uint64_t> RadosChunkBytes::NewPackNumber() {
   }
 }
 
-Placement RadosChunkBytes::Reserve(size_t n) {
+Result<Placement> RadosChunkBytes::Reserve(size_t n) {
   std::lock_guard l(mu_);
   Placement p;
   if (n == 0) return p;
   if (n >= kOwnPackReservation) {
-    auto pack = NewPackNumber();
-    if (!pack.ok()) return p;  // an empty placement: callers take single locators then
-    p.next = format::rados::Locator(*pack, 0);
+    ASSIGN_OR_RETURN(uint64_t pack, NewPackNumber());
+    p.next = format::rados::Locator(pack, 0);
     p.end = p.next + std::min<size_t>(n, size_t{1} << format::rados::kSlotBits);
     return p;
   }
@@ -152,14 +151,14 @@ Placement RadosChunkBytes::Reserve(size_t n) {
   OpenPack* open = current_shared_ ? &shared_[current_shared_] : nullptr;
   if (open == nullptr || open->size >= kPackBytes || now - open->touched > idle_ ||
       open->next_slot + n > (size_t{1} << format::rados::kSlotBits)) {
-    auto pack = NewPackNumber();
-    if (!pack.ok()) return p;
+    ASSIGN_OR_RETURN(uint64_t pack, NewPackNumber());
     // The old pack is sealed: late commits of slots reserved in it reload it.
     if (current_shared_ != 0) shared_.erase(current_shared_);
-    current_shared_ = *pack;
-    open = &shared_[*pack];
-    open->pack = *pack;
+    current_shared_ = pack;
+    open = &shared_[pack];
+    open->pack = pack;
     open->loaded = true;  // new: nothing in the cluster yet
+    unwritten_.insert(pack);
   }
   p.next = format::rados::Locator(open->pack, open->next_slot);
   open->touched = now;
@@ -206,7 +205,8 @@ Status RadosChunkBytes::AppendToShared(
   OpenPack& open = shared_[pack];
   if (!open.loaded) RETURN_IF_ERROR(Reload(pack, &open));
   librados::ObjectWriteOperation op;
-  if (open.size == 0) {
+  const bool first_write = unwritten_.count(pack) > 0;
+  if (first_write) {
     op.create(false);
   } else {
     op.assert_exists();  // gc removed it (all its chunks died): the write fails, not revives it
@@ -223,6 +223,7 @@ Status RadosChunkBytes::AppendToShared(
   op.omap_set(Groups(open.slots, first, last));
   RETURN_IF_ERROR(io_->Operate(format::rados::PackObject(pack), &op, what));
   open.size += appended;
+  if (first_write) unwritten_.erase(pack);
   open.touched = std::chrono::steady_clock::now();
   slot_cache_.Remove(pack);
   if (pack != current_shared_) shared_.erase(pack);  // sealed: reloaded if needed again

@@ -76,8 +76,14 @@ void RadosChunkIndex::WaitForPresenceFilter() {
   scan_cv_.wait(l, [&] { return scan_done_; });
 }
 
+// Readers see a condemned chunk (it is stored until gc deletes it); writers do not.
 Status RadosChunkIndex::GetMany(const std::vector<ChunkId>& ids,
                                 std::vector<std::optional<IndexEntry>>* entries) {
+  return GetEntries(ids, /*condemned_too=*/true, entries);
+}
+
+Status RadosChunkIndex::GetEntries(const std::vector<ChunkId>& ids, bool condemned_too,
+                                   std::vector<std::optional<IndexEntry>>* entries) {
   entries->assign(ids.size(), std::nullopt);
   if (ids.empty()) return Status::Ok();
   std::map<std::string, std::set<std::string>> keys;  // by shard object
@@ -91,8 +97,8 @@ Status RadosChunkIndex::GetMany(const std::vector<ChunkId>& ids,
     const auto& shard = vals[format::rados::IndexObject(ids[i][0])];
     auto loc = shard.find(format::rados::IndexLocationKey(ids[i]));
     if (loc == shard.end()) continue;
-    // A condemned chunk is as good as gone: writers store their own copy.
-    if (shard.count(format::rados::IndexCondemnedKey(ids[i]))) continue;
+    // To a writer a condemned chunk is as good as gone: it stores its own copy.
+    if (!condemned_too && shard.count(format::rados::IndexCondemnedKey(ids[i]))) continue;
     (*entries)[i] = IndexEntry{-1, format::DecodeU64(loc->second)};
   }
   return Status::Ok();
@@ -109,7 +115,9 @@ Result<std::optional<IndexEntry>> RadosChunkIndex::Get(const ChunkId& id) {
 Status RadosChunkIndex::LocateMany(const std::vector<ChunkId>& ids, std::vector<uint64_t>* locators) {
   WaitForPresenceFilter();
   return LocateThroughFilter(
-      filter_, ids, [this](const auto& ask, auto* entries) { return GetMany(ask, entries); }, locators);
+      filter_, ids,
+      [this](const auto& ask, auto* entries) { return GetEntries(ask, /*condemned_too=*/false, entries); },
+      locators);
 }
 
 // A chunk's bytes at `locator`: the location is set (a later copy simply replaces an

@@ -99,17 +99,24 @@ Result<std::map<std::string, std::map<std::string, std::string>>> RadosIo::OmapG
     r->op.omap_get_vals_by_keys(ks, &r->vals, &r->rval);
     r->completion = librados::Rados::aio_create_completion();
     const int rc = io_.aio_operate(oid, r->completion, &r->op, nullptr);
-    if (rc < 0) r->rval = rc;
+    if (rc < 0) {  // not started: nothing to wait for
+      r->completion->release();
+      r->completion = nullptr;
+      r->rval = rc;
+    }
     reads.push_back(std::move(r));
   }
   std::map<std::string, std::map<std::string, std::string>> out;
   Status first;
   auto it = keys.begin();
   for (auto& r : reads) {
-    r->completion->wait_for_complete();
-    int rc = r->completion->get_return_value();
-    r->completion->release();
-    if (rc >= 0) rc = r->rval;
+    int rc = r->rval;
+    if (r->completion != nullptr) {
+      r->completion->wait_for_complete();
+      rc = r->completion->get_return_value();
+      r->completion->release();
+      if (rc >= 0) rc = r->rval;
+    }
     if (rc == -ENOENT) rc = 0;  // a shard not written yet: no entries
     if (first.ok() && rc < 0) first = FromRados(rc, what + ": " + it->first);
     auto& vals = out[it->first];
@@ -199,18 +206,18 @@ void AioBatch::Write(const std::string& oid, std::unique_ptr<librados::ObjectWri
   librados::AioCompletion* c = librados::Rados::aio_create_completion();
   const int rc = io_->io().aio_operate(oid, c, op.get());
   if (rc < 0) {
-    // Could not even start: report it as the op's result.
+    // Could not even start: its error is the op's result.
     c->release();
     c = nullptr;
-    what += " (not started: " + std::to_string(rc) + ")";
+    what += " (not started)";
   }
-  pending_.push_back({c, std::move(op), std::move(what)});
+  pending_.push_back({c, std::move(op), std::move(what), rc});
 }
 
 Status AioBatch::Wait() {
   Status first;
   for (Pending& p : pending_) {
-    int rc = -EIO;
+    int rc = p.start_rc;
     if (p.completion != nullptr) {
       p.completion->wait_for_complete();
       rc = p.completion->get_return_value();

@@ -109,6 +109,7 @@ class AioBatch {
     librados::AioCompletion* completion;
     std::unique_ptr<librados::ObjectWriteOperation> op;
     std::string what;
+    int start_rc = 0;  // aio_operate's result: negative when the op never started
   };
   RadosIo* io_;
   std::vector<Pending> pending_;

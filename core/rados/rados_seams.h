@@ -74,13 +74,14 @@ class RadosChunkBytes final : public ChunkBytes {
   RadosChunkBytes(RadosIo* io, std::unique_ptr<ChunkCache> cache, uint64_t slot_cache_bytes,
                   int64_t idle_ns);
 
-  Placement Reserve(size_t n) override;
+  Result<Placement> Reserve(size_t n) override;
   void Put(Batch* batch, uint64_t locator, std::string_view bytes) override;
   Status Put(BulkBatch* batch, uint64_t locator, std::string_view bytes) override;
   void Delete(Batch* batch, uint64_t locator) override;
   Status GetMany(const std::vector<uint64_t>& locators, const std::string& context,
                  const std::function<Status(std::span<const std::string_view>)>& fn) override;
   Status ForEach(const std::function<Status(uint64_t, size_t)>& fn) override;
+  void Forget(uint64_t locator) override { cache_->Forget(locator); }
 
   // Writes `bytes` (raw chunks by locator) into their packs: appended to shared packs
   // (a batch's), or as whole packs written at once (a bulk batch's: its own packs); all
@@ -130,6 +131,7 @@ class RadosChunkBytes final : public ChunkBytes {
   uint64_t next_pack_ = 0, pack_range_end_ = 0;         // GUARDED_BY(mu_)
   std::map<uint64_t, OpenPack> shared_;                 // GUARDED_BY(mu_): packs appended to
   uint64_t current_shared_ = 0;                         // GUARDED_BY(mu_): 0 = none yet
+  std::set<uint64_t> unwritten_;  // GUARDED_BY(mu_): shared packs numbered here, never written
   PackReadAhead read_ahead_;  // last: stops before what it uses goes
 };
 
@@ -162,6 +164,9 @@ class RadosChunkIndex final : public ChunkIndex {
   void Stage(RadosChanges* c, const ChunkId& id, uint64_t locator);
   void AddRefs(RadosChanges* c, const ChunkId& id, int64_t delta, uint64_t locator);
   void ScanIntoFilter();
+  // GetMany, with or without condemned chunks (LocateMany, for writers: without).
+  Status GetEntries(const std::vector<ChunkId>& ids, bool condemned_too,
+                    std::vector<std::optional<IndexEntry>>* entries);
 
   RadosIo* io_;
   PresenceFilter filter_;

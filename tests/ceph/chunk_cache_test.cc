@@ -104,6 +104,44 @@ TEST_F(ChunkCacheTest, ANextProcessFindsAClosedCacheButNotACrashedOne) {
   EXPECT_TRUE(Holds(*c, 9));
 }
 
+// Forget drops a key at once and for the processes that open the directory later; a
+// key cached again afterwards is back.
+TEST_F(ChunkCacheTest, AForgottenKeyStaysForgottenAfterReopen) {
+  {
+    auto c = Open(256u << 20);
+    PutRange(*c, 0, 20);
+    c->Forget(7);
+    c->Forget(1000);  // not cached: nothing happens
+    ChunkCache::Hit hit;
+    EXPECT_FALSE(c->Get(7, &hit));
+    EXPECT_TRUE(Holds(*c, 8));
+  }
+  {
+    auto c = Open(256u << 20);
+    ChunkCache::Hit hit;
+    EXPECT_FALSE(c->Get(7, &hit));
+    EXPECT_TRUE(Holds(*c, 6));
+    EXPECT_TRUE(Holds(*c, 8));
+    PutRange(*c, 7, 8);
+  }
+  auto c = Open(256u << 20);
+  EXPECT_TRUE(Holds(*c, 7));
+}
+
+// One process per directory: a second Open while the first holds it is refused (the
+// RADOS store then caches in memory), and succeeds once the first has closed it.
+TEST_F(ChunkCacheTest, ADirectoryInUseIsRefusedToASecondOpen) {
+  auto first = Open(256u << 20);
+  PutRange(*first, 0, 3);
+  auto second = ChunkCache::Open(dir_.string(), 256u << 20);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kFailedPrecondition) << second.status().ToString();
+  EXPECT_TRUE(Holds(*first, 2)) << "the refused open must leave the first's files alone";
+  first.reset();
+  auto third = Open(256u << 20);
+  EXPECT_TRUE(Holds(*third, 2));
+}
+
 TEST_F(ChunkCacheTest, StrayFilesInTheDirectoryAreIgnored) {
   fs::create_directories(dir_);
   for (const char* name : {"segment-x", "segment-", "segment-12junk", "notes"}) {

@@ -63,6 +63,11 @@ class RadosStoreTest : public CephTest {
     });
     return total;
   }
+  std::set<std::string> ObjectNames(const std::string& prefix) {
+    std::set<std::string> names;
+    ForEachObject(prefix, [&](const std::string& oid) { names.insert(oid); });
+    return names;
+  }
   size_t Objects(const std::string& prefix) {
     size_t n = 0;
     ForEachObject(prefix, [&](const std::string&) { ++n; });
@@ -133,6 +138,29 @@ TEST_F(RadosStoreTest, ASecondClientWithAnEmptyCacheReadsTheImportByteForByte) {
   EXPECT_EQ(ReadAll(*b, v.id), img) << "again, from b's cache";
   EXPECT_EQ(PackBytes(), packs_read);
   ExpectFsckClean(*b);
+}
+
+// A cached copy that went bad on the node's disk is not an error: its digest check
+// fails, the copy is forgotten and the chunk read from the cluster.
+TEST_F(RadosStoreTest, ABadCachedCopyIsReadAgainFromTheCluster) {
+  const std::string img = RandomImage(rng_, 200);
+  const VolumeInfo v = Import(*Client(""), "disk", img);
+  EXPECT_EQ(ReadAll(*Client("c"), v.id), img);  // fills the cache, closes it cleanly
+  size_t damaged = 0;
+  for (const auto& f : std::filesystem::recursive_directory_iterator(dir_ / "c")) {
+    const std::string name = f.path().filename().string();
+    if (name.rfind("segment-", 0) != 0 || f.path().extension() == ".keys") continue;
+    std::fstream seg(f.path(), std::ios::in | std::ios::out | std::ios::binary);
+    for (uint64_t at = 100; at < 200 * 4096; at += 4096) {  // a byte in every chunk
+      seg.seekp(static_cast<std::streamoff>(at));
+      seg.put('\x5a');
+    }
+    ++damaged;
+  }
+  ASSERT_GT(damaged, 0u) << "no cache segment found";
+  auto c = Client("c");
+  EXPECT_EQ(ReadAll(*c, v.id), img) << "read through the damaged cache";
+  EXPECT_EQ(ReadAll(*c, v.id), img) << "again, from the repaired cache";
 }
 
 // The same through the CLI, process by process: `stellarium build` imports an image
@@ -271,6 +299,35 @@ TEST_F(RadosStoreTest, AWriterNamesAFoundChunkOnlyIfGcHasNotCondemnedItMeanwhile
   st = writer->Commit(late.get(), Durability::kSync, "late write naming gone");
   EXPECT_EQ(st.code(), StatusCode::kAborted) << st.ToString();
   EXPECT_FALSE(Must(writer->catalog().GetMap(kLayer, 2)).has_value());
+}
+
+// A client that stays open does not learn of chunks others store later (its presence
+// filter was filled when it opened): it may store its own copy, and the index then names
+// that one, so gc deletes the first copy's pack. Readers of the first import must still
+// read it: past the dead hint, they ask the index itself.
+TEST_F(RadosStoreTest, ReadsFindAChunkWhoseFirstCopyGcDeletedAfterAnotherClientStoredItAgain) {
+  auto early = Client("");   // opened before the import: knows none of its chunks
+  auto reader = Client("");  // the same, and reads afterwards
+  const std::string img = RandomImage(rng_, 300);
+  auto first = Client("");
+  const VolumeInfo v = Import(*first, "first", img);
+  const std::set<std::string> packs_before = ObjectNames("stellarium.pack.");
+  // The same blocks and one more (a size of its own: no import layers itself on the first).
+  const std::string longer = img + RandomImage(rng_, 1);
+  ImportOptions again;
+  again.volume.name = "again";
+  auto second = Must(early->ImportImage(*NewMemoryImageSource("again", longer), again));
+  EXPECT_EQ(second.summary.new_chunks, 301u) << "the early client should not have known them";
+  for (int pass = 0; pass < 3; ++pass) {
+    Must(first->Gc());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  }
+  for (const std::string& oid : packs_before) {
+    EXPECT_FALSE(ObjectNames("stellarium.pack.").count(oid)) << oid << ": the first copy's pack stayed";
+  }
+  EXPECT_EQ(ReadAll(*reader, v.id), img);
+  EXPECT_EQ(ReadAll(*reader, second.volume.id), longer);
+  ExpectFsckClean(*reader);
 }
 
 // One collector at a time: a gc while another live client holds the collector's lock

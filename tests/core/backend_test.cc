@@ -92,7 +92,7 @@ TEST_F(LocalBackendTest, OneBatchSpansTheThreeSeams) {
   const std::string bytes(4096, 'x');
   const ChunkId id = Sha256(bytes.data(), bytes.size());
   auto b = backend_->NewBatch();
-  const uint64_t loc = backend_->bytes().Reserve(1).next;
+  const uint64_t loc = Unwrap(backend_->bytes().Reserve(1)).next;
   backend_->bytes().Put(b.get(), loc, bytes);
   backend_->index().AddRefs(b.get(), id, 1, loc);
   for (uint64_t block : {9, 2, 5}) {

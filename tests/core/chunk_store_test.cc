@@ -39,7 +39,7 @@ class ChunkStoreTest : public ::testing::Test {
   // Stores one reference to `data` (with its bytes) in a batch of its own.
   uint64_t Put(const std::string& data, Placement* place = nullptr) {
     auto batch = backend_->NewBatch();
-    uint64_t loc = chunks_->AddRef(batch.get(), Sha256(data.data(), data.size()), data, place);
+    uint64_t loc = Unwrap(chunks_->AddRefWithBytes(batch.get(), Sha256(data.data(), data.size()), data, place));
     EXPECT_TRUE(backend_->Commit(batch.get(), Durability::kSync, "test").ok());
     return loc;
   }
@@ -62,7 +62,7 @@ class ChunkStoreTest : public ::testing::Test {
 };
 
 TEST_F(ChunkStoreTest, ReservedPlacesAreConsecutiveAndSurviveReopen) {
-  Placement p = backend_->bytes().Reserve(3);
+  Placement p = Unwrap(backend_->bytes().Reserve(3));
   std::vector<uint64_t> locs;
   for (int i = 0; i < 3; ++i) locs.push_back(Put(RandomBytes(rng_, 4096), &p));
   EXPECT_EQ(locs[1], locs[0] + 1);
@@ -159,7 +159,7 @@ TEST_F(ChunkStoreTest, PresenceFilterNeverHidesAStoredChunk) {
   std::string g = RandomBytes(rng_, 4096);
   ChunkId gid = Sha256(g.data(), g.size());
   auto batch = backend_->NewBulkBatch("test");
-  Placement p = backend_->bytes().Reserve(1);
+  Placement p = Unwrap(backend_->bytes().Reserve(1));
   ASSERT_OK(backend_->bytes().Put(batch.get(), p.next, g));
   ASSERT_OK(backend_->index().AddRefs(batch.get(), gid, 1, p.next));
   ASSERT_OK(batch->Ingest());
