@@ -360,6 +360,7 @@ Status Validate(Options* o) {
       std::string name = dir == &o->store ? "store" : dir == &o->state_dir ? "state_dir" : "kubelet_dir";
       return Status::InvalidArgument(name + ": must not be empty");
     }
+    if (dir == &o->store && dir->rfind("rados://", 0) == 0) continue;  // a pool, not a path
     *dir = Absolute(*dir);
   }
   for (auto& root : o->import_root) {

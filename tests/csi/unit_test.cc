@@ -207,6 +207,18 @@ TEST(OptionsTest, StoreMmapReadsFromYamlAndFlag) {
   EXPECT_NE(cl.exit_code, 0);
 }
 
+// A rados:// store is a pool, not a path: it is kept as given (a relative directory
+// is made absolute, which turned "rados://pool/ns" into a local store under the cwd).
+TEST(OptionsTest, ARadosStoreIsKeptAsGivenAndADirectoryMadeAbsolute) {
+  CommandLine cl = Parse({"--node-id", "n1", "--store", "rados://pool/ns", "--ceph-id", "csi"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_EQ(cl.options.store, "rados://pool/ns");
+  EXPECT_EQ(cl.options.ceph_id, "csi");
+  cl = Parse({"--node-id", "n1", "--store", "relative/store"});
+  ASSERT_FALSE(cl.exit) << cl.output;
+  EXPECT_EQ(cl.options.store, (std::filesystem::current_path() / "relative/store").string());
+}
+
 // The read-ahead sizes in MiB: from YAML, from their flags, and a flag that is not a
 // number is refused.
 TEST(OptionsTest, ReadaheadSizesFromYamlAndFlag) {
