@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/thread_name.h"
+
 namespace stellarium {
 namespace {
 
@@ -70,6 +72,19 @@ Status LocateThroughFilter(const PresenceFilter& filter, const std::vector<Chunk
     if (entries[k]) (*locators)[where[k]] = entries[k]->locator;
   }
   return Status::Ok();
+}
+
+PresenceFilterFill::PresenceFilterFill(PresenceFilter* filter, Scan scan) {
+  thread_ = std::thread([this, filter, scan = std::move(scan)] {
+    NameThisThread("stl-filter-scan");
+    if (scan(*filter, stop_) && !stop_.load()) filter->MarkComplete();
+    done_.set_value();
+  });
+}
+
+PresenceFilterFill::~PresenceFilterFill() {
+  stop_ = true;
+  thread_.join();
 }
 
 }  // namespace stellarium

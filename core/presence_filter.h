@@ -23,8 +23,10 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "core/backend/chunk_index.h"
@@ -64,5 +66,26 @@ using GetEntries = std::function<Status(const std::vector<ChunkId>&,
                                         std::vector<std::optional<IndexEntry>>*)>;
 Status LocateThroughFilter(const PresenceFilter& filter, const std::vector<ChunkId>& ids,
                            const GetEntries& get_many, std::vector<uint64_t>* locators);
+
+// Fills a PresenceFilter with the ids a store held at open, on a thread of its own
+// (stl-filter-scan), for either backend. `scan` adds every stored id to the filter,
+// checking `stop` now and then, and returns true when it saw them all (the filter is
+// then marked complete; otherwise it keeps answering "maybe").
+class PresenceFilterFill {
+ public:
+  using Scan = std::function<bool(PresenceFilter& filter, const std::atomic<bool>& stop)>;
+  PresenceFilterFill(PresenceFilter* filter, Scan scan);
+  ~PresenceFilterFill();  // stops the scan and waits for its thread
+  PresenceFilterFill(const PresenceFilterFill&) = delete;
+  PresenceFilterFill& operator=(const PresenceFilterFill&) = delete;
+  // Waits until the scan has ended, complete or not.
+  void Wait() const { ended_.wait(); }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::promise<void> done_;
+  std::shared_future<void> ended_ = done_.get_future().share();
+  std::thread thread_;
+};
 
 }  // namespace stellarium

@@ -5,7 +5,6 @@
 
 #include "core/format.h"
 #include "core/local/local_seams.h"
-#include "core/thread_name.h"
 
 namespace stellarium {
 namespace {
@@ -25,17 +24,12 @@ LocalChunkIndex::LocalChunkIndex(Db* db, uint64_t chunks_now)
     : db_(db),
       plus_one_(format::EncodeChunkRecord({1, 0})),
       minus_one_(format::EncodeChunkRecord({-1, 0})),
-      filter_(std::max<uint64_t>(1u << 20, 2 * chunks_now), kFilterMaxBytes) {
-  scan_ = std::thread([this] {
-    NameThisThread("stl-filter-scan");
-    ScanIntoFilter();
-  });
-}
+      filter_(std::max<uint64_t>(1u << 20, 2 * chunks_now), kFilterMaxBytes),
+      fill_(&filter_, [this](PresenceFilter& f, const std::atomic<bool>& stop) {
+        return ScanIntoFilter(f, stop);
+      }) {}
 
-LocalChunkIndex::~LocalChunkIndex() {
-  stop_scan_ = true;
-  scan_.join();
-}
+LocalChunkIndex::~LocalChunkIndex() = default;
 
 Result<std::optional<IndexEntry>> LocalChunkIndex::Get(const ChunkId& id) {
   ASSIGN_OR_RETURN(auto v, db_->Get(Cf::kChunks, Key(id), "chunk " + ToHex(id)));
@@ -109,14 +103,13 @@ Status LocalChunkIndex::ForEach(
 }
 
 // Adds every chunk of the index to the filter, then declares it complete.
-void LocalChunkIndex::ScanIntoFilter() {
+bool LocalChunkIndex::ScanIntoFilter(PresenceFilter& filter, const std::atomic<bool>& stop) {
   auto it = db_->NewIterator(Cf::kChunks, /*fill_cache=*/false);
-  for (it->SeekToFirst(); it->Valid() && !stop_scan_.load(); it->Next()) {
-    filter_.Add(ChunkIdFromBytes(it->key().ToStringView()));
+  for (it->SeekToFirst(); it->Valid() && !stop.load(); it->Next()) {
+    filter.Add(ChunkIdFromBytes(it->key().ToStringView()));
   }
   // A failed scan leaves the filter incomplete: it then answers "maybe" to everything.
-  if (it->status().ok() && !stop_scan_.load()) filter_.MarkComplete();
-  scan_done_.set_value();
+  return it->status().ok();
 }
 
 }  // namespace stellarium

@@ -131,19 +131,16 @@ class LocalChunkIndex final : public ChunkIndex {
   Status AddRefs(BulkBatch* batch, const ChunkId& id, int64_t delta, uint64_t locator) override;
   void Erase(Batch* batch, const ChunkId& id) override;
   Status ForEach(const std::function<Status(const ChunkId&, const IndexEntry&)>& fn) override;
-  void WaitForPresenceFilter() override { scan_finished_.wait(); }
+  void WaitForPresenceFilter() override { fill_.Wait(); }
 
  private:
-  void ScanIntoFilter();
+  bool ScanIntoFilter(PresenceFilter& filter, const std::atomic<bool>& stop);
 
   static constexpr uint64_t kFilterMaxBytes = 256u << 20;  // 170 million chunks' worth
   Db* db_;
   const std::string plus_one_, minus_one_;  // the common operands, encoded once
   PresenceFilter filter_;
-  std::atomic<bool> stop_scan_{false};
-  std::promise<void> scan_done_;
-  std::shared_future<void> scan_finished_ = scan_done_.get_future().share();
-  std::thread scan_;  // runs ScanIntoFilter
+  PresenceFilterFill fill_;  // last: its thread stops before what it uses goes
 };
 
 class LocalCatalog final : public Catalog {

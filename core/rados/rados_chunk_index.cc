@@ -5,7 +5,6 @@
 #include <absl/container/flat_hash_map.h>
 
 #include "core/rados/rados_seams.h"
-#include "core/thread_name.h"
 
 namespace stellarium {
 namespace {
@@ -17,17 +16,14 @@ std::string IndexWhat(uint8_t shard) { return "chunk index shard " + std::to_str
 
 }  // namespace
 
-RadosChunkIndex::RadosChunkIndex(RadosIo* io) : io_(io), filter_(kFilterChunks, kFilterMaxBytes) {
-  scan_ = std::thread([this] {
-    NameThisThread("stl-filter-scan");
-    ScanIntoFilter();
-  });
-}
+RadosChunkIndex::RadosChunkIndex(RadosIo* io)
+    : io_(io),
+      filter_(kFilterChunks, kFilterMaxBytes),
+      fill_(&filter_, [this](PresenceFilter& f, const std::atomic<bool>& stop) {
+        return ScanIntoFilter(f, stop);
+      }) {}
 
-RadosChunkIndex::~RadosChunkIndex() {
-  stop_scan_ = true;
-  scan_.join();
-}
+RadosChunkIndex::~RadosChunkIndex() = default;
 
 Status RadosChunkIndex::ScanShard(uint8_t shard,
                                   const std::function<Status(const ChunkId&, const Raw&)>& fn) {
@@ -57,23 +53,16 @@ Status RadosChunkIndex::ScanShard(uint8_t shard,
   return flush();
 }
 
-void RadosChunkIndex::ScanIntoFilter() {
-  for (int shard = 0; shard < format::rados::kIndexShards && !stop_scan_.load(); ++shard) {
+// A shard that cannot be read ends the scan: the filter stays incomplete.
+bool RadosChunkIndex::ScanIntoFilter(PresenceFilter& filter, const std::atomic<bool>& stop) {
+  for (int shard = 0; shard < format::rados::kIndexShards; ++shard) {
     Status st = ScanShard(static_cast<uint8_t>(shard), [&](const ChunkId& id, const Raw&) {
-      filter_.Add(id);
-      return stop_scan_.load() ? Status::Aborted("stop") : Status::Ok();
+      filter.Add(id);
+      return stop.load() ? Status::Aborted("stop") : Status::Ok();
     });
-    if (!st.ok()) break;  // the filter stays incomplete: "maybe" to everything
-    if (shard == format::rados::kIndexShards - 1) filter_.MarkComplete();
+    if (!st.ok() || stop.load()) return false;
   }
-  std::lock_guard l(scan_mu_);
-  scan_done_ = true;
-  scan_cv_.notify_all();
-}
-
-void RadosChunkIndex::WaitForPresenceFilter() {
-  std::unique_lock l(scan_mu_);
-  scan_cv_.wait(l, [&] { return scan_done_; });
+  return true;
 }
 
 // Readers see a condemned chunk (it is stored until gc deletes it); writers do not.

@@ -151,7 +151,7 @@ class RadosChunkIndex final : public ChunkIndex {
   Status AddRefs(BulkBatch* batch, const ChunkId& id, int64_t delta, uint64_t locator) override;
   void Erase(Batch* batch, const ChunkId& id) override;
   Status ForEach(const std::function<Status(const ChunkId&, const IndexEntry&)>& fn) override;
-  void WaitForPresenceFilter() override;
+  void WaitForPresenceFilter() override { fill_.Wait(); }
   bool counts_references() const override { return false; }
 
   // Every entry of one shard: id -> (location value, condemned value or "").
@@ -163,18 +163,14 @@ class RadosChunkIndex final : public ChunkIndex {
  private:
   void Stage(RadosChanges* c, const ChunkId& id, uint64_t locator);
   void AddRefs(RadosChanges* c, const ChunkId& id, int64_t delta, uint64_t locator);
-  void ScanIntoFilter();
+  bool ScanIntoFilter(PresenceFilter& filter, const std::atomic<bool>& stop);
   // GetMany, with or without condemned chunks (LocateMany, for writers: without).
   Status GetEntries(const std::vector<ChunkId>& ids, bool condemned_too,
                     std::vector<std::optional<IndexEntry>>* entries);
 
   RadosIo* io_;
   PresenceFilter filter_;
-  std::atomic<bool> stop_scan_{false};
-  std::mutex scan_mu_;
-  std::condition_variable scan_cv_;
-  bool scan_done_ = false;  // GUARDED_BY(scan_mu_)
-  std::thread scan_;
+  PresenceFilterFill fill_;  // last: its thread stops before what it uses goes
 };
 
 // The catalog in one object's omap, block maps in shard objects. Map shards read from
